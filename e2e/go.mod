@@ -1,0 +1,3 @@
+module github.com/sluicehq/sluice/e2e
+
+go 1.26.0

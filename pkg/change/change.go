@@ -1,0 +1,86 @@
+// Package change is the change model shared by capture and the writers: the
+// order of events, their idempotency keys, and the message JSON that a Sequin
+// user expects to find in a sink.
+package change
+
+import (
+	"crypto/sha1"
+	"encoding/base64"
+	"encoding/hex"
+	"strconv"
+
+	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
+)
+
+// Action returns the lower-case action name of the message JSON.
+func Action(a sluicev1.Action) string {
+	switch a {
+	case sluicev1.Action_ACTION_INSERT:
+		return "insert"
+	case sluicev1.Action_ACTION_UPDATE:
+		return "update"
+	case sluicev1.Action_ACTION_DELETE:
+		return "delete"
+	case sluicev1.Action_ACTION_READ:
+		return "read"
+	}
+	return "unknown"
+}
+
+// IdempotencyKey is Sequin's: base64 of "<commit_lsn>:<commit_idx>".
+func IdempotencyKey(lsn uint64, idx uint32) string {
+	var b [32]byte
+	s := strconv.AppendUint(b[:0], lsn, 10)
+	s = append(s, ':')
+	s = strconv.AppendUint(s, uint64(idx), 10)
+	return base64.StdEncoding.EncodeToString(s)
+}
+
+// VersionLen is the length of a version string.
+const VersionLen = 24
+
+// AppendVersion appends the event's position as 24 lower-case hex digits
+// (16 of commit LSN, 8 of commit index). Versions of one database compare as
+// strings in the order the changes were committed.
+func AppendVersion(dst []byte, lsn uint64, idx uint32) []byte {
+	const digits = "0123456789abcdef"
+	for shift := 60; shift >= 0; shift -= 4 {
+		dst = append(dst, digits[lsn>>uint(shift)&0xf])
+	}
+	for shift := 28; shift >= 0; shift -= 4 {
+		dst = append(dst, digits[idx>>uint(shift)&0xf])
+	}
+	return dst
+}
+
+// Consumer names the sink in the message metadata.
+type Consumer struct {
+	ID   string
+	Name string
+}
+
+// sinkNamespace is the UUIDv5 namespace of sink ids.
+var sinkNamespace = [16]byte{0x6b, 0x1d, 0x3e, 0x52, 0x8f, 0x0c, 0x4a, 0x3b, 0x9a, 0x61, 0x2f, 0xd4, 0x7e, 0x90, 0x15, 0xc8}
+
+// NewConsumer returns the consumer of a sink. Its id is a UUID derived from
+// the name (version 5), so it is stable across restarts and writers.
+func NewConsumer(sink string) Consumer {
+	h := sha1.New()
+	h.Write(sinkNamespace[:])
+	h.Write([]byte(sink))
+	var u [16]byte
+	copy(u[:], h.Sum(nil))
+	u[6] = u[6]&0x0f | 0x50
+	u[8] = u[8]&0x3f | 0x80
+	var b [36]byte
+	hex.Encode(b[0:8], u[0:4])
+	b[8] = '-'
+	hex.Encode(b[9:13], u[4:6])
+	b[13] = '-'
+	hex.Encode(b[14:18], u[6:8])
+	b[18] = '-'
+	hex.Encode(b[19:23], u[8:10])
+	b[23] = '-'
+	hex.Encode(b[24:], u[10:])
+	return Consumer{ID: string(b[:]), Name: sink}
+}

@@ -1,0 +1,118 @@
+package change
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
+)
+
+func TestAppendMessage(t *testing.T) {
+	ev := &sluicev1.ChangeEvent{
+		IdempotencyKey:    IdempotencyKey(23456789, 0),
+		Action:            sluicev1.Action_ACTION_INSERT,
+		Database:          "app",
+		Schema:            "public",
+		Table:             "users",
+		PkColumns:         []string{"id"},
+		PkValues:          []string{"42"},
+		Record:            []byte(`{"id":42,"name":"Ann"}`),
+		CommitLsn:         23456789,
+		CommitTimestampUs: 1795636800123456, // 2026-11-25T20:00:00.123456Z
+	}
+	c := Consumer{ID: "5f0c1a2e-0000-5000-8000-000000000000", Name: "cache-eu"}
+	got := string(AppendMessage(nil, ev, c))
+	want := `{"record":{"id":42,"name":"Ann"},"changes":null,"action":"insert","metadata":{"table_schema":"public","table_name":"users",` +
+		`"commit_timestamp":"2026-11-25T20:00:00.123456Z","commit_lsn":23456789,"commit_idx":0,"database_name":"app",` +
+		`"transaction_annotations":null,"idempotency_key":"MjM0NTY3ODk6MA==","record_pks":["42"],` +
+		`"consumer":{"id":"5f0c1a2e-0000-5000-8000-000000000000","name":"cache-eu"}}}`
+	if got != want {
+		t.Fatalf("got  %s\nwant %s", got, want)
+	}
+
+	ev.Action = sluicev1.Action_ACTION_UPDATE
+	ev.Changes = []byte(`{}`)
+	ev.CommitIdx = 3
+	ev.CommitTimestampUs = 1795636800000000
+	var m struct {
+		Changes  map[string]any `json:"changes"`
+		Action   string
+		Metadata struct {
+			CommitTimestamp string `json:"commit_timestamp"`
+			CommitIdx       int    `json:"commit_idx"`
+		}
+	}
+	if err := json.Unmarshal(AppendMessage(nil, ev, c), &m); err != nil {
+		t.Fatal(err)
+	}
+	if m.Changes == nil || m.Action != "update" || m.Metadata.CommitIdx != 3 || m.Metadata.CommitTimestamp != "2026-11-25T20:00:00.000000Z" {
+		t.Errorf("update message = %+v", m)
+	}
+}
+
+func TestIdempotencyKey(t *testing.T) {
+	if got := IdempotencyKey(23456789, 12); got != "MjM0NTY3ODk6MTI=" { // base64("23456789:12")
+		t.Errorf("IdempotencyKey = %s", got)
+	}
+}
+
+func TestVersionOrder(t *testing.T) {
+	pos := []struct {
+		lsn uint64
+		idx uint32
+	}{{0, 0}, {0, 1}, {0, 0xffffffff}, {1, 0}, {0xff, 7}, {0x100, 0}, {1 << 40, 3}, {^uint64(0), ^uint32(0)}}
+	prev := ""
+	for _, p := range pos {
+		v := string(AppendVersion(nil, p.lsn, p.idx))
+		if len(v) != VersionLen || v <= prev {
+			t.Fatalf("version(%x,%x) = %q, not after %q", p.lsn, p.idx, v, prev)
+		}
+		prev = v
+	}
+}
+
+func TestNewConsumer(t *testing.T) {
+	a, b := NewConsumer("cache-eu"), NewConsumer("cache-us")
+	if a.ID == b.ID || a != NewConsumer("cache-eu") || a.Name != "cache-eu" {
+		t.Errorf("ids: %v %v", a, b)
+	}
+	if len(a.ID) != 36 || a.ID[14] != '5' || !strings.ContainsAny(a.ID[19:20], "89ab") {
+		t.Errorf("not a version 5 UUID: %s", a.ID)
+	}
+}
+
+func TestAppendString(t *testing.T) {
+	cases := map[string]string{
+		"plain":       `"plain"`,
+		`q"b\`:        `"q\"b\\"`,
+		"a/b":         `"a/b"`,
+		"\n\t\r\b\f":  `"\n\t\r\b\f"`,
+		"\x00\x1f":    `"\u0000\u001F"`,
+		"é€😀\u2028":   "\"é€😀\u2028\"",
+		"bad\xffutf8": "\"bad\ufffdutf8\"",
+		"<script>&":   `"<script>&"`,
+	}
+	for in, want := range cases {
+		if got := string(AppendString(nil, in)); got != want {
+			t.Errorf("AppendString(%q) = %s, want %s", in, got, want)
+		}
+	}
+}
+
+func FuzzAppendString(f *testing.F) {
+	for _, s := range []string{"", "a\"b", "\x00", "é", "\xff\xfe", "\u2028"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		out := AppendString(nil, s)
+		var back string
+		if err := json.Unmarshal(out, &back); err != nil {
+			t.Fatalf("AppendString(%q) = %s: invalid JSON: %v", s, out, err)
+		}
+		if utf8.ValidString(s) && back != s {
+			t.Fatalf("round trip of %q gave %q", s, back)
+		}
+	})
+}

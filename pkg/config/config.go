@@ -1,0 +1,407 @@
+// Package config is the one YAML file that configures every Sluice service.
+//
+// Load reads the file, replaces ${VAR} and ${VAR:-default} in scalar values
+// from the environment, applies defaults and validates. Validation errors name
+// the field they are about, e.g. "sinks[1].destination.port: must be 1-65535".
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the whole file.
+type Config struct {
+	Postgres Postgres `yaml:"postgres"`
+	NATS     NATS     `yaml:"nats"`
+	Sinks    []Sink   `yaml:"sinks"`
+	Log      Log      `yaml:"log"`
+}
+
+// Postgres is the source database.
+type Postgres struct {
+	// URL is a libpq connection URL or keyword/value string.
+	URL string `yaml:"url"`
+	// Slot is the logical replication slot, created when missing.
+	Slot string `yaml:"slot"`
+	// Publication is created when missing, for Tables.
+	Publication string `yaml:"publication"`
+	// Tables to capture, as schema.table (schema defaults to public).
+	Tables []string `yaml:"tables"`
+	// StatusInterval is how often capture reports its confirmed position.
+	StatusInterval time.Duration `yaml:"status_interval"`
+}
+
+// NATS is the JetStream that carries changes from capture to the writers.
+type NATS struct {
+	// URL of the NATS server. Empty: `sluice dev` embeds a server.
+	URL string `yaml:"url"`
+	// Stream is the JetStream stream name; subjects are "<stream>.changes.<partition>".
+	Stream string `yaml:"stream"`
+	// Partitions is the number of partitions changes are hashed into by
+	// table and primary key. Changing it reshuffles keys between partitions.
+	Partitions int `yaml:"partitions"`
+	// Replicas of the stream and consumers (1 for a single server).
+	Replicas int `yaml:"replicas"`
+	// MaxAge bounds how long the stream keeps a change for a lagging sink.
+	MaxAge time.Duration `yaml:"max_age"`
+	// MaxBytes bounds the stream's size; -1 is unlimited.
+	MaxBytes int64 `yaml:"max_bytes"`
+	// DataDir is where an embedded server keeps JetStream data. Empty: a new
+	// temporary directory each run.
+	DataDir string `yaml:"data_dir"`
+}
+
+// Sink is one Redis target with its own consumer group.
+type Sink struct {
+	Name string `yaml:"name"`
+	// Tables this sink receives; empty means every captured table.
+	Tables []string `yaml:"tables"`
+	// Actions this sink applies: insert, update, delete, read. Empty means all.
+	Actions []string `yaml:"actions"`
+	// Filter, Transform and Routing are expressions (not yet supported).
+	Filter    string `yaml:"filter"`
+	Transform string `yaml:"transform"`
+	Routing   string `yaml:"routing"`
+	// BatchSize is the most commands the writer pipelines in one round trip.
+	BatchSize int `yaml:"batch_size"`
+	// TombstoneTTL is how long a deleted key's version is remembered, so that
+	// an older change delivered late cannot bring the key back.
+	TombstoneTTL time.Duration `yaml:"tombstone_ttl"`
+	Destination  Destination   `yaml:"destination"`
+}
+
+// Destination is a Redis String sink, with the parameters of Sequin's.
+type Destination struct {
+	Type     string `yaml:"type"`
+	Host     string `yaml:"host"`
+	Port     int    `yaml:"port"`
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
+	TLS      bool   `yaml:"tls"`
+	Database int    `yaml:"database"`
+	// ExpireMS sets PX on every SET; nil means keys do not expire.
+	ExpireMS *int64 `yaml:"expire_ms"`
+	// KeyPrefix is the first part of the default key "<prefix>:<table>:<pk>".
+	KeyPrefix string `yaml:"key_prefix"`
+}
+
+// Log configures the services' logs.
+type Log struct {
+	// Level is debug, info, warn or error.
+	Level string `yaml:"level"`
+	// Format is json, console, or auto (console on a terminal).
+	Format string `yaml:"format"`
+}
+
+// Defaults.
+const (
+	DefaultSlot           = "sluice"
+	DefaultPublication    = "sluice"
+	DefaultStream         = "SLUICE"
+	DefaultPartitions     = 16
+	DefaultMaxAge         = 7 * 24 * time.Hour
+	DefaultBatchSize      = 500
+	DefaultTombstoneTTL   = time.Hour
+	DefaultKeyPrefix      = "sequin"
+	DefaultStatusInterval = time.Second
+	DestinationRedis      = "redis_string"
+)
+
+// Actions a sink can select.
+var Actions = []string{"insert", "update", "delete", "read"}
+
+// Load reads, interpolates, defaults and validates the file at path.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(data, os.LookupEnv)
+}
+
+// Parse is Load without the file: lookup resolves ${VAR} references.
+func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, yamlError(err)
+	}
+	if len(root.Content) == 0 {
+		return nil, errors.New("the file is empty")
+	}
+	if err := interpolate(&root, lookup); err != nil {
+		return nil, err
+	}
+	if err := checkFields(root.Content[0], reflect.TypeFor[Config](), ""); err != nil {
+		return nil, err
+	}
+	var cfg Config
+	if err := root.Decode(&cfg); err != nil {
+		return nil, yamlError(err)
+	}
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+func yamlError(err error) error {
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		return errors.New(strings.Join(te.Errors, "; "))
+	}
+	return err
+}
+
+// SetDefaults fills every field left out.
+func (c *Config) SetDefaults() {
+	if c.Postgres.Slot == "" {
+		c.Postgres.Slot = DefaultSlot
+	}
+	if c.Postgres.Publication == "" {
+		c.Postgres.Publication = DefaultPublication
+	}
+	if c.Postgres.StatusInterval == 0 {
+		c.Postgres.StatusInterval = DefaultStatusInterval
+	}
+	for i, t := range c.Postgres.Tables {
+		c.Postgres.Tables[i] = QualifyTable(t)
+	}
+	if c.NATS.Stream == "" {
+		c.NATS.Stream = DefaultStream
+	}
+	if c.NATS.Partitions == 0 {
+		c.NATS.Partitions = DefaultPartitions
+	}
+	if c.NATS.Replicas == 0 {
+		c.NATS.Replicas = 1
+	}
+	if c.NATS.MaxAge == 0 {
+		c.NATS.MaxAge = DefaultMaxAge
+	}
+	if c.NATS.MaxBytes == 0 {
+		c.NATS.MaxBytes = -1
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "auto"
+	}
+	for i := range c.Sinks {
+		s := &c.Sinks[i]
+		if len(s.Tables) == 0 {
+			s.Tables = slices.Clone(c.Postgres.Tables)
+		}
+		for j, t := range s.Tables {
+			s.Tables[j] = QualifyTable(t)
+		}
+		if len(s.Actions) == 0 {
+			s.Actions = slices.Clone(Actions)
+		}
+		if s.BatchSize == 0 {
+			s.BatchSize = DefaultBatchSize
+		}
+		if s.TombstoneTTL == 0 {
+			s.TombstoneTTL = DefaultTombstoneTTL
+		}
+		if s.Destination.KeyPrefix == "" {
+			s.Destination.KeyPrefix = DefaultKeyPrefix
+		}
+	}
+}
+
+// QualifyTable returns schema.table, adding the public schema when missing.
+func QualifyTable(t string) string {
+	if strings.Contains(t, ".") {
+		return t
+	}
+	return "public." + t
+}
+
+// SplitTable splits a qualified table name into schema and table.
+func SplitTable(t string) (schema, table string) {
+	schema, table, _ = strings.Cut(QualifyTable(t), ".")
+	return schema, table
+}
+
+var (
+	sinkName   = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+	streamName = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+	// Slot and publication names are Postgres identifiers used unquoted.
+	pgName = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
+)
+
+// Validate reports every invalid field, each error naming its field.
+func (c *Config) Validate() error {
+	var errs fieldErrors
+	p := c.Postgres
+	if p.URL == "" {
+		errs.add("postgres.url", "is required")
+	}
+	if !pgName.MatchString(p.Slot) {
+		errs.add("postgres.slot", "must be lower-case letters, digits and _, starting with a letter or _ (at most 63)")
+	}
+	if !pgName.MatchString(p.Publication) {
+		errs.add("postgres.publication", "must be lower-case letters, digits and _, starting with a letter or _ (at most 63)")
+	}
+	if len(p.Tables) == 0 {
+		errs.add("postgres.tables", "must list at least one table")
+	}
+	for i, t := range p.Tables {
+		if msg := checkTable(t); msg != "" {
+			errs.add(fmt.Sprintf("postgres.tables[%d]", i), msg)
+		}
+		if slices.Index(p.Tables, t) != i {
+			errs.add(fmt.Sprintf("postgres.tables[%d]", i), fmt.Sprintf("%s is listed twice", t))
+		}
+	}
+	if p.StatusInterval < 0 {
+		errs.add("postgres.status_interval", "must be positive")
+	}
+	n := c.NATS
+	if !streamName.MatchString(n.Stream) {
+		errs.add("nats.stream", "must be 1-64 letters, digits, _ or -")
+	}
+	if n.Partitions < 1 || n.Partitions > 1024 {
+		errs.add("nats.partitions", "must be 1-1024")
+	}
+	if n.Replicas < 1 || n.Replicas > 5 {
+		errs.add("nats.replicas", "must be 1-5")
+	}
+	if n.MaxAge < 0 {
+		errs.add("nats.max_age", "must be positive")
+	}
+	if n.MaxBytes < -1 || n.MaxBytes == 0 {
+		errs.add("nats.max_bytes", "must be positive, or -1 for unlimited")
+	}
+	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
+		errs.add("log.level", "must be debug, info, warn or error")
+	}
+	if !slices.Contains([]string{"auto", "json", "console"}, c.Log.Format) {
+		errs.add("log.format", "must be auto, json or console")
+	}
+	if len(c.Sinks) == 0 {
+		errs.add("sinks", "must list at least one sink")
+	}
+	for i := range c.Sinks {
+		c.validateSink(i, &errs)
+	}
+	return errs.err()
+}
+
+func (c *Config) validateSink(i int, errs *fieldErrors) {
+	s, at := &c.Sinks[i], fmt.Sprintf("sinks[%d]", i)
+	if !sinkName.MatchString(s.Name) {
+		errs.add(at+".name", "must be 1-64 letters, digits, _ or -")
+	} else if j := slices.IndexFunc(c.Sinks, func(o Sink) bool { return o.Name == s.Name }); j != i {
+		errs.add(at+".name", fmt.Sprintf("%q is used by sinks[%d] too", s.Name, j))
+	}
+	for j, t := range s.Tables {
+		if !slices.Contains(c.Postgres.Tables, t) {
+			errs.add(fmt.Sprintf("%s.tables[%d]", at, j), fmt.Sprintf("%s is not in postgres.tables", t))
+		}
+	}
+	for j, a := range s.Actions {
+		if !slices.Contains(Actions, a) {
+			errs.add(fmt.Sprintf("%s.actions[%d]", at, j), fmt.Sprintf("%q is not one of insert, update, delete, read", a))
+		}
+	}
+	for _, e := range []struct{ field, expr string }{{"filter", s.Filter}, {"transform", s.Transform}, {"routing", s.Routing}} {
+		if e.expr != "" {
+			errs.add(at+"."+e.field, "expressions are not supported yet; remove it")
+		}
+	}
+	if s.BatchSize < 1 || s.BatchSize > 100000 {
+		errs.add(at+".batch_size", "must be 1-100000")
+	}
+	if s.TombstoneTTL < time.Millisecond {
+		errs.add(at+".tombstone_ttl", "must be at least 1ms")
+	}
+	d := s.Destination
+	at += ".destination"
+	switch d.Type {
+	case DestinationRedis:
+	case "":
+		errs.add(at+".type", "is required (redis_string)")
+	default:
+		errs.add(at+".type", fmt.Sprintf("%q is not supported (redis_string)", d.Type))
+	}
+	if d.Host == "" {
+		errs.add(at+".host", "is required")
+	}
+	if d.Port < 1 || d.Port > 65535 {
+		errs.add(at+".port", "must be 1-65535")
+	}
+	if d.Database < 0 {
+		errs.add(at+".database", "must be 0 or more")
+	}
+	if d.ExpireMS != nil && *d.ExpireMS < 0 {
+		errs.add(at+".expire_ms", "must be 0 or more")
+	}
+	if d.KeyPrefix == "" || strings.ContainsAny(d.KeyPrefix, " \t\r\n") {
+		errs.add(at+".key_prefix", "must be non-empty with no whitespace")
+	}
+}
+
+func checkTable(t string) string {
+	schema, table, ok := strings.Cut(t, ".")
+	if !ok || schema == "" || table == "" || strings.Contains(table, ".") {
+		return fmt.Sprintf("%q must be table or schema.table", t)
+	}
+	return ""
+}
+
+// Sink returns the sink called name.
+func (c *Config) Sink(name string) (*Sink, error) {
+	for i := range c.Sinks {
+		if c.Sinks[i].Name == name {
+			return &c.Sinks[i], nil
+		}
+	}
+	names := make([]string, len(c.Sinks))
+	for i, s := range c.Sinks {
+		names[i] = s.Name
+	}
+	return nil, fmt.Errorf("no sink named %q (sinks: %s)", name, strings.Join(names, ", "))
+}
+
+// FieldError is a validation error about one field.
+type FieldError struct {
+	Field, Msg string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
+
+type fieldErrors []error
+
+func (e *fieldErrors) add(field, msg string) { *e = append(*e, &FieldError{field, msg}) }
+
+// err joins the errors on one line, so a service's exit message stays one line.
+func (e fieldErrors) err() error {
+	if len(e) == 0 {
+		return nil
+	}
+	return joined(e)
+}
+
+type joined []error
+
+func (j joined) Error() string {
+	parts := make([]string, len(j))
+	for i, e := range j {
+		parts[i] = e.Error()
+	}
+	return strings.Join(parts, "; ")
+}
+
+func (j joined) Unwrap() []error { return j }

@@ -1,0 +1,167 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(vars map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := vars[k]; return v, ok }
+}
+
+const full = `
+postgres:
+  url: postgres://app@db:5432/app?sslmode=require
+  tables: [public.users, orders]
+nats:
+  url: nats://nats:4222
+sinks:
+  - name: cache-eu
+    tables: [public.users]
+    actions: [insert, update, delete]
+    destination:
+      type: redis_string
+      host: redis-eu
+      port: ${REDIS_PORT}
+      username: app
+      password: ${REDIS_EU_PASSWORD}
+      tls: true
+      database: 2
+      expire_ms: 3600000
+  - name: cache-us
+    destination: {type: redis_string, host: "${REDIS_US_HOST:-redis-us}", port: 6379}
+`
+
+func TestParseFull(t *testing.T) {
+	cfg, err := Parse([]byte(full), env(map[string]string{"REDIS_PORT": "6380", "REDIS_EU_PASSWORD": "null"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Postgres.Tables; strings.Join(got, ",") != "public.users,public.orders" {
+		t.Errorf("tables = %v", got)
+	}
+	if cfg.Postgres.Slot != "sluice" || cfg.Postgres.Publication != "sluice" || cfg.NATS.Stream != "SLUICE" || cfg.NATS.Partitions != 16 {
+		t.Errorf("defaults not applied: %+v %+v", cfg.Postgres, cfg.NATS)
+	}
+	eu := cfg.Sinks[0].Destination
+	if eu.Port != 6380 || eu.Password != "null" || !eu.TLS || eu.Database != 2 || eu.ExpireMS == nil || *eu.ExpireMS != 3600000 || eu.KeyPrefix != "sequin" {
+		t.Errorf("cache-eu destination = %+v", eu)
+	}
+	us, err := cfg.Sink("cache-us")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if us.Destination.Host != "redis-us" || us.Destination.ExpireMS != nil {
+		t.Errorf("cache-us destination = %+v", us.Destination)
+	}
+	if strings.Join(us.Tables, ",") != "public.users,public.orders" || len(us.Actions) != 4 {
+		t.Errorf("cache-us defaults: tables %v actions %v", us.Tables, us.Actions)
+	}
+	if us.BatchSize != DefaultBatchSize || us.TombstoneTTL != time.Hour {
+		t.Errorf("cache-us batch %d tombstone %v", us.BatchSize, us.TombstoneTTL)
+	}
+	if _, err := cfg.Sink("nope"); err == nil || !strings.Contains(err.Error(), "cache-eu, cache-us") {
+		t.Errorf("Sink(nope) = %v", err)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	base := func(sink string) string {
+		return "postgres: {url: x, tables: [users]}\nsinks:\n  - {name: a, destination: {type: redis_string, host: h, port: 1}}\n" + sink
+	}
+	cases := []struct {
+		name, yaml, want string
+	}{
+		{"port", base("  - {name: b, destination: {type: redis_string, host: h, port: 70000}}"), "sinks[1].destination.port: must be 1-65535"},
+		{"missing port", base("  - {name: b, destination: {type: redis_string, host: h}}"), "sinks[1].destination.port: must be 1-65535"},
+		{"host", base("  - {name: b, destination: {type: redis_string, port: 1}}"), "sinks[1].destination.host: is required"},
+		{"type", base("  - {name: b, destination: {type: kafka, host: h, port: 1}}"), `sinks[1].destination.type: "kafka" is not supported`},
+		{"dup sink", base("  - {name: a, destination: {type: redis_string, host: h, port: 1}}"), `sinks[1].name: "a" is used by sinks[0] too`},
+		{"bad sink name", base("  - {name: 'a b', destination: {type: redis_string, host: h, port: 1}}"), "sinks[1].name: must be"},
+		{"negative db", base("  - {name: b, destination: {type: redis_string, host: h, port: 1, database: -1}}"), "sinks[1].destination.database: must be 0 or more"},
+		{"negative expire", base("  - {name: b, destination: {type: redis_string, host: h, port: 1, expire_ms: -5}}"), "sinks[1].destination.expire_ms: must be 0 or more"},
+		{"sink table", base("  - {name: b, tables: [orders], destination: {type: redis_string, host: h, port: 1}}"), "sinks[1].tables[0]: public.orders is not in postgres.tables"},
+		{"action", base("  - {name: b, actions: [upsert], destination: {type: redis_string, host: h, port: 1}}"), `sinks[1].actions[0]: "upsert" is not one of`},
+		{"unknown field", base("  - {name: b, destination: {type: redis_string, hots: h, port: 1}}"), "sinks[1].destination.hots: unknown field (line 4)"},
+		{"wrong type", base("  - {name: b, destination: {type: redis_string, host: h, port: abc}}"), "line 4: cannot unmarshal"},
+		{"no url", "postgres: {tables: [a]}\nsinks: [{name: a, destination: {type: redis_string, host: h, port: 1}}]", "postgres.url: is required"},
+		{"no tables", "postgres: {url: x}\nsinks: [{name: a, destination: {type: redis_string, host: h, port: 1}}]", "postgres.tables: must list at least one table"},
+		{"no sinks", "postgres: {url: x, tables: [a]}", "sinks: must list at least one sink"},
+		{"slot", "postgres: {url: x, tables: [a], slot: My-Slot}\nsinks: [{name: a, destination: {type: redis_string, host: h, port: 1}}]", "postgres.slot: must be"},
+		{"partitions", "postgres: {url: x, tables: [a]}\nnats: {partitions: 5000}\nsinks: [{name: a, destination: {type: redis_string, host: h, port: 1}}]", "nats.partitions: must be 1-1024"},
+		{"unset var", "postgres: {url: '${PGURL}', tables: [a]}\nsinks: [{name: a, destination: {type: redis_string, host: h, port: 1}}]", "line 1: environment variable PGURL is not set"},
+		{"empty", "", "the file is empty"},
+		{"syntax", "postgres: [", "yaml:"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Parse([]byte(c.yaml), env(nil))
+			if err == nil {
+				t.Fatalf("no error, want %q", c.want)
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %q\nwant it to contain %q", err, c.want)
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Errorf("error spans lines: %q", err)
+			}
+		})
+	}
+}
+
+func TestExpand(t *testing.T) {
+	lookup := env(map[string]string{"A": "x", "EMPTY": ""})
+	cases := []struct{ in, want, err string }{
+		{"plain", "plain", ""},
+		{"${A}", "x", ""},
+		{"pre-${A}-post", "pre-x-post", ""},
+		{"${B:-def}", "def", ""},
+		{"${EMPTY:-def}", "def", ""},
+		{"${EMPTY}", "", ""},
+		{"${A:-def}", "x", ""},
+		{"$${A}", "${A}", ""},
+		{"${A}${A}", "xx", ""},
+		{"${B}", "", "environment variable B is not set"},
+		{"${A", "", "unclosed"},
+		{"${1A}", "", "invalid variable name"},
+		{"${:-x}", "", "invalid variable name"},
+	}
+	for _, c := range cases {
+		got, err := Expand(c.in, lookup)
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("Expand(%q) error = %v, want %q", c.in, err, c.err)
+			}
+			continue
+		}
+		if err != nil || got != c.want {
+			t.Errorf("Expand(%q) = %q, %v; want %q", c.in, got, err, c.want)
+		}
+	}
+}
+
+// An environment value is data, never YAML: it cannot add fields.
+func TestInterpolationCannotInjectStructure(t *testing.T) {
+	doc := "postgres: {url: x, tables: [a]}\nsinks:\n- name: a\n  destination:\n    type: redis_string\n    host: h\n    port: 1\n    password: ${P}\n"
+	cfg, err := Parse([]byte(doc), env(map[string]string{"P": "a: b\nport: 2 # c"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cfg.Sinks[0].Destination; d.Password != "a: b\nport: 2 # c" || d.Port != 1 {
+		t.Errorf("destination = %+v", d)
+	}
+}
+
+func FuzzExpand(f *testing.F) {
+	for _, s := range []string{"${A}", "$${A}", "${A:-b}", "x${", "${}", "$$$${A}"} {
+		f.Add(s)
+	}
+	lookup := env(map[string]string{"A": "value"})
+	f.Fuzz(func(t *testing.T, s string) {
+		out, err := Expand(s, lookup)
+		if err == nil && !strings.Contains(s, "${") && out != s {
+			t.Fatalf("Expand(%q) = %q changed a string without references", s, out)
+		}
+	})
+}

@@ -1,0 +1,63 @@
+// Package program is the common start of every Sluice command: the --config
+// flag, the config file, the logger, and the signals that stop it.
+package program
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+
+	"go.uber.org/zap"
+
+	"github.com/sluicehq/sluice/pkg/config"
+	"github.com/sluicehq/sluice/pkg/logging"
+	"github.com/sluicehq/sluice/pkg/shutdown"
+)
+
+// Run is a command's work. It returns when ctx is cancelled (after draining)
+// or on failure.
+type Run func(ctx context.Context, cfg *config.Config, log *zap.Logger) error
+
+// Main parses args with fs, to which it adds --config, loads the config and
+// calls run until SIGINT or SIGTERM. Any failure is printed as one line,
+// "name: error", and exits with status 1.
+func Main(name string, fs *flag.FlagSet, args []string, run Run) {
+	path := fs.String("config", "sluice.yaml", "the configuration file")
+	if err := fs.Parse(args); err != nil {
+		os.Exit(2)
+	}
+	if fs.NArg() > 0 {
+		Exit(name, fmt.Errorf("unexpected argument %q", fs.Arg(0)))
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		Exit(name, fmt.Errorf("config %s: %w", *path, err))
+	}
+	log, err := logging.New(cfg.Log.Level, cfg.Log.Format)
+	if err != nil {
+		Exit(name, err)
+	}
+	log = log.Named(name)
+	ctx, cancel := shutdown.Context(context.Background())
+	err = run(ctx, cfg, log)
+	cancel()
+	_ = log.Sync()
+	if err != nil {
+		Exit(name, err)
+	}
+}
+
+// Exit prints "name: err" on one line and exits with status 1.
+func Exit(name string, err error) {
+	fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+	os.Exit(1)
+}
+
+// RequireNATS is the check of the commands that need an external server.
+func RequireNATS(name string, cfg *config.Config) error {
+	if cfg.NATS.URL == "" {
+		return fmt.Errorf("nats.url: is required by %s (only `sluice dev` embeds a NATS server)", name)
+	}
+	return nil
+}

@@ -1,0 +1,191 @@
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Postgres is a throwaway Postgres cluster with wal_level=logical.
+type Postgres struct {
+	// URL connects as the superuser "postgres" to the database "postgres".
+	URL  string
+	Port int
+	Dir  string
+	proc *process
+	cred *syscall.Credential
+}
+
+// PostgresOptions tune the cluster.
+type PostgresOptions struct {
+	// Durable keeps fsync on; off by default, as the data is thrown away.
+	Durable bool
+	// Settings are extra postgres -c settings.
+	Settings map[string]string
+}
+
+// PostgresBinDir finds the directory holding initdb and postgres: PATH,
+// then pg_config, then the newest /usr/lib/postgresql/*/bin.
+func PostgresBinDir() (string, error) {
+	if p, err := exec.LookPath("initdb"); err == nil {
+		if real, err := filepath.EvalSymlinks(p); err == nil {
+			p = real
+		}
+		dir := filepath.Dir(p)
+		if _, err := os.Stat(filepath.Join(dir, "postgres")); err == nil {
+			return dir, nil
+		}
+	}
+	if out, err := exec.Command("pg_config", "--bindir").Output(); err == nil {
+		dir := strings.TrimSpace(string(out))
+		if _, err := os.Stat(filepath.Join(dir, "initdb")); err == nil {
+			return dir, nil
+		}
+	}
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	slices.SortFunc(dirs, func(a, b string) int { return majorOf(b) - majorOf(a) })
+	for _, dir := range dirs {
+		if _, err := os.Stat(filepath.Join(dir, "initdb")); err == nil {
+			return dir, nil
+		}
+	}
+	return "", fmt.Errorf("PostgreSQL server programs (initdb, postgres) not found in PATH or /usr/lib/postgresql/*/bin; install PostgreSQL 14 or newer (Debian: apt-get install postgresql)")
+}
+
+func majorOf(dir string) int {
+	n, _ := strconv.Atoi(filepath.Base(filepath.Dir(dir)))
+	return n
+}
+
+// StartPostgres initialises and starts a cluster in a new temporary
+// directory. initdb refuses to run as root, so as root the cluster belongs
+// to the "postgres" OS user.
+func StartPostgres(ctx context.Context, o PostgresOptions) (*Postgres, error) {
+	bin, err := PostgresBinDir()
+	if err != nil {
+		return nil, err
+	}
+	var cred *syscall.Credential
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			return nil, fmt.Errorf("running as root needs the OS user postgres to own the cluster: %w", err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+	}
+	dir, err := os.MkdirTemp("", "sluice-pg-")
+	if err != nil {
+		return nil, err
+	}
+	p := &Postgres{Dir: dir, cred: cred}
+	fail := func(err error) (*Postgres, error) {
+		p.Stop()
+		return nil, err
+	}
+	if cred != nil {
+		if err := os.Chown(dir, int(cred.Uid), int(cred.Gid)); err != nil {
+			return fail(err)
+		}
+	}
+	data := filepath.Join(dir, "data")
+	initdb := exec.CommandContext(ctx, filepath.Join(bin, "initdb"), "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync")
+	initdb.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	if out, err := initdb.CombinedOutput(); err != nil {
+		return fail(fmt.Errorf("initdb: %v: %s", err, out))
+	}
+	settings := map[string]string{
+		"listen_addresses":        "127.0.0.1",
+		"unix_socket_directories": "",
+		"wal_level":               "logical",
+		"max_wal_senders":         "20",
+		"max_replication_slots":   "20",
+		"max_connections":         "200",
+		"shared_buffers":          "128MB",
+		"log_min_messages":        "warning",
+		"wal_sender_timeout":      "60s",
+	}
+	if !o.Durable {
+		settings["fsync"] = "off"
+		settings["synchronous_commit"] = "off"
+		settings["full_page_writes"] = "off"
+	}
+	for k, v := range o.Settings {
+		settings[k] = v
+	}
+	err = retryPort(func(port int) error {
+		args := []string{"-D", data, "-p", strconv.Itoa(port)}
+		for k, v := range settings {
+			args = append(args, "-c", k+"="+v)
+		}
+		proc, err := startProcess("postgres", filepath.Join(dir, "postgres.log"), cred, filepath.Join(bin, "postgres"), args...)
+		if err != nil {
+			return err
+		}
+		p.proc, p.Port = proc, port
+		p.URL = fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port)
+		err = proc.waitReady(ctx, 60*time.Second, func(ctx context.Context) error {
+			conn, err := pgx.Connect(ctx, p.URL)
+			if err != nil {
+				return err
+			}
+			return conn.Close(ctx)
+		})
+		if err != nil && strings.Contains(proc.tail(), "Address already in use") {
+			return errPortInUse
+		}
+		return err
+	})
+	if err != nil {
+		return fail(err)
+	}
+	return p, nil
+}
+
+// Stop shuts the cluster down (fast mode) and removes its directory.
+func (p *Postgres) Stop() {
+	if p.proc != nil {
+		p.proc.stop(syscall.SIGINT, 15*time.Second)
+	}
+	os.RemoveAll(p.Dir)
+}
+
+// Log returns the end of the server log.
+func (p *Postgres) Log() string { return p.proc.tail() }
+
+// NewPostgres starts a cluster for a test and stops it when the test ends.
+func NewPostgres(t TB, o PostgresOptions) *Postgres {
+	t.Helper()
+	p, err := StartPostgres(context.Background(), o)
+	if err != nil {
+		t.Fatalf("start postgres: %v", err)
+	}
+	t.Cleanup(p.Stop)
+	return p
+}
+
+// Exec runs SQL statements on the cluster, failing the test on error.
+func (p *Postgres) Exec(t TB, sql string, args ...any) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, p.URL)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, sql, args...); err != nil {
+		t.Fatalf("exec %q: %v", sql, err)
+	}
+}

@@ -1,0 +1,121 @@
+// Package topology names and creates the JetStream objects that connect
+// capture to the sink writers: one stream of change events, partitioned by
+// subject, and one durable consumer per sink.
+//
+// Capture and writers both call Ensure, so either may start first; the
+// definitions live here alone so that they cannot disagree.
+package topology
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sluicehq/sluice/pkg/config"
+)
+
+// AckWait is how long a writer has to confirm a message before JetStream
+// hands it to another writer.
+const AckWait = 30 * time.Second
+
+// MaxAckPending bounds the messages a sink has in flight across its writers.
+const MaxAckPending = 20000
+
+// Topology is the stream layout of one configuration.
+type Topology struct {
+	Stream     string
+	Partitions int
+	Replicas   int
+	MaxAge     time.Duration
+	MaxBytes   int64
+}
+
+// New returns the topology of a configuration.
+func New(c config.NATS) Topology {
+	return Topology{Stream: c.Stream, Partitions: c.Partitions, Replicas: c.Replicas, MaxAge: c.MaxAge, MaxBytes: c.MaxBytes}
+}
+
+// Subject is the subject of a partition: "<stream>.changes.<partition>".
+func (t Topology) Subject(partition int) string {
+	return t.Stream + ".changes." + strconv.Itoa(partition)
+}
+
+// Subjects matches the subjects of every partition.
+func (t Topology) Subjects() string { return t.Stream + ".changes.*" }
+
+// Partition hashes a row's table and primary key into a partition, so that
+// every change of one row travels on one subject. The hash (FNV-1a, 32 bit)
+// is part of the contract: changing it would reorder keys across a restart.
+func (t Topology) Partition(schema, table string, pk []string) int {
+	h := fnv.New32a()
+	h.Write([]byte(schema))
+	h.Write([]byte{0})
+	h.Write([]byte(table))
+	for _, v := range pk {
+		h.Write([]byte{0})
+		h.Write([]byte(v))
+	}
+	return int(h.Sum32() % uint32(t.Partitions))
+}
+
+// StreamConfig is the change stream. It keeps messages by limits, not by
+// interest, so that every sink reads it independently, and refuses new
+// messages when full rather than dropping ones a lagging sink still needs:
+// capture then waits, and Postgres keeps the WAL.
+func (t Topology) StreamConfig() jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        t.Stream,
+		Description: "Sluice change events",
+		Subjects:    []string{t.Subjects()},
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardNew,
+		MaxAge:      t.MaxAge,
+		MaxBytes:    t.MaxBytes,
+		Storage:     jetstream.FileStorage,
+		Replicas:    t.Replicas,
+		Duplicates:  2 * time.Minute,
+	}
+}
+
+// ConsumerName is the durable consumer of a sink.
+func ConsumerName(sink string) string { return "sink-" + sink }
+
+// ConsumerConfig is the durable consumer group of one sink. Every writer of
+// the sink pulls from it.
+func (t Topology) ConsumerConfig(sink string) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       ConsumerName(sink),
+		Description:   "Sluice sink " + sink,
+		FilterSubject: t.Subjects(),
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       AckWait,
+		MaxDeliver:    -1,
+		MaxAckPending: MaxAckPending,
+		Replicas:      t.Replicas,
+	}
+}
+
+// Ensure creates or updates the stream and the consumers of the named sinks.
+func (t Topology) Ensure(ctx context.Context, js jetstream.JetStream, sinks ...string) (jetstream.Stream, error) {
+	st, err := js.CreateOrUpdateStream(ctx, t.StreamConfig())
+	if err != nil {
+		return nil, fmt.Errorf("create stream %s: %w", t.Stream, err)
+	}
+	for _, s := range sinks {
+		if _, err := st.CreateOrUpdateConsumer(ctx, t.ConsumerConfig(s)); err != nil {
+			return nil, fmt.Errorf("create consumer %s of stream %s: %w", ConsumerName(s), t.Stream, err)
+		}
+	}
+	return st, nil
+}
+
+// IsNotFound reports whether err says a stream or consumer does not exist.
+func IsNotFound(err error) bool {
+	return errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerNotFound)
+}

@@ -1,0 +1,260 @@
+// Package capture is the capture service: it streams the committed row
+// changes of the configured Postgres tables into the JetStream stream, one
+// ChangeEvent per change, and advances the replication slot only past
+// transactions whose every event JetStream has acknowledged.
+package capture
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/sluicehq/sluice/pkg/config"
+	"github.com/sluicehq/sluice/pkg/topology"
+	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
+	"github.com/sluicehq/sluice/services/capture/internal/event"
+	"github.com/sluicehq/sluice/services/capture/internal/pgoutput"
+	"github.com/sluicehq/sluice/services/capture/internal/pgvalue"
+	"github.com/sluicehq/sluice/services/capture/internal/publisher"
+	"github.com/sluicehq/sluice/services/capture/internal/source"
+)
+
+const (
+	// maxInFlight bounds the events published but not yet acknowledged.
+	maxInFlight = 4096
+	// drainTimeout bounds the wait for acknowledgements at shutdown.
+	drainTimeout = 30 * time.Second
+	maxBackoff   = 30 * time.Second
+)
+
+// Service is the capture service.
+type Service struct {
+	cfg  *config.Config
+	log  *zap.Logger
+	topo topology.Topology
+}
+
+// New returns a capture service for cfg.
+func New(cfg *config.Config, log *zap.Logger) *Service {
+	return &Service{cfg: cfg, log: log, topo: topology.New(cfg.NATS)}
+}
+
+// Run captures until ctx is cancelled, then waits for in-flight events to be
+// acknowledged, confirms them to the slot and returns nil.
+//
+// A failure while preparing (unreachable servers, a missing table, a slot in
+// use) is returned. Once streaming, failures are logged and the stream is
+// restarted from the slot with backoff: nothing published is lost or
+// duplicated.
+func (s *Service) Run(ctx context.Context) error {
+	nc, js, err := topology.Dial(s.cfg.NATS.URL, "sluice-capture", s.log,
+		jetstream.WithPublishAsyncMaxPending(2*maxInFlight), jetstream.WithPublishAsyncTimeout(30*time.Second))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	sinks := make([]string, len(s.cfg.Sinks))
+	for i, sk := range s.cfg.Sinks {
+		sinks[i] = sk.Name
+	}
+	// Consumers exist before the first publish, so no sink misses an event.
+	if _, err := s.topo.Ensure(ctx, js, sinks...); err != nil {
+		return err
+	}
+	src, err := source.Connect(ctx, s.cfg.Postgres)
+	if err != nil {
+		return err
+	}
+	defer src.Close(context.Background())
+	tables, err := src.Tables(ctx)
+	if err != nil {
+		return err
+	}
+	if err := src.EnsurePublication(ctx); err != nil {
+		return err
+	}
+	if err := src.EnsureSlot(ctx); err != nil {
+		return err
+	}
+	s.log.Info("capturing", zap.String("database", src.Database()), zap.Strings("tables", s.cfg.Postgres.Tables),
+		zap.String("slot", s.cfg.Postgres.Slot), zap.String("stream", s.topo.Stream))
+
+	backoff := time.Second
+	for {
+		started := time.Now()
+		err := s.session(ctx, src, js, tables)
+		if ctx.Err() != nil {
+			return err
+		}
+		if time.Since(started) > time.Minute {
+			backoff = time.Second
+		}
+		s.log.Warn("capture stream stopped; restarting from the slot", zap.Error(err), zap.Duration("backoff", backoff))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, maxBackoff)
+	}
+}
+
+// session streams the slot until ctx is cancelled or something fails.
+func (s *Service) session(ctx context.Context, src *source.Source, js jetstream.JetStream, tables map[string]*source.Table) (err error) {
+	if err := src.Reconnect(ctx); err != nil {
+		return err
+	}
+	pub, resume, err := publisher.Open(ctx, js, s.topo.Stream, maxInFlight)
+	if err != nil {
+		return err
+	}
+	stream, err := src.StartStream(ctx, pgvalue.SessionParams)
+	if err != nil {
+		pub.Close(ctx)
+		return err
+	}
+	sess := &session{Service: s, src: src, pub: pub, resume: resume, tables: tables, rels: map[uint32]*event.Relation{}}
+	defer func() {
+		// Drain: whatever JetStream acknowledged is confirmed to the slot.
+		dctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+		defer cancel()
+		if cerr := pub.Close(dctx); err == nil && ctx.Err() == nil {
+			err = cerr
+		}
+		if flushed := pub.Flushed(); flushed > 0 {
+			stream.SendStatus(pgoutput.LSN(flushed))
+		}
+		stream.Close(dctx)
+	}()
+	return sess.run(ctx, stream)
+}
+
+type session struct {
+	*Service
+	src    *source.Source
+	pub    *publisher.Publisher
+	resume publisher.Position
+	tables map[string]*source.Table
+	rels   map[uint32]*event.Relation // captured relations by relation id
+	tx     *event.Tx
+}
+
+func (ss *session) run(ctx context.Context, stream *source.Stream) error {
+	interval := ss.cfg.Postgres.StatusInterval
+	for ctx.Err() == nil {
+		rctx, cancel := context.WithTimeout(ctx, interval)
+		err := ss.receive(ctx, rctx, stream)
+		cancel()
+		if err != nil && !source.IsTimeout(err) {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		if err := stream.SendStatus(pgoutput.LSN(ss.pub.Flushed())); err != nil {
+			return fmt.Errorf("send status: %w", err)
+		}
+	}
+	return nil
+}
+
+// receive handles messages until rctx's deadline. Waiting for room to
+// publish is bounded by ctx only: a slow JetStream is not an error.
+func (ss *session) receive(ctx, rctx context.Context, stream *source.Stream) error {
+	for {
+		msg, err := stream.Receive(rctx)
+		if err != nil {
+			return err
+		}
+		switch m := msg.(type) {
+		case *source.Keepalive:
+			if ss.tx == nil { // every transaction before WALEnd has been received
+				if err := ss.pub.Commit(ctx, uint64(m.WALEnd)); err != nil {
+					return err
+				}
+			}
+			if m.ReplyRequested {
+				if err := stream.SendStatus(pgoutput.LSN(ss.pub.Flushed())); err != nil {
+					return fmt.Errorf("send status: %w", err)
+				}
+			}
+		case *source.XLogData:
+			pm, err := pgoutput.Parse(m.Data)
+			if err != nil {
+				return fmt.Errorf("decode WAL at %s: %w", m.WALStart, err)
+			}
+			if err := ss.handle(ctx, pm); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (ss *session) handle(ctx context.Context, m pgoutput.Message) error {
+	switch m := m.(type) {
+	case *pgoutput.Begin:
+		ss.tx = event.NewTx(ss.src.Database(), m)
+	case *pgoutput.Commit:
+		ss.tx = nil
+		return ss.pub.Commit(ctx, uint64(m.EndLSN))
+	case *pgoutput.Relation:
+		return ss.relation(ctx, m)
+	case *pgoutput.Insert:
+		return ss.change(ctx, m.RelationID, func(r *event.Relation) (*sluicev1.ChangeEvent, error) { return r.Insert(ss.tx, m) })
+	case *pgoutput.Update:
+		return ss.change(ctx, m.RelationID, func(r *event.Relation) (*sluicev1.ChangeEvent, error) { return r.Update(ss.tx, m) })
+	case *pgoutput.Delete:
+		return ss.change(ctx, m.RelationID, func(r *event.Relation) (*sluicev1.ChangeEvent, error) { return r.Delete(ss.tx, m) })
+	case *pgoutput.Truncate:
+		ss.log.Info("ignoring TRUNCATE", zap.Int("tables", len(m.RelationIDs)))
+	}
+	return nil
+}
+
+func (ss *session) relation(ctx context.Context, m *pgoutput.Relation) error {
+	q := m.Namespace + "." + m.Name
+	if _, ok := ss.tables[q]; !ok {
+		delete(ss.rels, m.ID) // published, but not configured: its changes are skipped
+		return nil
+	}
+	pk, err := ss.src.PrimaryKey(ctx, m.Namespace, m.Name)
+	if err != nil {
+		return err
+	}
+	rel, err := event.NewRelation(m, pk)
+	if err != nil {
+		return err
+	}
+	ss.rels[m.ID] = rel
+	return nil
+}
+
+func (ss *session) change(ctx context.Context, relID uint32, build func(*event.Relation) (*sluicev1.ChangeEvent, error)) error {
+	if ss.tx == nil {
+		return errors.New("row change outside a transaction")
+	}
+	rel, ok := ss.rels[relID]
+	if !ok {
+		ss.tx.Skip()
+		return nil
+	}
+	ev, err := build(rel)
+	if err != nil {
+		return err
+	}
+	if ss.resume.Covers(ev.CommitLsn, ev.CommitIdx) {
+		return nil // published before a restart
+	}
+	// A fresh buffer each time: the NATS client keeps the message for retries.
+	data, err := proto.Marshal(ev)
+	if err != nil {
+		return fmt.Errorf("encode change: %w", err)
+	}
+	subject := ss.topo.Subject(ss.topo.Partition(ev.Schema, ev.Table, ev.PkValues))
+	return ss.pub.Publish(ctx, subject, ev.IdempotencyKey, data)
+}

@@ -1,0 +1,196 @@
+// Package event turns decoded pgoutput row changes into ChangeEvents: the
+// rendered record and changes, the primary key, and the event's position.
+package event
+
+import (
+	"bytes"
+	"fmt"
+	"slices"
+
+	"github.com/sluicehq/sluice/pkg/change"
+	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
+	"github.com/sluicehq/sluice/services/capture/internal/pgoutput"
+	"github.com/sluicehq/sluice/services/capture/internal/pgvalue"
+)
+
+// Tx is the transaction a change belongs to.
+type Tx struct {
+	Database   string
+	CommitLSN  uint64
+	CommitTime int64 // microseconds since the Unix epoch
+	nextIdx    uint32
+}
+
+// NewTx starts a transaction.
+func NewTx(database string, b *pgoutput.Begin) *Tx {
+	return &Tx{Database: database, CommitLSN: uint64(b.FinalLSN), CommitTime: b.CommitTime.UnixMicro()}
+}
+
+// Skip counts a change that produces no event (its table is not captured),
+// so that commit_idx does not depend on which tables are captured.
+func (tx *Tx) Skip() { tx.nextIdx++ }
+
+// Relation is a captured table in the shape its latest relation message
+// gave, with the primary key the catalog gave.
+type Relation struct {
+	Schema, Table string
+	columns       []pgoutput.Column
+	names         [][]byte // `"name":` of each column, JSON-encoded once
+	pk            []int    // indexes of the primary-key columns, in column order
+	pkNames       []string
+}
+
+// NewRelation pairs a relation message with the table's primary-key column
+// names. Every key column must be in the relation.
+func NewRelation(rel *pgoutput.Relation, pk []string) (*Relation, error) {
+	r := &Relation{Schema: rel.Namespace, Table: rel.Name, columns: slices.Clone(rel.Columns)}
+	for i, c := range rel.Columns {
+		name := change.AppendString(nil, c.Name)
+		r.names = append(r.names, append(name, ':'))
+		if slices.Contains(pk, c.Name) {
+			r.pk = append(r.pk, i)
+			r.pkNames = append(r.pkNames, c.Name)
+		}
+	}
+	if len(r.pk) != len(pk) {
+		return nil, fmt.Errorf("table %s.%s: primary key %v is not among the replicated columns", rel.Namespace, rel.Name, pk)
+	}
+	return r, nil
+}
+
+// Insert builds the event of a new row.
+func (r *Relation) Insert(tx *Tx, m *pgoutput.Insert) (*sluicev1.ChangeEvent, error) {
+	return r.event(tx, sluicev1.Action_ACTION_INSERT, m.New, nil)
+}
+
+// Update builds the event of a changed row. Under REPLICA IDENTITY FULL the
+// old row fills unchanged TOAST values and gives changes; otherwise changes
+// is {}. When the key changed, the event carries the old key too.
+func (r *Relation) Update(tx *Tx, m *pgoutput.Update) (*sluicev1.ChangeEvent, error) {
+	var old pgoutput.Tuple
+	if m.OldKind == 'O' {
+		old = m.Old
+	}
+	ev, err := r.event(tx, sluicev1.Action_ACTION_UPDATE, m.New, old)
+	if err != nil {
+		return nil, err
+	}
+	ev.Changes = r.changes(m.New, old)
+	if m.Old != nil {
+		oldPK, err := r.key(m.Old, nil)
+		if err != nil {
+			return nil, err
+		}
+		if !slices.Equal(oldPK, ev.PkValues) {
+			ev.OldPkValues = oldPK
+		}
+	}
+	return ev, nil
+}
+
+// Delete builds the event of a removed row from the old key or row.
+func (r *Relation) Delete(tx *Tx, m *pgoutput.Delete) (*sluicev1.ChangeEvent, error) {
+	return r.event(tx, sluicev1.Action_ACTION_DELETE, m.Old, nil)
+}
+
+func (r *Relation) event(tx *Tx, action sluicev1.Action, row, old pgoutput.Tuple) (*sluicev1.ChangeEvent, error) {
+	if len(row) != len(r.columns) {
+		return nil, fmt.Errorf("table %s.%s: row has %d columns, relation %d", r.Schema, r.Table, len(row), len(r.columns))
+	}
+	pk, err := r.key(row, old)
+	if err != nil {
+		return nil, err
+	}
+	idx := tx.nextIdx
+	tx.nextIdx++
+	ev := &sluicev1.ChangeEvent{
+		IdempotencyKey:    change.IdempotencyKey(tx.CommitLSN, idx),
+		Action:            action,
+		Database:          tx.Database,
+		Schema:            r.Schema,
+		Table:             r.Table,
+		PkColumns:         r.pkNames,
+		PkValues:          pk,
+		CommitLsn:         tx.CommitLSN,
+		CommitIdx:         idx,
+		CommitTimestampUs: tx.CommitTime,
+	}
+	ev.Record, ev.UnchangedToastColumns = r.record(row, old)
+	return ev, nil
+}
+
+// key returns the primary-key values of row, taking an unchanged TOAST key
+// value from old.
+func (r *Relation) key(row, old pgoutput.Tuple) ([]string, error) {
+	pk := make([]string, len(r.pk))
+	for i, c := range r.pk {
+		v := row[c]
+		if v.Kind == pgoutput.Unchanged && old != nil {
+			v = old[c]
+		}
+		if v.Kind != pgoutput.Text {
+			return nil, fmt.Errorf("table %s.%s: primary-key column %s was not sent as text (kind %q)", r.Schema, r.Table, r.pkNames[i], v.Kind)
+		}
+		pk[i] = string(v.Data)
+	}
+	return pk, nil
+}
+
+// record renders row as a JSON object in column order. An unchanged TOAST
+// value is taken from old when there is one, and otherwise left out and
+// named in toast, never written as null.
+func (r *Relation) record(row, old pgoutput.Tuple) (rec []byte, toast []string) {
+	size := 2
+	for i, v := range row {
+		size += len(r.names[i]) + len(v.Data) + 8
+	}
+	rec = make([]byte, 0, size)
+	rec = append(rec, '{')
+	first := true
+	for i, v := range row {
+		if v.Kind == pgoutput.Unchanged && old != nil {
+			v = old[i]
+		}
+		if v.Kind == pgoutput.Unchanged {
+			toast = append(toast, r.columns[i].Name)
+			continue
+		}
+		if !first {
+			rec = append(rec, ',')
+		}
+		first = false
+		rec = append(rec, r.names[i]...)
+		rec = r.appendValue(rec, i, v)
+	}
+	return append(rec, '}'), toast
+}
+
+// changes renders the old values of the columns an UPDATE changed, or {}
+// when Postgres did not send the old row.
+func (r *Relation) changes(row, old pgoutput.Tuple) []byte {
+	out := []byte{'{'}
+	if len(old) == len(row) {
+		for i, v := range row {
+			o := old[i]
+			if v.Kind == pgoutput.Unchanged || o.Kind == pgoutput.Unchanged || o.Kind == v.Kind && bytes.Equal(o.Data, v.Data) {
+				continue
+			}
+			if len(out) > 1 {
+				out = append(out, ',')
+			}
+			out = append(out, r.names[i]...)
+			out = r.appendValue(out, i, o)
+		}
+	}
+	return append(out, '}')
+}
+
+func (r *Relation) appendValue(dst []byte, col int, v pgoutput.Value) []byte {
+	switch v.Kind {
+	case pgoutput.Text:
+		return pgvalue.Append(dst, r.columns[col].TypeOID, v.Data)
+	case pgoutput.Binary: // not requested; render the bytes rather than fail
+		return change.AppendBytes(dst, v.Data)
+	}
+	return append(dst, "null"...)
+}

@@ -1,0 +1,236 @@
+// Package source prepares a Postgres database for capture and streams its
+// logical replication: it checks the server's settings and the configured
+// tables, creates the publication and the slot when missing, and reads the
+// pgoutput stream of the slot.
+package source
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/sluicehq/sluice/pkg/config"
+)
+
+// Table is a captured table as the catalog describes it.
+type Table struct {
+	Schema, Name string
+	OID          uint32
+	// PK lists the primary-key columns in column order, the order of the
+	// key's values in Redis keys and record_pks.
+	PK []string
+	// Identity is the replica identity: 'd' (primary key) or 'f' (full).
+	Identity byte
+}
+
+// Qualified returns schema.name.
+func (t *Table) Qualified() string { return t.Schema + "." + t.Name }
+
+// Source is a connection to the captured database for catalog work.
+type Source struct {
+	cfg      config.Postgres
+	conn     *pgx.Conn
+	database string
+}
+
+// Connect opens the catalog connection and checks that the server and the
+// role can do logical replication.
+func Connect(ctx context.Context, cfg config.Postgres) (*Source, error) {
+	conn, err := pgx.Connect(ctx, cfg.URL)
+	if err != nil {
+		return nil, fmt.Errorf("connect to postgres: %w", err)
+	}
+	s := &Source{cfg: cfg, conn: conn}
+	if err := s.check(ctx); err != nil {
+		conn.Close(ctx)
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Source) check(ctx context.Context) error {
+	var walLevel, role string
+	var canReplicate bool
+	err := s.conn.QueryRow(ctx, `SELECT current_setting('wal_level'), current_database(), current_user,
+		(SELECT rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user)`).Scan(&walLevel, &s.database, &role, &canReplicate)
+	if err != nil {
+		return fmt.Errorf("inspect postgres: %w", err)
+	}
+	if walLevel != "logical" {
+		return fmt.Errorf("postgres has wal_level = %s; logical replication needs wal_level = logical (ALTER SYSTEM SET wal_level = logical, then restart Postgres)", walLevel)
+	}
+	if !canReplicate {
+		return fmt.Errorf("postgres role %s may not replicate; grant it: ALTER ROLE %s REPLICATION", role, pgx.Identifier{role}.Sanitize())
+	}
+	return nil
+}
+
+// Reconnect reopens the catalog connection if it was lost, e.g. when
+// Postgres restarted.
+func (s *Source) Reconnect(ctx context.Context) error {
+	if !s.conn.IsClosed() {
+		return nil
+	}
+	conn, err := pgx.Connect(ctx, s.cfg.URL)
+	if err != nil {
+		return fmt.Errorf("connect to postgres: %w", err)
+	}
+	s.conn = conn
+	return nil
+}
+
+// Database is the name of the captured database.
+func (s *Source) Database() string { return s.database }
+
+// Close closes the catalog connection.
+func (s *Source) Close(ctx context.Context) error { return s.conn.Close(ctx) }
+
+const tableQuery = `SELECT c.oid, c.relkind, c.relreplident,
+	ARRAY(SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+		WHERE i.indrelid = c.oid AND i.indisprimary ORDER BY a.attnum)
+	FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+	WHERE n.nspname = $1 AND c.relname = $2`
+
+// Tables describes the configured tables, by qualified name. A table that
+// does not exist, is not a table, has no primary key or a replica identity
+// that does not identify rows by primary key is an error naming it.
+func (s *Source) Tables(ctx context.Context) (map[string]*Table, error) {
+	tables := make(map[string]*Table, len(s.cfg.Tables))
+	var errs []string
+	for _, q := range s.cfg.Tables {
+		schema, name := config.SplitTable(q)
+		t, err := s.table(ctx, schema, name)
+		if err != nil {
+			var pe *tableError
+			if !errors.As(err, &pe) {
+				return nil, err
+			}
+			errs = append(errs, err.Error())
+			continue
+		}
+		tables[q] = t
+	}
+	if len(errs) > 0 {
+		return nil, errors.New(strings.Join(errs, "; "))
+	}
+	return tables, nil
+}
+
+type tableError struct{ msg string }
+
+func (e *tableError) Error() string { return e.msg }
+
+func (s *Source) table(ctx context.Context, schema, name string) (*Table, error) {
+	t := &Table{Schema: schema, Name: name}
+	var kind, ident byte
+	err := s.conn.QueryRow(ctx, tableQuery, schema, name).Scan(&t.OID, &kind, &ident, &t.PK)
+	q := t.Qualified()
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return nil, &tableError{fmt.Sprintf("table %s does not exist", q)}
+	case err != nil:
+		return nil, fmt.Errorf("inspect table %s: %w", q, err)
+	case kind != 'r' && kind != 'p':
+		return nil, &tableError{fmt.Sprintf("%s is not a table (relkind %c)", q, kind)}
+	case len(t.PK) == 0:
+		return nil, &tableError{fmt.Sprintf("table %s has no primary key; Sluice keys every row by it (ALTER TABLE %s ADD PRIMARY KEY (...))", q, ident2(schema, name))}
+	case ident != 'd' && ident != 'f':
+		return nil, &tableError{fmt.Sprintf("table %s has REPLICA IDENTITY %s; deletes would not carry the primary key (ALTER TABLE %s REPLICA IDENTITY DEFAULT, or FULL)",
+			q, map[byte]string{'n': "NOTHING", 'i': "USING INDEX"}[ident], ident2(schema, name))}
+	}
+	t.Identity = ident
+	return t, nil
+}
+
+// PrimaryKey re-reads a table's primary key, after a relation message told
+// that its shape changed.
+func (s *Source) PrimaryKey(ctx context.Context, schema, name string) ([]string, error) {
+	t, err := s.table(ctx, schema, name)
+	if err != nil {
+		return nil, err
+	}
+	return t.PK, nil
+}
+
+func ident2(schema, name string) string { return pgx.Identifier{schema, name}.Sanitize() }
+
+// EnsurePublication creates the publication for the configured tables when
+// it is missing, and otherwise checks that it publishes them.
+func (s *Source) EnsurePublication(ctx context.Context) error {
+	pub := s.cfg.Publication
+	var all, ins, upd, del bool
+	var published []string
+	err := s.conn.QueryRow(ctx, `SELECT puballtables, pubinsert, pubupdate, pubdelete,
+		ARRAY(SELECT schemaname || '.' || tablename FROM pg_publication_tables t WHERE t.pubname = p.pubname)
+		FROM pg_publication p WHERE pubname = $1`, pub).Scan(&all, &ins, &upd, &del, &published)
+	if errors.Is(err, pgx.ErrNoRows) {
+		names := make([]string, len(s.cfg.Tables))
+		for i, q := range s.cfg.Tables {
+			names[i] = ident2(config.SplitTable(q))
+		}
+		// Partitioned tables publish their changes as the parent's.
+		sql := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish_via_partition_root = true)", pgx.Identifier{pub}.Sanitize(), strings.Join(names, ", "))
+		if _, err := s.conn.Exec(ctx, sql); err != nil {
+			return fmt.Errorf("create publication %s: %w", pub, err)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("inspect publication %s: %w", pub, err)
+	}
+	if !ins || !upd || !del {
+		return fmt.Errorf("publication %s does not publish every insert, update and delete (ALTER PUBLICATION %s SET (publish = 'insert, update, delete, truncate'))", pub, pub)
+	}
+	if all {
+		return nil
+	}
+	var missing []string
+	for _, q := range s.cfg.Tables {
+		if !slices.Contains(published, q) {
+			missing = append(missing, ident2(config.SplitTable(q)))
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("publication %s does not include %s (ALTER PUBLICATION %s ADD TABLE %s)", pub, strings.Join(missing, ", "), pub, strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+// EnsureSlot creates the replication slot when it is missing, and otherwise
+// checks that it is a free pgoutput slot of this database.
+func (s *Source) EnsureSlot(ctx context.Context) error {
+	slot := s.cfg.Slot
+	var plugin, database string
+	var active bool
+	var pid *int32
+	err := s.conn.QueryRow(ctx, `SELECT coalesce(plugin, ''), coalesce(database, ''), active, active_pid
+		FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&plugin, &database, &active, &pid)
+	if errors.Is(err, pgx.ErrNoRows) {
+		_, err = s.conn.Exec(ctx, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", slot)
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "42710" { // created meanwhile by another process
+			return s.EnsureSlot(ctx)
+		}
+		if err != nil {
+			return fmt.Errorf("create replication slot %s: %w", slot, err)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("inspect replication slot %s: %w", slot, err)
+	}
+	switch {
+	case plugin != "pgoutput":
+		return fmt.Errorf("replication slot %s uses plugin %q, not pgoutput; drop it or choose another postgres.slot", slot, plugin)
+	case database != s.database:
+		return fmt.Errorf("replication slot %s belongs to database %s, not %s; choose another postgres.slot", slot, database, s.database)
+	case active && pid != nil:
+		return fmt.Errorf("replication slot %s is in use by another process (pid %d); is another sluice-capture running?", slot, *pid)
+	}
+	return nil
+}

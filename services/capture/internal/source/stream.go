@@ -1,0 +1,110 @@
+package source
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/sluicehq/sluice/services/capture/internal/pgoutput"
+)
+
+// Stream is a replication connection reading the slot with pgoutput.
+type Stream struct {
+	conn *pgconn.PgConn
+}
+
+// XLogData carries one pgoutput message. Data is valid until the next Receive.
+type XLogData struct {
+	WALStart pgoutput.LSN
+	Data     []byte
+}
+
+// Keepalive is the server's heartbeat. WALEnd is how far the server has
+// sent; every transaction that committed before it has been received.
+type Keepalive struct {
+	WALEnd         pgoutput.LSN
+	ReplyRequested bool
+}
+
+// StartStream opens a replication connection with the session settings that
+// fix the text formats of values, and starts streaming the slot from its
+// confirmed position: only committed transactions, in commit order.
+func (s *Source) StartStream(ctx context.Context, params map[string]string) (*Stream, error) {
+	cfg, err := pgconn.ParseConfig(s.cfg.URL)
+	if err != nil {
+		return nil, fmt.Errorf("postgres.url: %w", err)
+	}
+	cfg.RuntimeParams["replication"] = "database"
+	cfg.RuntimeParams["application_name"] = "sluice-capture"
+	for k, v := range params {
+		cfg.RuntimeParams[k] = v
+	}
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open replication connection: %w", err)
+	}
+	err = pglogrepl.StartReplication(ctx, conn, s.cfg.Slot, 0, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{"proto_version '1'", fmt.Sprintf("publication_names '%s'", s.cfg.Publication), "messages 'true'"},
+	})
+	if err != nil {
+		conn.Close(ctx)
+		return nil, fmt.Errorf("start replication from slot %s: %w", s.cfg.Slot, err)
+	}
+	return &Stream{conn: conn}, nil
+}
+
+// Receive returns the next *XLogData or *Keepalive. When ctx's deadline
+// passes first it returns an error for which IsTimeout is true, and the
+// stream stays usable.
+func (st *Stream) Receive(ctx context.Context) (any, error) {
+	msg, err := st.conn.ReceiveMessage(ctx)
+	if err != nil {
+		return nil, err
+	}
+	switch m := msg.(type) {
+	case *pgproto3.CopyData:
+		if len(m.Data) == 0 {
+			return nil, errors.New("replication: empty message")
+		}
+		switch m.Data[0] {
+		case pglogrepl.PrimaryKeepaliveMessageByteID:
+			k, err := pglogrepl.ParsePrimaryKeepaliveMessage(m.Data[1:])
+			if err != nil {
+				return nil, fmt.Errorf("replication: %w", err)
+			}
+			return &Keepalive{WALEnd: pgoutput.LSN(k.ServerWALEnd), ReplyRequested: k.ReplyRequested}, nil
+		case pglogrepl.XLogDataByteID:
+			x, err := pglogrepl.ParseXLogData(m.Data[1:])
+			if err != nil {
+				return nil, fmt.Errorf("replication: %w", err)
+			}
+			return &XLogData{WALStart: pgoutput.LSN(x.WALStart), Data: x.WALData}, nil
+		}
+		return nil, fmt.Errorf("replication: unknown message %q", m.Data[0])
+	case *pgproto3.ErrorResponse:
+		return nil, pgconn.ErrorResponseToPgError(m)
+	case *pgproto3.CopyDone:
+		return nil, errors.New("replication: server ended the stream")
+	}
+	return nil, fmt.Errorf("replication: unexpected %T", msg)
+}
+
+// IsTimeout reports whether a Receive error is only its context's deadline.
+func IsTimeout(err error) bool { return pgconn.Timeout(err) }
+
+// SendStatus tells the server that everything up to lsn is safely
+// delivered, which lets the slot release the WAL before it.
+func (st *Stream) SendStatus(lsn pgoutput.LSN) error {
+	pos := pglogrepl.LSN(lsn)
+	return pglogrepl.SendStandbyStatusUpdate(context.Background(), st.conn, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: pos, WALFlushPosition: pos, WALApplyPosition: pos, ClientTime: time.Now(),
+	})
+}
+
+// Close closes the connection.
+func (st *Stream) Close(ctx context.Context) error { return st.conn.Close(ctx) }

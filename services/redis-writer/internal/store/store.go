@@ -1,0 +1,166 @@
+// Package store applies versioned writes to a Redis database in pipelined
+// batches.
+//
+// Every key written has a version record, "sluice:v:{<key>}", holding the
+// position (commit LSN and index) of the change the key reflects. A Lua
+// script writes a key only when the change is newer than that record, in
+// one atomic step. So the value a key ends with is the one of its last
+// committed change whatever the order writes arrive in: JetStream
+// redeliveries, several writers, and a paused writer that wakes up after its
+// successor all become harmless. After a DEL the record stays for the
+// sink's tombstone TTL, so that an older change cannot bring the key back.
+//
+// Every command's reply is checked; a Redis error is a failure of that
+// command, never a silent success.
+package store
+
+import (
+	"context"
+	"crypto/tls"
+	_ "embed"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sluicehq/sluice/pkg/config"
+	"github.com/sluicehq/sluice/services/redis-writer/internal/command"
+)
+
+//go:embed apply.lua
+var applyLua string
+
+var applyScript = redis.NewScript(applyLua)
+
+// VersionPrefix starts the name of every version record.
+const VersionPrefix = "sluice:v:"
+
+// Store is one Redis destination.
+type Store struct {
+	client redis.UniversalClient
+	addr   string
+}
+
+// Open connects to the destination and checks that it answers.
+func Open(ctx context.Context, d config.Destination) (*Store, error) {
+	addr := net.JoinHostPort(d.Host, strconv.Itoa(d.Port))
+	opts := &redis.UniversalOptions{
+		Addrs:        []string{addr},
+		Username:     d.Username,
+		Password:     d.Password,
+		DB:           d.Database,
+		DialTimeout:  5 * time.Second,
+		ReadTimeout:  10 * time.Second,
+		WriteTimeout: 10 * time.Second,
+		// Failed commands are retried by redelivery, with backoff; a retry
+		// here would hide the failure and hold the batch.
+		MaxRetries: -1,
+	}
+	if d.TLS {
+		opts.TLSConfig = &tls.Config{ServerName: d.Host, MinVersion: tls.VersionTLS12}
+	}
+	s := &Store{client: redis.NewUniversalClient(opts), addr: addr}
+	if err := s.client.Ping(ctx).Err(); err != nil {
+		s.client.Close()
+		return nil, fmt.Errorf("connect to redis at %s: %w", addr, err)
+	}
+	if err := applyScript.Load(ctx, s.client).Err(); err != nil {
+		s.client.Close()
+		return nil, fmt.Errorf("load script into redis at %s: %w", addr, err)
+	}
+	return s, nil
+}
+
+// Addr is the destination's address.
+func (s *Store) Addr() string { return s.addr }
+
+// Close closes the connections.
+func (s *Store) Close() error { return s.client.Close() }
+
+// Client is the Redis client, for status and tests.
+func (s *Store) Client() redis.UniversalClient { return s.client }
+
+// VersionKey is the version record of key. It shares key's hash slot, so
+// that the script touches a single slot in a Redis Cluster: a key with a
+// hash tag keeps it as the record's first tag, any other key becomes the
+// record's tag.
+func VersionKey(key string) string {
+	if !strings.ContainsAny(key, "{}") {
+		return VersionPrefix + "{" + key + "}"
+	}
+	return VersionPrefix + key
+}
+
+// Apply writes cmds in one pipeline, in order, and returns each command's
+// error (nil when the write was applied or was older than the key's
+// version) and how many writes were skipped as older.
+func (s *Store) Apply(ctx context.Context, cmds []command.Command) (errs []error, stale int) {
+	errs = make([]error, len(cmds))
+	results := s.run(ctx, cmds)
+	var retry []int
+	for i, r := range results {
+		if err := r.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+			retry = append(retry, i) // Redis restarted or flushed its scripts
+		}
+	}
+	if len(retry) > 0 {
+		if err := applyScript.Load(ctx, s.client).Err(); err == nil {
+			again := make([]command.Command, len(retry))
+			for j, i := range retry {
+				again[j] = cmds[i]
+			}
+			for j, r := range s.run(ctx, again) {
+				results[retry[j]] = r
+			}
+		}
+	}
+	for i, r := range results {
+		n, err := r.Int64()
+		switch {
+		case err != nil:
+			errs[i] = fmt.Errorf("%s %s: %w", verb(cmds[i]), cmds[i].Key, err)
+		case n == 0:
+			stale++
+		}
+	}
+	return errs, stale
+}
+
+func (s *Store) run(ctx context.Context, cmds []command.Command) []*redis.Cmd {
+	results := make([]*redis.Cmd, len(cmds))
+	pipe := s.client.Pipeline()
+	for i, c := range cmds {
+		op, value := "s", c.Value
+		if c.Del {
+			op, value = "d", nil
+		}
+		results[i] = applyScript.EvalSha(ctx, pipe, []string{c.Key, VersionKey(c.Key)},
+			c.Version, op, value, c.ExpireMS, c.VersionExpireMS)
+	}
+	_, err := pipe.Exec(ctx)
+	if err != nil && !isReplyError(err) {
+		// The connection failed: no command has a reply of its own.
+		for _, r := range results {
+			if r.Err() == nil {
+				r.SetErr(err)
+			}
+		}
+	}
+	return results
+}
+
+func isReplyError(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re)
+}
+
+func verb(c command.Command) string {
+	if c.Del {
+		return "DEL"
+	}
+	return "SET"
+}
