@@ -73,6 +73,9 @@ type Sink struct {
 	Routing   string `yaml:"routing"`
 	// BatchSize is the most commands the writer pipelines in one round trip.
 	BatchSize int `yaml:"batch_size"`
+	// AckWait is how long a writer may hold a message before JetStream
+	// hands it to another writer (after a crash, say).
+	AckWait time.Duration `yaml:"ack_wait"`
 	// TombstoneTTL is how long a deleted key's version is remembered, so that
 	// an older change delivered late cannot bring the key back.
 	TombstoneTTL time.Duration `yaml:"tombstone_ttl"`
@@ -111,6 +114,7 @@ const (
 	DefaultMaxAge         = 7 * 24 * time.Hour
 	DefaultBatchSize      = 500
 	DefaultTombstoneTTL   = time.Hour
+	DefaultAckWait        = 30 * time.Second
 	DefaultKeyPrefix      = "sequin"
 	DefaultStatusInterval = time.Second
 	DestinationRedis      = "redis_string"
@@ -213,6 +217,9 @@ func (c *Config) SetDefaults() {
 		}
 		if s.TombstoneTTL == 0 {
 			s.TombstoneTTL = DefaultTombstoneTTL
+		}
+		if s.AckWait == 0 {
+			s.AckWait = DefaultAckWait
 		}
 		if s.Destination.KeyPrefix == "" {
 			s.Destination.KeyPrefix = DefaultKeyPrefix
@@ -326,6 +333,9 @@ func (c *Config) validateSink(i int, errs *fieldErrors) {
 	}
 	if s.TombstoneTTL < time.Millisecond {
 		errs.add(at+".tombstone_ttl", "must be at least 1ms")
+	}
+	if s.AckWait < time.Second {
+		errs.add(at+".ack_wait", "must be at least 1s")
 	}
 	d := s.Destination
 	at += ".destination"

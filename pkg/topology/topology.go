@@ -8,7 +8,6 @@ package topology
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"hash/fnv"
 	"strconv"
@@ -18,10 +17,6 @@ import (
 
 	"github.com/sluicehq/sluice/pkg/config"
 )
-
-// AckWait is how long a writer has to confirm a message before JetStream
-// hands it to another writer.
-const AckWait = 30 * time.Second
 
 // MaxAckPending bounds the messages a sink has in flight across its writers.
 const MaxAckPending = 20000
@@ -87,35 +82,30 @@ func ConsumerName(sink string) string { return "sink-" + sink }
 
 // ConsumerConfig is the durable consumer group of one sink. Every writer of
 // the sink pulls from it.
-func (t Topology) ConsumerConfig(sink string) jetstream.ConsumerConfig {
+func (t Topology) ConsumerConfig(sink config.Sink) jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
-		Durable:       ConsumerName(sink),
-		Description:   "Sluice sink " + sink,
+		Durable:       ConsumerName(sink.Name),
+		Description:   "Sluice sink " + sink.Name,
 		FilterSubject: t.Subjects(),
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       AckWait,
+		AckWait:       sink.AckWait,
 		MaxDeliver:    -1,
 		MaxAckPending: MaxAckPending,
 		Replicas:      t.Replicas,
 	}
 }
 
-// Ensure creates or updates the stream and the consumers of the named sinks.
-func (t Topology) Ensure(ctx context.Context, js jetstream.JetStream, sinks ...string) (jetstream.Stream, error) {
+// Ensure creates or updates the stream and the consumers of sinks.
+func (t Topology) Ensure(ctx context.Context, js jetstream.JetStream, sinks ...config.Sink) (jetstream.Stream, error) {
 	st, err := js.CreateOrUpdateStream(ctx, t.StreamConfig())
 	if err != nil {
 		return nil, fmt.Errorf("create stream %s: %w", t.Stream, err)
 	}
 	for _, s := range sinks {
 		if _, err := st.CreateOrUpdateConsumer(ctx, t.ConsumerConfig(s)); err != nil {
-			return nil, fmt.Errorf("create consumer %s of stream %s: %w", ConsumerName(s), t.Stream, err)
+			return nil, fmt.Errorf("create consumer %s of stream %s: %w", ConsumerName(s.Name), t.Stream, err)
 		}
 	}
 	return st, nil
-}
-
-// IsNotFound reports whether err says a stream or consumer does not exist.
-func IsNotFound(err error) bool {
-	return errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerNotFound)
 }

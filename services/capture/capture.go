@@ -58,12 +58,8 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	defer nc.Close()
-	sinks := make([]string, len(s.cfg.Sinks))
-	for i, sk := range s.cfg.Sinks {
-		sinks[i] = sk.Name
-	}
 	// Consumers exist before the first publish, so no sink misses an event.
-	if _, err := s.topo.Ensure(ctx, js, sinks...); err != nil {
+	if _, err := s.topo.Ensure(ctx, js, s.cfg.Sinks...); err != nil {
 		return err
 	}
 	src, err := source.Connect(ctx, s.cfg.Postgres)

@@ -65,6 +65,7 @@ func New(cfg *config.Config, name string, log *zap.Logger) (*Service, error) {
 // Run writes until ctx is cancelled; then it finishes and acknowledges the
 // batch in flight, hands back the messages it holds, and returns nil.
 func (s *Service) Run(ctx context.Context) error {
+	store.LogTo(s.log)
 	st, err := store.Open(ctx, s.sink.Destination)
 	if err != nil {
 		return fmt.Errorf("sink %s: %w", s.sink.Name, err)
@@ -75,7 +76,7 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	defer nc.Close()
-	stream, err := s.topo.Ensure(ctx, js, s.sink.Name)
+	stream, err := s.topo.Ensure(ctx, js, *s.sink)
 	if err != nil {
 		return err
 	}

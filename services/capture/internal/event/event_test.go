@@ -57,10 +57,10 @@ func TestInsert(t *testing.T) {
 func TestUpdate(t *testing.T) {
 	r := orders(t)
 	cases := []struct {
-		name                  string
-		m                     pgoutput.Update
+		name                   string
+		m                      pgoutput.Update
 		record, changes, toast string
-		oldPK                 string
+		oldPK                  string
 	}{
 		{"default identity", pgoutput.Update{New: pgoutput.Tuple{val("acme"), val("hi"), val("7"), val("2")}},
 			`{"tenant":"acme","note":"hi","id":7,"total":"2"}`, `{}`, "", ""},

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -201,9 +202,40 @@ func (s *Source) EnsurePublication(ctx context.Context) error {
 	return nil
 }
 
+// slotWait is how long EnsureSlot waits for an active slot to be released:
+// after a crash, the old connection's walsender holds the slot until it
+// notices the connection is gone.
+const slotWait = 15 * time.Second
+
 // EnsureSlot creates the replication slot when it is missing, and otherwise
-// checks that it is a free pgoutput slot of this database.
+// checks that it is a pgoutput slot of this database that no other process
+// uses.
 func (s *Source) EnsureSlot(ctx context.Context) error {
+	deadline := time.Now().Add(slotWait)
+	for {
+		err := s.ensureSlot(ctx)
+		var busy *slotBusyError
+		if !errors.As(err, &busy) || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+type slotBusyError struct {
+	slot string
+	pid  int32
+}
+
+func (e *slotBusyError) Error() string {
+	return fmt.Sprintf("replication slot %s is in use by another process (pid %d); is another sluice-capture running?", e.slot, e.pid)
+}
+
+func (s *Source) ensureSlot(ctx context.Context) error {
 	slot := s.cfg.Slot
 	var plugin, database string
 	var active bool
@@ -214,7 +246,7 @@ func (s *Source) EnsureSlot(ctx context.Context) error {
 		_, err = s.conn.Exec(ctx, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", slot)
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "42710" { // created meanwhile by another process
-			return s.EnsureSlot(ctx)
+			return s.ensureSlot(ctx)
 		}
 		if err != nil {
 			return fmt.Errorf("create replication slot %s: %w", slot, err)
@@ -230,7 +262,7 @@ func (s *Source) EnsureSlot(ctx context.Context) error {
 	case database != s.database:
 		return fmt.Errorf("replication slot %s belongs to database %s, not %s; choose another postgres.slot", slot, database, s.database)
 	case active && pid != nil:
-		return fmt.Errorf("replication slot %s is in use by another process (pid %d); is another sluice-capture running?", slot, *pid)
+		return &slotBusyError{slot, *pid}
 	}
 	return nil
 }

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
 
 	"github.com/sluicehq/sluice/pkg/config"
 	"github.com/sluicehq/sluice/services/redis-writer/internal/command"
@@ -164,3 +165,12 @@ func verb(c command.Command) string {
 	}
 	return "SET"
 }
+
+// LogTo sends the Redis client's own messages (failed dials, pool events)
+// to log at debug level, instead of to stderr: the store reports failures
+// itself, as errors.
+func LogTo(log *zap.Logger) { redis.SetLogger(clientLogger{log.Sugar()}) }
+
+type clientLogger struct{ log *zap.SugaredLogger }
+
+func (l clientLogger) Printf(_ context.Context, format string, v ...any) { l.log.Debugf(format, v...) }

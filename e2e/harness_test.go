@@ -1,0 +1,251 @@
+// Package e2e runs the Sluice binaries as separate processes against real
+// Postgres, NATS JetStream and Redis servers, and checks Redis against
+// Postgres row by row.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sluicehq/sluice/pkg/broker"
+	"github.com/sluicehq/sluice/pkg/testenv"
+)
+
+// bin holds the binaries built for this run.
+var bin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "sluice-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	bin = dir
+	build := exec.Command("go", "build", "-o", dir+"/",
+		"github.com/sluicehq/sluice/services/capture/cmd/sluice-capture",
+		"github.com/sluicehq/sluice/services/redis-writer/cmd/sluice-redis-writer",
+		"github.com/sluicehq/sluice/services/sluice/cmd/sluice")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build binaries:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// env is one test's servers.
+type env struct {
+	t     *testing.T
+	pg    *testenv.Postgres
+	redis *testenv.Redis
+	nats  *broker.Server
+	dir   string
+	conn  *pgx.Conn
+	rc    *redis.Client
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	e := &env{t: t, pg: testenv.NewPostgres(t, testenv.PostgresOptions{}), redis: testenv.NewRedis(t), nats: testenv.NewNATS(t), dir: t.TempDir()}
+	var err error
+	if e.conn, err = pgx.Connect(context.Background(), e.pg.URL); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.conn.Close(context.Background()) })
+	e.rc = e.redis.Client()
+	t.Cleanup(func() { e.rc.Close() })
+	return e
+}
+
+func (e *env) exec(sql string, args ...any) {
+	e.t.Helper()
+	if _, err := e.conn.Exec(context.Background(), sql, args...); err != nil {
+		e.t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// config writes a config file for tables and returns its path. Without
+// withNATS it names no NATS server, for `sluice dev`.
+func (e *env) config(tables []string, withNATS bool) string {
+	e.t.Helper()
+	natsURL := ""
+	if withNATS {
+		natsURL = "url: " + e.nats.URL()
+	}
+	doc := fmt.Sprintf(`postgres:
+  url: %s
+  tables: [%s]
+  status_interval: 200ms
+nats:
+  %s
+  partitions: 4
+sinks:
+  - name: cache
+    batch_size: 100
+    ack_wait: 2s
+    destination: {type: redis_string, host: 127.0.0.1, port: %d}
+log:
+  level: debug
+  format: json
+`, e.pg.URL, strings.Join(tables, ", "), natsURL, e.redis.Port)
+	f, err := os.CreateTemp(e.dir, "sluice-*.yaml")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(doc); err != nil {
+		e.t.Fatal(err)
+	}
+	return f.Name()
+}
+
+// proc is a Sluice binary running as a child process.
+type proc struct {
+	t    *testing.T
+	name string
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// start runs a binary; the test's end kills it if it still runs, and a
+// failed test shows its output.
+func start(t *testing.T, name string, args ...string) *proc {
+	t.Helper()
+	p := &proc{t: t, name: name, cmd: exec.Command(filepath.Join(bin, name), args...), out: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() { _ = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			t.Logf("%s %v output:\n%s", name, args, tail(p.out.String(), 6000))
+		}
+	})
+	return p
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "…" + s[len(s)-n:]
+	}
+	return s
+}
+
+func (p *proc) kill() {
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// wait waits for the process to exit and returns its status.
+func (p *proc) wait(timeout time.Duration) int {
+	p.t.Helper()
+	select {
+	case <-p.done:
+		return p.cmd.ProcessState.ExitCode()
+	case <-time.After(timeout):
+		p.t.Fatalf("%s still runs after %s", p.name, timeout)
+		return -1
+	}
+}
+
+func (p *proc) signal(sig syscall.Signal) {
+	_ = p.cmd.Process.Signal(sig)
+}
+
+// eventually polls cond until it returns "" (done) or timeout, then fails
+// with cond's last answer.
+func eventually(t *testing.T, timeout time.Duration, cond func() string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		msg := cond()
+		if msg == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %s", timeout, msg)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+// waitMatch waits until Redis holds exactly the rows of each table.
+func (e *env) waitMatch(timeout time.Duration, tables ...testenv.Table) {
+	e.t.Helper()
+	ctx := context.Background()
+	eventually(e.t, timeout, func() string {
+		for _, tb := range tables {
+			diffs, err := testenv.TableDiff(ctx, e.conn, e.rc, tb)
+			if err != nil {
+				return err.Error()
+			}
+			if len(diffs) > 0 {
+				if len(diffs) > 5 {
+					diffs = append(diffs[:5], fmt.Sprintf("… %d more", len(diffs)-5))
+				}
+				return tb.Name + ": " + strings.Join(diffs, "; ")
+			}
+		}
+		return ""
+	})
+}
+
+// waitStreaming waits until capture holds the replication slot.
+func (e *env) waitStreaming(p *proc) {
+	e.t.Helper()
+	eventually(e.t, 30*time.Second, func() string {
+		if p.exited() {
+			e.t.Fatalf("%s exited: %s", p.name, tail(p.out.String(), 3000))
+		}
+		var active bool
+		err := e.conn.QueryRow(context.Background(), "SELECT active FROM pg_replication_slots WHERE slot_name = 'sluice'").Scan(&active)
+		if err != nil || !active {
+			return fmt.Sprintf("slot not active (%v)", err)
+		}
+		return ""
+	})
+}

@@ -1,0 +1,134 @@
+package source
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/pkg/config"
+	"github.com/sluicehq/sluice/pkg/testenv"
+	"github.com/sluicehq/sluice/services/capture/internal/pgoutput"
+	"github.com/sluicehq/sluice/services/capture/internal/pgvalue"
+)
+
+func cfg(url string, tables ...string) config.Postgres {
+	return config.Postgres{URL: url, Slot: "sluice", Publication: "sluice", Tables: tables}
+}
+
+func TestPrepareAndStream(t *testing.T) {
+	ctx := context.Background()
+	pg := testenv.NewPostgres(t, testenv.PostgresOptions{})
+	pg.Exec(t, `CREATE TABLE orders (note text, id int, tenant text, PRIMARY KEY (tenant, id));
+		CREATE TABLE full_id (id int PRIMARY KEY); ALTER TABLE full_id REPLICA IDENTITY FULL;
+		CREATE TABLE nopk (a int);
+		CREATE TABLE byindex (a int NOT NULL UNIQUE, id int PRIMARY KEY); ALTER TABLE byindex REPLICA IDENTITY USING INDEX byindex_a_key;
+		CREATE VIEW v AS SELECT 1 AS one`)
+
+	src, err := Connect(ctx, cfg(pg.URL, "public.orders", "public.full_id"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close(ctx)
+	tables, err := src.Tables(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := tables["public.orders"]; strings.Join(o.PK, ",") != "id,tenant" || o.Identity != 'd' || tables["public.full_id"].Identity != 'f' {
+		t.Fatalf("tables = %+v %+v", o, tables["public.full_id"])
+	}
+
+	bad, err := Connect(ctx, cfg(pg.URL, "public.ghost", "public.nopk", "public.byindex", "public.v"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bad.Close(ctx)
+	_, err = bad.Tables(ctx)
+	for _, want := range []string{"table public.ghost does not exist", "table public.nopk has no primary key", "table public.byindex has REPLICA IDENTITY USING INDEX", "public.v is not a table"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Tables error %v, want it to say %q", err, want)
+		}
+	}
+
+	if err := src.EnsurePublication(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.EnsurePublication(ctx); err != nil { // exists now
+		t.Fatal(err)
+	}
+	wider, _ := Connect(ctx, cfg(pg.URL, "public.orders", "public.nopk"))
+	defer wider.Close(ctx)
+	if err := wider.EnsurePublication(ctx); err == nil || !strings.Contains(err.Error(), `publication sluice does not include "public"."nopk" (ALTER PUBLICATION`) {
+		t.Errorf("publication missing a table: %v", err)
+	}
+
+	if err := src.EnsureSlot(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st, err := src.StartStream(ctx, pgvalue.SessionParams)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close(ctx)
+	// While the slot is streamed, another capture is told who holds it.
+	other, _ := Connect(ctx, cfg(pg.URL, "public.orders"))
+	defer other.Close(ctx)
+	if err := other.ensureSlot(ctx); err == nil || !strings.Contains(err.Error(), "replication slot sluice is in use by another process (pid") {
+		t.Errorf("busy slot: %v", err)
+	}
+
+	pg.Exec(t, `INSERT INTO orders VALUES ('hi', 7, 'acme')`)
+	var got []string
+	deadline := time.Now().Add(20 * time.Second)
+	for len(got) < 4 && time.Now().Before(deadline) {
+		rctx, cancel := context.WithTimeout(ctx, time.Second)
+		msg, err := st.Receive(rctx)
+		cancel()
+		if IsTimeout(err) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if x, ok := msg.(*XLogData); ok {
+			m, err := pgoutput.Parse(x.Data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch m := m.(type) {
+			case *pgoutput.Begin:
+				got = append(got, "begin")
+			case *pgoutput.Relation:
+				got = append(got, "relation "+m.Name)
+			case *pgoutput.Insert:
+				got = append(got, "insert "+string(m.New[0].Data)+" "+string(m.New[2].Data))
+			case *pgoutput.Commit:
+				got = append(got, "commit")
+				if err := st.SendStatus(m.EndLSN); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	if strings.Join(got, "; ") != "begin; relation orders; insert hi acme; commit" {
+		t.Fatalf("stream: %v", got)
+	}
+}
+
+func TestServerChecks(t *testing.T) {
+	ctx := context.Background()
+	pg := testenv.NewPostgres(t, testenv.PostgresOptions{Settings: map[string]string{"wal_level": "replica"}})
+	pg.Exec(t, `CREATE ROLE app LOGIN`)
+	_, err := Connect(ctx, cfg(pg.URL, "public.t"))
+	if err == nil || !strings.Contains(err.Error(), "wal_level = replica; logical replication needs wal_level = logical") {
+		t.Errorf("wal_level: %v", err)
+	}
+
+	pg2 := testenv.NewPostgres(t, testenv.PostgresOptions{})
+	pg2.Exec(t, `CREATE ROLE app LOGIN`)
+	url := strings.Replace(pg2.URL, "postgres@", "app@", 1)
+	_, err = Connect(ctx, cfg(url, "public.t"))
+	if err == nil || !strings.Contains(err.Error(), `postgres role app may not replicate; grant it: ALTER ROLE "app" REPLICATION`) {
+		t.Errorf("role: %v", err)
+	}
+}
