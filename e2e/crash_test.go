@@ -106,7 +106,7 @@ func TestCaptureKilled(t *testing.T) {
 	// streams for a random while before the next kill.
 	const kills = 8
 	done := chaos(kills, 300*time.Millisecond, 1200*time.Millisecond, func() {
-		capture.signal(syscall.SIGKILL)
+		capture.Signal(syscall.SIGKILL)
 		capture.wait(10 * time.Second)
 		capture = start(t, "sluice-capture", "--config", cfg)
 	})
@@ -195,10 +195,10 @@ func TestWriterKilled(t *testing.T) {
 	const kills = 10
 	n := 0
 	done := chaos(kills, 100*time.Millisecond, 500*time.Millisecond, func() {
-		victim.signal(syscall.SIGKILL)
+		victim.Signal(syscall.SIGKILL)
 		victim.wait(10 * time.Second)
 		if n++; n%3 == 0 { // and, now and then, the other one
-			steady.signal(syscall.SIGKILL)
+			steady.Signal(syscall.SIGKILL)
 			steady.wait(10 * time.Second)
 			steady = start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
 		}

@@ -4,14 +4,12 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -115,85 +113,40 @@ log:
 
 // proc is a Sluice binary running as a child process.
 type proc struct {
-	t    *testing.T
-	name string
-	cmd  *exec.Cmd
-	out  *syncBuffer
-	done chan struct{}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	*testenv.Process
+	t *testing.T
 }
 
 // start runs a binary; the test's end kills it if it still runs, and a
 // failed test shows its output.
 func start(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
-	p := &proc{t: t, name: name, cmd: exec.Command(filepath.Join(bin, name), args...), out: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
+	log, err := os.CreateTemp(t.TempDir(), name+"-*.log")
+	if err != nil {
+		t.Fatal(err)
 	}
-	go func() { _ = p.cmd.Wait(); close(p.done) }()
+	log.Close()
+	p, err := testenv.StartProcess(name, log.Name(), nil, filepath.Join(bin, name), args...)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
-		p.kill()
+		p.Stop(syscall.SIGKILL, time.Second)
 		if t.Failed() {
-			t.Logf("%s %v output:\n%s", name, args, tail(p.out.String(), 6000))
+			t.Logf("%s %v output:\n%s", name, args, p.Tail(6000))
 		}
 	})
-	return p
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return "…" + s[len(s)-n:]
-	}
-	return s
-}
-
-func (p *proc) kill() {
-	_ = p.cmd.Process.Kill()
-	<-p.done
-}
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
+	return &proc{Process: p, t: t}
 }
 
 // wait waits for the process to exit and returns its status.
 func (p *proc) wait(timeout time.Duration) int {
 	p.t.Helper()
-	select {
-	case <-p.done:
-		return p.cmd.ProcessState.ExitCode()
-	case <-time.After(timeout):
-		p.t.Fatalf("%s still runs after %s", p.name, timeout)
-		return -1
+	code, ok := p.Wait(timeout)
+	if !ok {
+		p.t.Fatalf("%s still runs after %s", p.Name, timeout)
 	}
-}
-
-func (p *proc) signal(sig syscall.Signal) {
-	_ = p.cmd.Process.Signal(sig)
+	return code
 }
 
 // eventually polls cond until it returns "" (done) or timeout, then fails
@@ -238,8 +191,8 @@ func (e *env) waitMatch(timeout time.Duration, tables ...testenv.Table) {
 func (e *env) waitStreaming(p *proc) {
 	e.t.Helper()
 	eventually(e.t, 30*time.Second, func() string {
-		if p.exited() {
-			e.t.Fatalf("%s exited: %s", p.name, tail(p.out.String(), 3000))
+		if p.Exited() {
+			e.t.Fatalf("%s exited: %s", p.Name, p.Tail(3000))
 		}
 		var active bool
 		err := e.conn.QueryRow(context.Background(), "SELECT active FROM pg_replication_slots WHERE slot_name = 'sluice'").Scan(&active)

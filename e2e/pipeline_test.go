@@ -98,8 +98,8 @@ func TestSeparateServices(t *testing.T) {
 	}
 
 	// SIGTERM drains both services, which exit 0.
-	writer.signal(syscall.SIGTERM)
-	capture.signal(syscall.SIGTERM)
+	writer.Signal(syscall.SIGTERM)
+	capture.Signal(syscall.SIGTERM)
 	if code := writer.wait(30 * time.Second); code != 0 {
 		t.Fatalf("writer exited %d", code)
 	}
@@ -120,10 +120,10 @@ func TestSluiceDev(t *testing.T) {
 	e.exec(`DELETE FROM users WHERE id % 5 = 0`)
 	e.exec(`DELETE FROM orders WHERE tenant = 'b'`)
 	e.waitMatch(30*time.Second, users, orders)
-	if !strings.Contains(dev.out.String(), "embedded nats server started") {
+	if !strings.Contains(dev.Output(), "embedded nats server started") {
 		t.Error("sluice dev did not report its embedded NATS server")
 	}
-	dev.signal(syscall.SIGINT)
+	dev.Signal(syscall.SIGINT)
 	if code := dev.wait(30 * time.Second); code != 0 {
 		t.Fatalf("sluice dev exited %d", code)
 	}
@@ -175,11 +175,11 @@ func TestStartupErrors(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			p := start(t, c.args[0], c.args[1:]...)
 			if code := p.wait(30 * time.Second); code == 0 {
-				t.Fatalf("exit status 0; output: %s", p.out.String())
+				t.Fatalf("exit status 0; output: %s", p.Output())
 			}
 			// Debug logs (JSON lines) aside, the error is one line.
 			var plain []string
-			for _, line := range strings.Split(strings.TrimSpace(p.out.String()), "\n") {
+			for _, line := range strings.Split(strings.TrimSpace(p.Output()), "\n") {
 				if !strings.HasPrefix(line, "{") {
 					plain = append(plain, line)
 				}
@@ -195,9 +195,9 @@ func TestStartupErrors(t *testing.T) {
 func TestDemo(t *testing.T) {
 	demo := start(t, "sluice", "demo")
 	if code := demo.wait(2 * time.Minute); code != 0 {
-		t.Fatalf("sluice demo exited %d:\n%s", code, demo.out.String())
+		t.Fatalf("sluice demo exited %d:\n%s", code, demo.Output())
 	}
-	out := demo.out.String()
+	out := demo.Output()
 	for _, want := range []string{"Redis matches Postgres", `"name":"Grace Hopper"`, "sequin:users:40", "it drained and exited 0"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)

@@ -165,3 +165,15 @@ func FuzzExpand(f *testing.F) {
 		}
 	})
 }
+
+// The example shipped in deploy/ stays valid.
+func TestDeployExample(t *testing.T) {
+	t.Setenv("REDIS_EU_PASSWORD", "secret")
+	cfg, err := Load("../../deploy/sluice.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Sinks) != 2 || cfg.Sinks[0].Destination.Password != "secret" || cfg.NATS.URL != "nats://nats:4222" {
+		t.Fatalf("example = %+v", cfg)
+	}
+}

@@ -22,7 +22,7 @@ type Postgres struct {
 	URL  string
 	Port int
 	Dir  string
-	proc *process
+	proc *Process
 	cred *syscall.Credential
 }
 
@@ -129,7 +129,7 @@ func StartPostgres(ctx context.Context, o PostgresOptions) (*Postgres, error) {
 		for k, v := range settings {
 			args = append(args, "-c", k+"="+v)
 		}
-		proc, err := startProcess("postgres", filepath.Join(dir, "postgres.log"), cred, filepath.Join(bin, "postgres"), args...)
+		proc, err := StartProcess("postgres", filepath.Join(dir, "postgres.log"), cred, filepath.Join(bin, "postgres"), args...)
 		if err != nil {
 			return err
 		}
@@ -142,7 +142,7 @@ func StartPostgres(ctx context.Context, o PostgresOptions) (*Postgres, error) {
 			}
 			return conn.Close(ctx)
 		})
-		if err != nil && strings.Contains(proc.tail(), "Address already in use") {
+		if err != nil && strings.Contains(proc.Output(), "Address already in use") {
 			return errPortInUse
 		}
 		return err
@@ -156,13 +156,10 @@ func StartPostgres(ctx context.Context, o PostgresOptions) (*Postgres, error) {
 // Stop shuts the cluster down (fast mode) and removes its directory.
 func (p *Postgres) Stop() {
 	if p.proc != nil {
-		p.proc.stop(syscall.SIGINT, 15*time.Second)
+		p.proc.Stop(syscall.SIGINT, 15*time.Second)
 	}
 	os.RemoveAll(p.Dir)
 }
-
-// Log returns the end of the server log.
-func (p *Postgres) Log() string { return p.proc.tail() }
 
 // NewPostgres starts a cluster for a test and stops it when the test ends.
 func NewPostgres(t TB, o PostgresOptions) *Postgres {

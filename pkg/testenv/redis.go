@@ -19,7 +19,7 @@ type Redis struct {
 	Addr string
 	Port int
 	Dir  string
-	proc *process
+	proc *Process
 	args []string
 }
 
@@ -58,7 +58,7 @@ func StartRedis(ctx context.Context, args ...string) (*Redis, error) {
 func (r *Redis) start(ctx context.Context, bin string) error {
 	args := append([]string{"--port", strconv.Itoa(r.Port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
 		"--dir", r.Dir, "--daemonize", "no"}, r.args...)
-	proc, err := startProcess("redis-server", filepath.Join(r.Dir, "redis.log"), nil, bin, args...)
+	proc, err := StartProcess("redis-server", filepath.Join(r.Dir, "redis.log"), nil, bin, args...)
 	if err != nil {
 		return err
 	}
@@ -72,7 +72,7 @@ func (r *Redis) start(ctx context.Context, bin string) error {
 		}
 		return err
 	})
-	if err != nil && strings.Contains(proc.tail(), "Address already in use") {
+	if err != nil && strings.Contains(proc.Output(), "Address already in use") {
 		return errPortInUse
 	}
 	return err
@@ -81,7 +81,7 @@ func (r *Redis) start(ctx context.Context, bin string) error {
 // Stop stops the server.
 func (r *Redis) Stop() {
 	if r.proc != nil {
-		r.proc.stop(syscall.SIGTERM, 10*time.Second)
+		r.proc.Stop(syscall.SIGTERM, 10*time.Second)
 	}
 }
 

@@ -8,13 +8,13 @@
 package testenv
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -36,16 +36,20 @@ func FreePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// process is a server child process.
-type process struct {
-	name string
+// Process is a child process whose output goes to a log file. It runs in
+// its own process group, so that a terminal's Ctrl-C reaches only its
+// parent, and it is killed when the parent dies.
+type Process struct {
+	Name string
+	Log  string // the output file
 	cmd  *exec.Cmd
-	log  string
 	done chan struct{}
 	err  error
 }
 
-func startProcess(name, logPath string, cred *syscall.Credential, bin string, args ...string) (*process, error) {
+// StartProcess starts bin with args, as the user of cred when it is not nil,
+// appending its output to logPath.
+func StartProcess(name, logPath string, cred *syscall.Credential, bin string, args ...string) (*Process, error) {
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
@@ -57,7 +61,7 @@ func startProcess(name, logPath string, cred *syscall.Credential, bin string, ar
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	p := &process{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
+	p := &Process{Name: name, Log: logPath, cmd: cmd, done: make(chan struct{})}
 	go func() {
 		p.err = cmd.Wait()
 		close(p.done)
@@ -65,8 +69,59 @@ func startProcess(name, logPath string, cred *syscall.Credential, bin string, ar
 	return p, nil
 }
 
+// Exited reports whether the process has ended.
+func (p *Process) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Signal sends sig to the process.
+func (p *Process) Signal(sig syscall.Signal) { _ = p.cmd.Process.Signal(sig) }
+
+// Wait waits up to timeout for the process to end and returns its exit
+// status; ok is false when it still runs.
+func (p *Process) Wait(timeout time.Duration) (code int, ok bool) {
+	select {
+	case <-p.done:
+		return p.cmd.ProcessState.ExitCode(), true
+	case <-time.After(timeout):
+		return -1, false
+	}
+}
+
+// Stop sends sig, waits up to grace, then kills the process group, and
+// returns the exit status.
+func (p *Process) Stop(sig syscall.Signal, grace time.Duration) int {
+	p.Signal(sig)
+	if code, ok := p.Wait(grace); ok {
+		return code
+	}
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	<-p.done
+	return p.cmd.ProcessState.ExitCode()
+}
+
+// Output returns everything the process wrote.
+func (p *Process) Output() string {
+	b, _ := os.ReadFile(p.Log)
+	return string(b)
+}
+
+// Tail returns the last n bytes of the output, for error messages.
+func (p *Process) Tail(n int) string {
+	out := strings.TrimSpace(p.Output())
+	if len(out) > n {
+		return "…" + out[len(out)-n:]
+	}
+	return out
+}
+
 // waitReady polls ready until it succeeds, the process exits or timeout.
-func (p *process) waitReady(ctx context.Context, timeout time.Duration, ready func(context.Context) error) error {
+func (p *Process) waitReady(ctx context.Context, timeout time.Duration, ready func(context.Context) error) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var last error
@@ -76,33 +131,12 @@ func (p *process) waitReady(ctx context.Context, timeout time.Duration, ready fu
 		}
 		select {
 		case <-p.done:
-			return fmt.Errorf("%s exited (%v) before it was ready: %s", p.name, p.err, p.tail())
+			return fmt.Errorf("%s exited (%v) before it was ready: %s", p.Name, p.err, p.Tail(2000))
 		case <-ctx.Done():
-			return fmt.Errorf("%s not ready after %s: %v: %s", p.name, timeout, last, p.tail())
+			return fmt.Errorf("%s not ready after %s: %v: %s", p.Name, timeout, last, p.Tail(2000))
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-}
-
-// stop sends sig and waits for the process to exit, killing its group after
-// grace.
-func (p *process) stop(sig syscall.Signal, grace time.Duration) {
-	_ = p.cmd.Process.Signal(sig)
-	select {
-	case <-p.done:
-	case <-time.After(grace):
-		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-		<-p.done
-	}
-}
-
-// tail returns the end of the process's log, for error messages.
-func (p *process) tail() string {
-	b, _ := os.ReadFile(p.log)
-	if len(b) > 2000 {
-		b = b[len(b)-2000:]
-	}
-	return string(bytes.TrimSpace(b))
 }
 
 func retryPort(start func(port int) error) error {

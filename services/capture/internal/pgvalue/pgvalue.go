@@ -122,37 +122,35 @@ func isNumber(b []byte) bool {
 	if i < len(b) && b[i] == '-' {
 		i++
 	}
-	start := i
-	for i < len(b) && b[i] >= '0' && b[i] <= '9' {
-		i++
-	}
-	if i == start || b[start] == '0' && i-start > 1 {
+	j := skipDigits(b, i)
+	if j == i || b[i] == '0' && j-i > 1 {
 		return false
 	}
-	if i < len(b) && b[i] == '.' {
-		i++
-		start = i
-		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
-			i++
-		}
-		if i == start {
+	if i = j; i < len(b) && b[i] == '.' {
+		if j = skipDigits(b, i+1); j == i+1 {
 			return false
 		}
+		i = j
 	}
 	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
 		i++
 		if i < len(b) && (b[i] == '+' || b[i] == '-') {
 			i++
 		}
-		start = i
-		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
-			i++
-		}
-		if i == start {
+		if j = skipDigits(b, i); j == i {
 			return false
 		}
+		i = j
 	}
 	return i == len(b)
+}
+
+// skipDigits returns the index of the first non-digit at or after i.
+func skipDigits(b []byte, i int) int {
+	for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+		i++
+	}
+	return i
 }
 
 // appendTimestamptz turns "2026-11-25 20:00:00.1+00" into
@@ -174,11 +172,7 @@ func appendTimestamptz(dst, s []byte) ([]byte, bool) {
 		}
 		return t.UTC().AppendFormat(append(dst, '"'), "2006-01-02T15:04:05.000000Z\""), true
 	}
-	dst = append(dst, '"')
-	dst = append(dst, date...)
-	dst = append(dst, 'T')
-	dst, ok = appendClock(dst, clock[:off])
-	return append(dst, 'Z', '"'), ok
+	return appendISO(dst, date, clock[:off], "Z")
 }
 
 // appendTimestamp turns "2026-11-25 20:00:00.1" into "2026-11-25T20:00:00.100000".
@@ -187,10 +181,16 @@ func appendTimestamp(dst, s []byte) ([]byte, bool) {
 	if !ok {
 		return dst, false
 	}
+	return appendISO(dst, date, clock, "")
+}
+
+// appendISO writes "<date>T<clock with six fractional digits><zone>" quoted.
+func appendISO(dst, date, clock []byte, zone string) ([]byte, bool) {
 	dst = append(dst, '"')
 	dst = append(dst, date...)
 	dst = append(dst, 'T')
-	dst, ok = appendClock(dst, clock)
+	dst, ok := appendClock(dst, clock)
+	dst = append(dst, zone...)
 	return append(dst, '"'), ok
 }
 

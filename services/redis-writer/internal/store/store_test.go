@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/sluicehq/sluice/pkg/change"
 	"github.com/sluicehq/sluice/pkg/config"
 	"github.com/sluicehq/sluice/pkg/testenv"
@@ -156,4 +158,28 @@ func crc16(s string) uint16 {
 		}
 	}
 	return crc
+}
+
+// The destination's username, password and database are used.
+func TestOpenWithACLUserAndDatabase(t *testing.T) {
+	ctx := context.Background()
+	r := testenv.NewRedis(t, "--user", "app", "on", ">s3cret", "~*", "&*", "+@all")
+	d := config.Destination{Host: "127.0.0.1", Port: r.Port, Username: "app", Password: "s3cret", Database: 3}
+	s, err := Open(ctx, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if errs, _ := s.Apply(ctx, []command.Command{set("k", "v", 1, 0)}); errs[0] != nil {
+		t.Fatal(errs[0])
+	}
+	rc := redis.NewClient(&redis.Options{Addr: r.Addr, Username: "app", Password: "s3cret", DB: 3})
+	defer rc.Close()
+	if got := rc.Get(ctx, "k").Val(); got != "v" {
+		t.Fatalf("db 3 holds %q", got)
+	}
+	d.Password = "wrong"
+	if _, err := Open(ctx, d); err == nil || !strings.Contains(err.Error(), "WRONGPASS") {
+		t.Fatalf("wrong password: %v", err)
+	}
 }

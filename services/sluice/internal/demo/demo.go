@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"slices"
@@ -100,13 +99,12 @@ log:
 		return err
 	}
 
-	logPath := filepath.Join(dir, "sluice-dev.log")
-	dev, err := startDev(exe, cfgPath, logPath)
+	dev, err := testenv.StartProcess("sluice dev", filepath.Join(dir, "sluice-dev.log"), nil, exe, "dev", "--config", cfgPath)
 	if err != nil {
 		return err
 	}
-	defer dev.kill()
-	fmt.Fprintf(out, "  sluice dev  --config %s (log: %s)\n", cfgPath, logPath)
+	defer dev.Stop(syscall.SIGKILL, time.Second)
+	fmt.Fprintf(out, "  sluice dev  --config %s (log: %s)\n", cfgPath, dev.Log)
 	if err := waitStreaming(ctx, conn, dev); err != nil {
 		return err
 	}
@@ -129,8 +127,8 @@ log:
 		if len(diffs) == 0 {
 			break
 		}
-		if time.Since(start) > 30*time.Second || dev.exited() {
-			return fmt.Errorf("redis did not come to match postgres: %s\nsluice dev log:\n%s", strings.Join(diffs, "; "), tail(logPath))
+		if time.Since(start) > 30*time.Second || dev.Exited() {
+			return fmt.Errorf("redis did not come to match postgres: %s\nsluice dev log:\n%s", strings.Join(diffs, "; "), dev.Tail(3000))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -144,12 +142,8 @@ log:
 		<-ctx.Done()
 	}
 	fmt.Fprint(out, "\nStopping sluice dev with SIGTERM… ")
-	code, err := dev.stop(15 * time.Second)
-	if err != nil {
-		return err
-	}
-	if code != 0 {
-		return fmt.Errorf("sluice dev exited with status %d:\n%s", code, tail(logPath))
+	if code := dev.Stop(syscall.SIGTERM, 15*time.Second); code != 0 {
+		return fmt.Errorf("sluice dev exited with status %d:\n%s", code, dev.Tail(3000))
 	}
 	fmt.Fprintf(out, "it drained and exited 0.\nStopped Postgres and Redis. The demo took %s.\n", time.Since(began).Round(100*time.Millisecond))
 	return nil
@@ -198,7 +192,7 @@ func compact(v any) string {
 
 // waitStreaming waits until capture holds the replication slot, so that
 // the changes that follow are captured.
-func waitStreaming(ctx context.Context, conn *pgx.Conn, dev *child) error {
+func waitStreaming(ctx context.Context, conn *pgx.Conn, dev *testenv.Process) error {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		var active bool
@@ -209,74 +203,13 @@ func waitStreaming(ctx context.Context, conn *pgx.Conn, dev *child) error {
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return err
 		}
-		if dev.exited() || time.Now().After(deadline) {
-			return fmt.Errorf("sluice dev did not start streaming:\n%s", tail(dev.log))
+		if dev.Exited() || time.Now().After(deadline) {
+			return fmt.Errorf("sluice dev did not start streaming:\n%s", dev.Tail(3000))
 		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
-	}
-}
-
-func tail(path string) string {
-	b, _ := os.ReadFile(path)
-	if len(b) > 3000 {
-		b = b[len(b)-3000:]
-	}
-	return string(b)
-}
-
-// child is the `sluice dev` process.
-type child struct {
-	cmd  *exec.Cmd
-	log  string
-	done chan struct{}
-}
-
-func startDev(exe, cfgPath, logPath string) (*child, error) {
-	f, err := os.Create(logPath)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	cmd := exec.Command(exe, "dev", "--config", cfgPath)
-	cmd.Stdout, cmd.Stderr = f, f
-	// Its own process group: Ctrl-C reaches the demo, which stops it in order.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start sluice dev: %w", err)
-	}
-	c := &child{cmd: cmd, log: logPath, done: make(chan struct{})}
-	go func() { _ = cmd.Wait(); close(c.done) }()
-	return c, nil
-}
-
-func (c *child) exited() bool {
-	select {
-	case <-c.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// stop sends SIGTERM and returns the exit status.
-func (c *child) stop(timeout time.Duration) (int, error) {
-	_ = c.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-c.done:
-		return c.cmd.ProcessState.ExitCode(), nil
-	case <-time.After(timeout):
-		c.kill()
-		return -1, fmt.Errorf("sluice dev did not exit within %s of SIGTERM", timeout)
-	}
-}
-
-func (c *child) kill() {
-	if !c.exited() {
-		_ = c.cmd.Process.Kill()
-		<-c.done
 	}
 }
