@@ -2,10 +2,14 @@ package pgvalue
 
 import "github.com/sluicehq/sluice/pkg/change"
 
-// appendArray renders an array in Postgres's text format, e.g.
-// {1,NULL,3}, {{"a b","c\"d"},{e,f}} or [0:1]={1,2}, as a JSON array whose
-// elements are rendered by their own type. Malformed input becomes a string.
-func appendArray(dst []byte, elem uint32, s []byte) []byte {
+// maxDims is the most dimensions a Postgres array has (MAXDIM).
+const maxDims = 6
+
+// appendArray renders an array in Postgres's text format, e.g. {1,NULL,3},
+// {{"a b","c\"d"},{e,f}}, [0:1]={1,2} or {(1,1),(0,0);(2,2),(1,1)} (box
+// uses ';'), as a JSON array whose elements are rendered by their own type.
+// Malformed input becomes a string.
+func appendArray(dst []byte, elem *Type, s []byte) []byte {
 	text := s
 	if len(s) > 0 && s[0] == '[' { // explicit bounds: "[0:1]={...}"
 		for i, c := range s {
@@ -15,8 +19,8 @@ func appendArray(dst []byte, elem uint32, s []byte) []byte {
 			}
 		}
 	}
-	p := arrayParser{s: s, elem: elem}
-	out, ok := p.level(dst)
+	p := arrayParser{s: s, elem: elem, delim: elem.delim}
+	out, ok := p.level(dst, 1)
 	if !ok || p.i != len(s) {
 		return change.AppendBytes(dst, text)
 	}
@@ -24,15 +28,16 @@ func appendArray(dst []byte, elem uint32, s []byte) []byte {
 }
 
 type arrayParser struct {
-	s    []byte
-	i    int
-	elem uint32
-	buf  []byte // unescaped quoted element
+	s     []byte
+	i     int
+	elem  *Type
+	delim byte
+	buf   []byte // unescaped quoted element
 }
 
 // level parses "{...}" at p.i.
-func (p *arrayParser) level(dst []byte) ([]byte, bool) {
-	if p.i >= len(p.s) || p.s[p.i] != '{' {
+func (p *arrayParser) level(dst []byte, dim int) ([]byte, bool) {
+	if p.i >= len(p.s) || p.s[p.i] != '{' || dim > maxDims {
 		return dst, false
 	}
 	p.i++
@@ -46,11 +51,11 @@ func (p *arrayParser) level(dst []byte) ([]byte, bool) {
 			dst = append(dst, ',')
 		}
 		var ok bool
-		if dst, ok = p.element(dst); !ok || p.i >= len(p.s) {
+		if dst, ok = p.element(dst, dim); !ok || p.i >= len(p.s) {
 			return dst, false
 		}
 		switch p.s[p.i] {
-		case ',': // box arrays use ';', which this does not parse: they stay text
+		case p.delim:
 			p.i++
 		case '}':
 			p.i++
@@ -61,13 +66,13 @@ func (p *arrayParser) level(dst []byte) ([]byte, bool) {
 	}
 }
 
-func (p *arrayParser) element(dst []byte) ([]byte, bool) {
+func (p *arrayParser) element(dst []byte, dim int) ([]byte, bool) {
 	if p.i >= len(p.s) {
 		return dst, false
 	}
 	switch p.s[p.i] {
 	case '{':
-		return p.level(dst)
+		return p.level(dst, dim+1)
 	case '"':
 		p.i++
 		p.buf = p.buf[:0]
@@ -82,7 +87,7 @@ func (p *arrayParser) element(dst []byte) ([]byte, bool) {
 				p.buf = append(p.buf, p.s[p.i])
 				p.i++
 			case '"':
-				return Append(dst, p.elem, p.buf), true
+				return p.elem.Append(dst, p.buf), true
 			default:
 				p.buf = append(p.buf, c)
 			}
@@ -90,9 +95,9 @@ func (p *arrayParser) element(dst []byte) ([]byte, bool) {
 		return dst, false
 	}
 	start := p.i
-	for p.i < len(p.s) && p.s[p.i] != ',' && p.s[p.i] != '}' {
-		if c := p.s[p.i]; c == '{' || c == '"' {
-			return dst, false
+	for p.i < len(p.s) && p.s[p.i] != p.delim && p.s[p.i] != '}' {
+		if c := p.s[p.i]; c == '{' || c == '"' || c == '\\' {
+			return dst, false // array_out quotes elements holding these
 		}
 		p.i++
 	}
@@ -103,5 +108,5 @@ func (p *arrayParser) element(dst []byte) ([]byte, bool) {
 	if string(v) == "NULL" {
 		return append(dst, "null"...), true
 	}
-	return Append(dst, p.elem, v), true
+	return p.elem.Append(dst, v), true
 }

@@ -2,14 +2,19 @@
 // them, as JSON the way Sequin does:
 //
 //	bool → true/false; int2/4/8, oid → number; float4/8 → number
-//	(NaN/±Infinity → string); numeric, money → exact string; json/jsonb →
-//	embedded JSON; arrays → JSON arrays; timestamptz →
-//	"2026-11-25T20:00:00.123456Z"; timestamp → "2026-11-25T20:00:00.123456";
-//	interval → {"months","days","microseconds"}; everything else (text, uuid,
-//	date, time, bytea as "\\x…", inet, enums, unknown types) → string.
+//	(NaN/±Infinity → string); json/jsonb → embedded JSON; arrays → JSON
+//	arrays of their elements, any number of dimensions, NULL → null;
+//	timestamptz → "2026-11-25T20:00:00.123456Z"; timestamp →
+//	"2026-11-25T20:00:00.123456"; interval →
+//	{"months","days","microseconds"}; a domain → as its base type;
+//	everything else → the value's text as a string: numeric (NaN and
+//	±Infinity too) and money exactly as Postgres writes them, bytea as
+//	"\\x…", date, time, timetz, ±infinity timestamps, uuid, network and bit
+//	strings, xml, text search, geometric types, ranges, multiranges, enums,
+//	composites and unknown types.
 //
 // The text formats depend on session settings, which capture fixes on its
-// replication connection (see SessionParams).
+// connections (see SessionParams).
 //
 // A value that does not look like its type's output is rendered as a string,
 // so the result is always valid JSON.
@@ -34,21 +39,13 @@ var SessionParams = map[string]string{
 	"bytea_output":       "hex",
 }
 
-// Built-in type OIDs (pg_type.dat).
-const (
-	oidBool        = 16
-	oidInt8        = 20
-	oidInt2        = 21
-	oidInt4        = 23
-	oidOID         = 26
-	oidJSON        = 114
-	oidFloat4      = 700
-	oidFloat8      = 701
-	oidTimestamp   = 1114
-	oidTimestamptz = 1184
-	oidInterval    = 1186
-	oidJSONB       = 3802
-)
+// Type is how the values of one Postgres type render. Types are immutable
+// and shared; a column's Type is resolved once, when its relation arrives.
+type Type struct {
+	kind  kind
+	elem  *Type // of an array
+	delim byte  // separates values of this type inside an array
+}
 
 type kind uint8
 
@@ -61,29 +58,28 @@ const (
 	kindTimestamp
 	kindTimestamptz
 	kindInterval
+	kindArray
 )
 
-var kinds = map[uint32]kind{
-	oidBool: kindBool, oidInt2: kindInt, oidInt4: kindInt, oidInt8: kindInt, oidOID: kindInt,
-	oidFloat4: kindFloat, oidFloat8: kindFloat, oidJSON: kindJSON, oidJSONB: kindJSON,
-	oidTimestamp: kindTimestamp, oidTimestamptz: kindTimestamptz, oidInterval: kindInterval,
-}
+// Text renders values as JSON strings: enums, ranges, composites and every
+// type the renderer does not know.
+var Text = &Type{kind: kindString, delim: ','}
 
-// arrayElems maps built-in array types to their element types.
-var arrayElems = map[uint32]uint32{
-	1000: oidBool, 1001: 17, 1002: 18, 1003: 19, 1005: oidInt2, 1007: oidInt4, 1009: 25, 1014: 1042,
-	1015: 1043, 1016: oidInt8, 1021: oidFloat4, 1022: oidFloat8, 1028: oidOID, 199: oidJSON,
-	3807: oidJSONB, 1231: 1700, 2951: 2950, 1182: 1082, 1183: 1083, 1115: oidTimestamp,
-	1185: oidTimestamptz, 1187: oidInterval, 1270: 1266, 791: 790, 1041: 869, 651: 650,
-	1040: 829, 1561: 1560, 1563: 1562, 143: 142, 1034: 1033,
-}
-
-// Append appends the JSON of a value of type oid, given in text format.
+// Append appends the JSON of a value of type oid, given in text format. A
+// type that is not built in renders as Text; see Types for the others.
 func Append(dst []byte, oid uint32, text []byte) []byte {
-	if elem, ok := arrayElems[oid]; ok {
-		return appendArray(dst, elem, text)
+	t, ok := Builtin(oid)
+	if !ok {
+		t = Text
 	}
-	switch kinds[oid] {
+	return t.Append(dst, text)
+}
+
+// Append appends the JSON of a value of type t, given in text format.
+func (t *Type) Append(dst, text []byte) []byte {
+	switch t.kind {
+	case kindArray:
+		return appendArray(dst, t.elem, text)
 	case kindBool:
 		switch string(text) {
 		case "t":

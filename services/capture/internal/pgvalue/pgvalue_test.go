@@ -57,6 +57,22 @@ func TestAppend(t *testing.T) {
 		{1007, "{1,2", `"{1,2"`},
 		{1007, "{1,{2}}x", `"{1,{2}}x"`},
 		{99999, "anything", `"anything"`},
+		{1020, `{(1,1),(0,0);(3,3),(2,2)}`, `["(1,1),(0,0)","(3,3),(2,2)"]`}, // box[] separates by ';'
+		{1020, `{(1,1),(0,0),(3,3),(2,2)}`, `["(1,1),(0,0),(3,3),(2,2)"]`},
+		{1017, `{"(1,2)",NULL}`, `["(1,2)",null]`},
+		{1001, `{"\\x00ff",NULL}`, `["\\x00ff",null]`},
+		{1022, `{1.5,NaN,-Infinity,1e-07}`, `[1.5,"NaN","-Infinity",1e-07]`},
+		{1231, `{1.50,NaN,Infinity}`, `["1.50","NaN","Infinity"]`},
+		{1187, `{P1D,PT-0.000001S}`, `[{"months":0,"days":1,"microseconds":0},{"months":0,"days":0,"microseconds":-1}]`},
+		{1007, `[0:1][1:2]={{1,2},{3,4}}`, `[[1,2],[3,4]]`},
+		{1007, `{{{{{{1}}}}}}`, `[[[[[[1]]]]]]`},
+		{1007, `{{{{{{{1}}}}}}}`, `"{{{{{{{1}}}}}}}"`}, // deeper than Postgres allows
+		{1009, `{a\b}`, `"{a\\b}"`},                    // array_out quotes backslashes
+		{1009, `{"",""}`, `["",""]`},
+		{1009, `{"é ü","\\"}`, `["é ü","\\"]`},
+		{22, "1 2", `"1 2"`}, // int2vector is not an array literal
+		{4451, `{[1,3),[5,7)}`, `"{[1,3),[5,7)}"`},
+		{6150, `{"{[1,3)}","{}"}`, `["{[1,3)}","{}"]`},
 	}
 	for _, c := range cases {
 		got := string(Append(nil, c.oid, []byte(c.text)))
@@ -70,8 +86,8 @@ func TestAppend(t *testing.T) {
 }
 
 func FuzzAppend(f *testing.F) {
-	oids := []uint32{oidBool, oidInt4, oidFloat8, oidJSONB, oidTimestamptz, oidTimestamp, oidInterval, 1700, 25, 1007, 1009, 1185, 3807, 1187}
-	for i, s := range []string{"t", "42", "NaN", `{"a":1}`, "2026-11-25 20:00:00.1+00", "2026-11-25 20:00:00", "P1Y2DT3.5S", "1.5", "x", "{1,NULL}", `{"a\"b",c}`, `{"2026-11-25 20:00:00+00"}`, `{"{}"}`, `{P1D}`} {
+	oids := []uint32{oidBool, oidInt4, oidFloat8, oidJSONB, oidTimestamptz, oidTimestamp, oidInterval, 1700, 25, 1007, 1009, 1185, 3807, 1187, 1020, 6150}
+	for i, s := range []string{"t", "42", "NaN", `{"a":1}`, "2026-11-25 20:00:00.1+00", "2026-11-25 20:00:00", "P1Y2DT3.5S", "1.5", "x", "{1,NULL}", `{"a\"b",c}`, `{"2026-11-25 20:00:00+00"}`, `{"{}"}`, `{P1D}`, `{(1,1),(0,0);(2,2),(1,1)}`, `[2:3]={"{[1,2)}",NULL}`} {
 		f.Add(oids[i], s)
 	}
 	f.Fuzz(func(t *testing.T, oid uint32, text string) {
