@@ -8,6 +8,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"reflect"
 	"regexp"
@@ -16,6 +17,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/sluicehq/sluice/pkg/expression"
 )
 
 // Config is the whole file.
@@ -24,6 +27,14 @@ type Config struct {
 	NATS     NATS     `yaml:"nats"`
 	Sinks    []Sink   `yaml:"sinks"`
 	Log      Log      `yaml:"log"`
+	HTTP     HTTP     `yaml:"http"`
+}
+
+// HTTP is the address of /metrics, /healthz and /readyz.
+type HTTP struct {
+	// Listen is host:port; empty disables the endpoints. The commands'
+	// --http flag overrides it, for several services on one host.
+	Listen string `yaml:"listen"`
 }
 
 // Postgres is the source database.
@@ -67,15 +78,21 @@ type Sink struct {
 	Tables []string `yaml:"tables"`
 	// Actions this sink applies: insert, update, delete, read. Empty means all.
 	Actions []string `yaml:"actions"`
-	// Filter, Transform and Routing are expressions (not yet supported).
+	// Filter, Transform and Routing are expressions (see package expression).
 	Filter    string `yaml:"filter"`
 	Transform string `yaml:"transform"`
 	Routing   string `yaml:"routing"`
+	// MaxDeliver is how many times a change is tried before it goes to the
+	// dead-letter stream.
+	MaxDeliver int `yaml:"max_deliver"`
 	// BatchSize is the most commands the writer pipelines in one round trip.
 	BatchSize int `yaml:"batch_size"`
 	// AckWait is how long a writer may hold a message before JetStream
 	// hands it to another writer (after a crash, say).
 	AckWait time.Duration `yaml:"ack_wait"`
+	// Failover is how soon a writer that stopped (crashed, paused, cut off)
+	// is replaced: its partitions go to the sink's other writers.
+	Failover time.Duration `yaml:"failover"`
 	// TombstoneTTL is how long a deleted key's version is remembered, so that
 	// an older change delivered late cannot bring the key back.
 	TombstoneTTL time.Duration `yaml:"tombstone_ttl"`
@@ -90,7 +107,17 @@ type Destination struct {
 	Username string `yaml:"username"`
 	Password string `yaml:"password"`
 	TLS      bool   `yaml:"tls"`
-	Database int    `yaml:"database"`
+	// TLSCAFile verifies the server with these PEM certificates instead of
+	// the system's roots.
+	TLSCAFile string `yaml:"tls_ca_file"`
+	// TLSInsecureSkipVerify accepts any server certificate. For tests only.
+	TLSInsecureSkipVerify bool `yaml:"tls_insecure_skip_verify"`
+	// Cluster talks to a Redis Cluster through host:port (or Addresses).
+	Cluster bool `yaml:"cluster"`
+	// Addresses are several host:port seeds of a Redis Cluster; they imply
+	// Cluster and replace Host and Port.
+	Addresses []string `yaml:"addresses"`
+	Database  int      `yaml:"database"`
 	// ExpireMS sets PX on every SET; nil means keys do not expire.
 	ExpireMS *int64 `yaml:"expire_ms"`
 	// KeyPrefix is the first part of the default key "<prefix>:<table>:<pk>".
@@ -115,6 +142,8 @@ const (
 	DefaultBatchSize      = 500
 	DefaultTombstoneTTL   = time.Hour
 	DefaultAckWait        = 30 * time.Second
+	DefaultMaxDeliver     = 10
+	DefaultFailover       = 10 * time.Second
 	DefaultKeyPrefix      = "sequin"
 	DefaultStatusInterval = time.Second
 	DestinationRedis      = "redis_string"
@@ -221,6 +250,15 @@ func (c *Config) SetDefaults() {
 		if s.AckWait == 0 {
 			s.AckWait = DefaultAckWait
 		}
+		if s.MaxDeliver == 0 {
+			s.MaxDeliver = DefaultMaxDeliver
+		}
+		if s.Failover == 0 {
+			s.Failover = DefaultFailover
+		}
+		if len(s.Destination.Addresses) > 0 {
+			s.Destination.Cluster = true
+		}
 		if s.Destination.KeyPrefix == "" {
 			s.Destination.KeyPrefix = DefaultKeyPrefix
 		}
@@ -323,10 +361,22 @@ func (c *Config) validateSink(i int, errs *fieldErrors) {
 			errs.add(fmt.Sprintf("%s.actions[%d]", at, j), fmt.Sprintf("%q is not one of insert, update, delete, read", a))
 		}
 	}
-	for _, e := range []struct{ field, expr string }{{"filter", s.Filter}, {"transform", s.Transform}, {"routing", s.Routing}} {
-		if e.expr != "" {
-			errs.add(at+"."+e.field, "expressions are not supported yet; remove it")
+	for _, e := range []struct {
+		field, src string
+		compile    func(string) error
+	}{
+		{"filter", s.Filter, func(src string) error { _, err := expression.CompileFilter(src); return err }},
+		{"transform", s.Transform, func(src string) error { _, err := expression.CompileTransform(src); return err }},
+		{"routing", s.Routing, func(src string) error { _, err := expression.CompileRouting(src); return err }},
+	} {
+		if e.src != "" {
+			if err := e.compile(e.src); err != nil {
+				errs.add(at+"."+e.field, fmt.Sprintf("%v in %q", err, e.src))
+			}
 		}
+	}
+	if s.MaxDeliver < 1 {
+		errs.add(at+".max_deliver", "must be at least 1")
 	}
 	if s.BatchSize < 1 || s.BatchSize > 100000 {
 		errs.add(at+".batch_size", "must be 1-100000")
@@ -337,6 +387,9 @@ func (c *Config) validateSink(i int, errs *fieldErrors) {
 	if s.AckWait < time.Second {
 		errs.add(at+".ack_wait", "must be at least 1s")
 	}
+	if s.Failover < 2*time.Second {
+		errs.add(at+".failover", "must be at least 2s")
+	}
 	d := s.Destination
 	at += ".destination"
 	switch d.Type {
@@ -346,11 +399,29 @@ func (c *Config) validateSink(i int, errs *fieldErrors) {
 	default:
 		errs.add(at+".type", fmt.Sprintf("%q is not supported (redis_string)", d.Type))
 	}
-	if d.Host == "" {
-		errs.add(at+".host", "is required")
+	if len(d.Addresses) == 0 {
+		if d.Host == "" {
+			errs.add(at+".host", "is required")
+		}
+		if d.Port < 1 || d.Port > 65535 {
+			errs.add(at+".port", "must be 1-65535")
+		}
 	}
-	if d.Port < 1 || d.Port > 65535 {
-		errs.add(at+".port", "must be 1-65535")
+	for j, a := range d.Addresses {
+		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+			errs.add(fmt.Sprintf("%s.addresses[%d]", at, j), fmt.Sprintf("%q is not host:port", a))
+		}
+	}
+	if (d.TLSCAFile != "" || d.TLSInsecureSkipVerify) && !d.TLS {
+		errs.add(at+".tls", "must be true when tls_ca_file or tls_insecure_skip_verify is set")
+	}
+	if d.TLSCAFile != "" {
+		if _, err := os.Stat(d.TLSCAFile); err != nil {
+			errs.add(at+".tls_ca_file", err.Error())
+		}
+	}
+	if d.Cluster && d.Database != 0 {
+		errs.add(at+".database", "must be 0 for a Redis Cluster")
 	}
 	if d.Database < 0 {
 		errs.add(at+".database", "must be 0 or more")

@@ -92,6 +92,13 @@ func TestParseErrors(t *testing.T) {
 		{"partitions", "postgres: {url: x, tables: [a]}\nnats: {partitions: 5000}\nsinks: [{name: a, destination: {type: redis_string, host: h, port: 1}}]", "nats.partitions: must be 1-1024"},
 		{"unset var", "postgres: {url: '${PGURL}', tables: [a]}\nsinks: [{name: a, destination: {type: redis_string, host: h, port: 1}}]", "line 1: environment variable PGURL is not set"},
 		{"empty", "", "the file is empty"},
+		{"filter", base("  - {name: b, filter: 'recrd.active', destination: {type: redis_string, host: h, port: 1}}"), `sinks[1].filter: unknown name recrd (at column 1) in "recrd.active"`},
+		{"routing", base("  - {name: b, routing: '\"k:\" +', destination: {type: redis_string, host: h, port: 1}}"), "sinks[1].routing: unexpected token EOF"},
+		{"addresses", base("  - {name: b, destination: {type: redis_string, addresses: [a, 'b:1']}}"), `sinks[1].destination.addresses[0]: "a" is not host:port`},
+		{"ca without tls", base("  - {name: b, destination: {type: redis_string, host: h, port: 1, tls_ca_file: /x}}"), "sinks[1].destination.tls: must be true when"},
+		{"ca missing", base("  - {name: b, destination: {type: redis_string, host: h, port: 1, tls: true, tls_ca_file: /nonexistent.pem}}"), "sinks[1].destination.tls_ca_file: stat /nonexistent.pem"},
+		{"cluster db", base("  - {name: b, destination: {type: redis_string, host: h, port: 1, cluster: true, database: 2}}"), "sinks[1].destination.database: must be 0 for a Redis Cluster"},
+		{"max deliver", base("  - {name: b, max_deliver: -1, destination: {type: redis_string, host: h, port: 1}}"), "sinks[1].max_deliver: must be at least 1"},
 		{"syntax", "postgres: [", "yaml:"},
 	}
 	for _, c := range cases {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/sluicehq/sluice/pkg/config"
 	"github.com/sluicehq/sluice/pkg/logging"
+	"github.com/sluicehq/sluice/pkg/metrics"
 	"github.com/sluicehq/sluice/pkg/shutdown"
 )
 
@@ -24,6 +25,7 @@ type Run func(ctx context.Context, cfg *config.Config, log *zap.Logger) error
 // "name: error", and exits with status 1.
 func Main(name string, fs *flag.FlagSet, args []string, run Run) {
 	path := fs.String("config", "sluice.yaml", "the configuration file")
+	httpAddr := fs.String("http", "", "serve /metrics, /healthz and /readyz on this address (overrides http.listen)")
 	if err := fs.Parse(args); err != nil {
 		os.Exit(2)
 	}
@@ -40,6 +42,16 @@ func Main(name string, fs *flag.FlagSet, args []string, run Run) {
 	}
 	log = log.Named(name)
 	ctx, cancel := shutdown.Context(context.Background())
+	if *httpAddr != "" {
+		cfg.HTTP.Listen = *httpAddr
+	}
+	if cfg.HTTP.Listen != "" {
+		addr, err := metrics.Start(ctx, cfg.HTTP.Listen)
+		if err != nil {
+			Exit(name, err)
+		}
+		log.Info("serving /metrics, /healthz and /readyz", zap.String("address", addr))
+	}
 	err = run(ctx, cfg, log)
 	cancel()
 	_ = log.Sync()

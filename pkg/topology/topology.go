@@ -18,8 +18,9 @@ import (
 	"github.com/sluicehq/sluice/pkg/config"
 )
 
-// MaxAckPending bounds the messages a sink has in flight across its writers.
-const MaxAckPending = 20000
+// PriorityGroup is the priority group of every partition consumer: the
+// server delivers a partition to one pinned writer at a time.
+const PriorityGroup = "writers"
 
 // Topology is the stream layout of one configuration.
 type Topology struct {
@@ -77,24 +78,38 @@ func (t Topology) StreamConfig() jetstream.StreamConfig {
 	}
 }
 
-// ConsumerName is the durable consumer of a sink.
-func ConsumerName(sink string) string { return "sink-" + sink }
+// ConsumerName is the durable consumer of one partition of a sink.
+func ConsumerName(sink string, partition int) string {
+	return "sink-" + sink + "-" + strconv.Itoa(partition)
+}
 
-// ConsumerConfig is the durable consumer group of one sink. Every writer of
-// the sink pulls from it.
-func (t Topology) ConsumerConfig(sink config.Sink) jetstream.ConsumerConfig {
+// ConsumerConfig is the durable consumer of one partition of a sink. The
+// sink's writers share the partitions (see the writer's group package); the
+// pinned priority group makes the server hand a partition to one writer at
+// a time, and to another when that one stops pulling for the failover time.
+func (t Topology) ConsumerConfig(sink config.Sink, partition int) jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
-		Durable:       ConsumerName(sink.Name),
-		Description:   "Sluice sink " + sink.Name,
-		FilterSubject: t.Subjects(),
+		Durable:       ConsumerName(sink.Name, partition),
+		Description:   fmt.Sprintf("Sluice sink %s, partition %d", sink.Name, partition),
+		FilterSubject: t.Subject(partition),
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       sink.AckWait,
-		MaxDeliver:    -1,
-		MaxAckPending: MaxAckPending,
-		Replicas:      t.Replicas,
+		// Dead letters are the writer's decision, after sink.MaxDeliver.
+		MaxDeliver: -1,
+		// Room for a dead writer's unacknowledged messages and its
+		// successor's, so a takeover need not wait for AckWait.
+		MaxAckPending:  8 * sink.BatchSize,
+		Replicas:       t.Replicas,
+		PriorityGroups: []string{PriorityGroup},
+		PriorityPolicy: jetstream.PriorityPolicyPinned,
+		PinnedTTL:      sink.Failover,
 	}
 }
+
+// MembersBucket is the key-value bucket where a sink's live writers
+// announce themselves.
+func (t Topology) MembersBucket(sink string) string { return t.Stream + "_writers_" + sink }
 
 // Ensure creates or updates the stream and the consumers of sinks.
 func (t Topology) Ensure(ctx context.Context, js jetstream.JetStream, sinks ...config.Sink) (jetstream.Stream, error) {
@@ -103,8 +118,10 @@ func (t Topology) Ensure(ctx context.Context, js jetstream.JetStream, sinks ...c
 		return nil, fmt.Errorf("create stream %s: %w", t.Stream, err)
 	}
 	for _, s := range sinks {
-		if _, err := st.CreateOrUpdateConsumer(ctx, t.ConsumerConfig(s)); err != nil {
-			return nil, fmt.Errorf("create consumer %s of stream %s: %w", ConsumerName(s.Name), t.Stream, err)
+		for p := range t.Partitions {
+			if _, err := st.CreateOrUpdateConsumer(ctx, t.ConsumerConfig(s, p)); err != nil {
+				return nil, fmt.Errorf("create consumer %s of stream %s: %w", ConsumerName(s.Name, p), t.Stream, err)
+			}
 		}
 	}
 	return st, nil

@@ -1,28 +1,31 @@
 // Package rediswriter is the Redis writer service: for one sink it consumes
-// the sink's durable consumer, writes each change to Redis as a versioned
-// SET or DEL in pipelined batches, and acknowledges a message only after
-// Redis applied (or, being older, skipped) every command of it.
+// the partitions it owns, writes each change to Redis as a versioned SET or
+// DEL in pipelined batches, and acknowledges a message only after Redis
+// applied (or, the change being older than the key's, skipped) every
+// command of it.
 //
-// Any number of writers of one sink may run: they share the consumer, and
-// the versioned writes keep every key at its latest committed change
-// whatever order their batches land in.
+// Any number of writers of one sink may run: they share the partitions
+// (package group), and the versioned writes keep every key at its latest
+// committed change whatever order batches land in, through scale-out,
+// crashes, pauses and redeliveries.
 package rediswriter
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
-	"google.golang.org/protobuf/proto"
 
-	"github.com/sluicehq/sluice/pkg/change"
 	"github.com/sluicehq/sluice/pkg/config"
+	"github.com/sluicehq/sluice/pkg/deadletter"
+	"github.com/sluicehq/sluice/pkg/metrics"
 	"github.com/sluicehq/sluice/pkg/topology"
-	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
 	"github.com/sluicehq/sluice/services/redis-writer/internal/command"
+	"github.com/sluicehq/sluice/services/redis-writer/internal/group"
 	"github.com/sluicehq/sluice/services/redis-writer/internal/store"
 )
 
@@ -42,17 +45,23 @@ type Service struct {
 	render  *command.Renderer
 	tables  map[string]bool
 	actions map[string]bool
+	id      string
 	warn    throttle
 }
 
-// New returns the writer of the sink called name.
+// New returns a writer of the sink called name.
 func New(cfg *config.Config, name string, log *zap.Logger) (*Service, error) {
 	sink, err := cfg.Sink(name)
 	if err != nil {
 		return nil, err
 	}
-	s := &Service{cfg: cfg, sink: sink, log: log.With(zap.String("sink", name)), topo: topology.New(cfg.NATS),
-		render: command.NewRenderer(sink), tables: map[string]bool{}, actions: map[string]bool{}}
+	render, err := command.NewRenderer(sink)
+	if err != nil {
+		return nil, fmt.Errorf("sink %s: %w", name, err)
+	}
+	id := group.NewID()
+	s := &Service{cfg: cfg, sink: sink, log: log.With(zap.String("sink", name), zap.String("writer", id)), topo: topology.New(cfg.NATS),
+		render: render, tables: map[string]bool{}, actions: map[string]bool{}, id: id}
 	for _, t := range sink.Tables {
 		s.tables[t] = true
 	}
@@ -63,7 +72,8 @@ func New(cfg *config.Config, name string, log *zap.Logger) (*Service, error) {
 }
 
 // Run writes until ctx is cancelled; then it finishes and acknowledges the
-// batch in flight, hands back the messages it holds, and returns nil.
+// batch in flight, hands back the messages it holds, leaves the group and
+// returns nil.
 func (s *Service) Run(ctx context.Context) error {
 	store.LogTo(s.log)
 	st, err := store.Open(ctx, s.sink.Destination)
@@ -80,30 +90,69 @@ func (s *Service) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	cons, err := stream.Consumer(ctx, topology.ConsumerName(s.sink.Name))
+	box, err := deadletter.Open(ctx, js, s.topo)
 	if err != nil {
-		return fmt.Errorf("open consumer of sink %s: %w", s.sink.Name, err)
+		return err
 	}
+	g, err := group.Join(ctx, js, s.topo.MembersBucket(s.sink.Name), s.id, s.sink.Failover, s.topo.Replicas, s.log)
+	if err != nil {
+		return err
+	}
+
 	batchSize := s.sink.BatchSize
 	msgs := make(chan jetstream.Msg, batchSize)
-	cc, err := cons.Consume(func(m jetstream.Msg) { msgs <- m },
-		jetstream.PullMaxMessages(2*batchSize),
-		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-			s.warn.log(s.log, "consume from nats", err)
-		}))
-	if err != nil {
-		return fmt.Errorf("consume sink %s: %w", s.sink.Name, err)
-	}
-	s.log.Info("writing", zap.String("redis", st.Addr()), zap.String("consumer", topology.ConsumerName(s.sink.Name)))
+	cons := &consumers{stream: stream, sink: s.sink.Name, msgs: msgs, pullMax: 2 * batchSize,
+		expiry: max(time.Second, s.sink.Failover/3), log: s.log, warn: &s.warn,
+		running: map[int]jetstream.ConsumeContext{}, handlers: map[int]jetstream.Consumer{}}
 
+	// Membership changes arrive on their own goroutine; the loop below
+	// applies only the latest assignment.
+	assigned := make(chan []int, 1)
+	gctx, leave := context.WithCancel(context.WithoutCancel(ctx))
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_ = g.Run(gctx, func(members []string) {
+			mine := group.Assign(members, s.id, s.topo.Partitions)
+			s.log.Info("partitions assigned", zap.Ints("partitions", mine), zap.Int("writers", len(members)))
+			select {
+			case <-assigned:
+			default:
+			}
+			assigned <- mine
+		})
+	}()
+	ready := true
+	metrics.Ready("redis writer "+s.sink.Name, func() error {
+		if !ready {
+			return errors.New("stopping")
+		}
+		return nil
+	})
+	s.log.Info("writing", zap.String("redis", st.Addr()))
+
+	a := applier{Service: s, store: st, box: box}
 	batch := make([]jetstream.Msg, 0, batchSize)
 	pause := time.Duration(0)
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			s.handBack(cc, msgs)
+			ready = false
+			cons.stopAll()
+			handBack(msgs)
+			leave()
+			wg.Wait()
 			// Acks are asynchronous: send them before the connection closes.
 			return nc.FlushTimeout(5 * time.Second)
+		case mine := <-assigned:
+			if err := cons.set(ctx, mine); err != nil {
+				s.warn.log(s.log, "start partition consumers", err)
+			}
+		case <-tick.C:
+			cons.updatePending(ctx)
 		case m := <-msgs:
 			batch = append(batch[:0], m)
 		fill:
@@ -117,7 +166,7 @@ func (s *Service) Run(ctx context.Context) error {
 			}
 			// The batch completes even when shutdown begins meanwhile.
 			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), applyTimeout)
-			failed := s.apply(actx, st, batch)
+			failed := a.apply(actx, batch)
 			cancel()
 			if failed == 0 {
 				pause = 0
@@ -133,83 +182,14 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 }
 
-// apply writes one batch and acknowledges what succeeded. It returns how
-// many messages failed; those are redelivered after a growing delay.
-func (s *Service) apply(ctx context.Context, st *store.Store, batch []jetstream.Msg) (failed int) {
-	cmds := make([]command.Command, 0, len(batch))
-	owner := make([]int, 0, len(batch)) // the message of each command
-	pending := make([]bool, len(batch))
-	for i, m := range batch {
-		var ev sluicev1.ChangeEvent
-		if err := proto.Unmarshal(m.Data(), &ev); err != nil {
-			s.log.Error("dropping an event that cannot be decoded", zap.String("subject", m.Subject()), zap.Error(err))
-			_ = m.Term()
-			continue
-		}
-		if !s.tables[ev.Schema+"."+ev.Table] || !s.actions[change.Action(ev.Action)] {
-			_ = m.Ack()
-			continue
-		}
-		n := len(cmds)
-		cmds = s.render.Append(cmds, &ev)
-		for range cmds[n:] {
-			owner = append(owner, i)
-		}
-		pending[i] = true
-	}
-	if len(cmds) == 0 {
-		return 0
-	}
-	errs, _ := st.Apply(ctx, cmds)
-	errOf := make([]error, len(batch))
-	for j, err := range errs {
-		if err != nil && errOf[owner[j]] == nil {
-			errOf[owner[j]] = err
-		}
-	}
-	for i, m := range batch {
-		if !pending[i] {
-			continue
-		}
-		if errOf[i] == nil {
-			_ = m.Ack()
-			continue
-		}
-		failed++
-		s.warn.log(s.log, "write to redis", errOf[i])
-		_ = m.NakWithDelay(nakDelay(m))
-	}
-	return failed
-}
-
-// nakDelay doubles with every delivery: 1s, 2s, 4s … up to a minute.
-func nakDelay(m jetstream.Msg) time.Duration {
-	n := uint64(1)
-	if md, err := m.Metadata(); err == nil && md.NumDelivered > 0 {
-		n = min(md.NumDelivered, 7)
-	}
-	return min(time.Second<<(n-1), maxNakDelay)
-}
-
-// handBack stops consuming and returns the messages not yet written to
-// JetStream, which redelivers them at once, to this sink's other writers.
-func (s *Service) handBack(cc jetstream.ConsumeContext, msgs chan jetstream.Msg) {
-	cc.Stop()
-	timeout := time.After(5 * time.Second)
+// handBack returns to JetStream the messages received but not started, which
+// it redelivers at once, to the sink's other writers.
+func handBack(msgs <-chan jetstream.Msg) {
 	for {
 		select {
 		case m := <-msgs:
 			_ = m.Nak()
-		case <-cc.Closed():
-			for {
-				select {
-				case m := <-msgs:
-					_ = m.Nak()
-				default:
-					return
-				}
-			}
-		case <-timeout:
+		case <-time.After(200 * time.Millisecond): // the stopped consumers' last deliveries
 			return
 		}
 	}

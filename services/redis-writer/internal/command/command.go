@@ -1,6 +1,7 @@
 // Package command turns change events into the Redis commands of a Redis
-// String sink: SET of the message JSON for insert, update and read, DEL for
-// delete, under the key "<prefix>:<table>:<pk>".
+// String sink: SET of the value for insert, update and read, DEL for delete,
+// under the key "<prefix>:<table>:<pk>", after the sink's filter, transform
+// and routing expressions when it has them.
 package command
 
 import (
@@ -8,6 +9,7 @@ import (
 
 	"github.com/sluicehq/sluice/pkg/change"
 	"github.com/sluicehq/sluice/pkg/config"
+	"github.com/sluicehq/sluice/pkg/expression"
 	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
 )
 
@@ -31,10 +33,13 @@ type Renderer struct {
 	consumer    change.Consumer
 	expireMS    int64
 	tombstoneMS int64
+	filter      *expression.Filter
+	transform   *expression.Transform
+	routing     *expression.Routing
 }
 
-// NewRenderer returns the renderer of a sink.
-func NewRenderer(s *config.Sink) *Renderer {
+// NewRenderer returns the renderer of a sink, compiling its expressions.
+func NewRenderer(s *config.Sink) (*Renderer, error) {
 	r := &Renderer{
 		prefix:      s.Destination.KeyPrefix,
 		consumer:    change.NewConsumer(s.Name),
@@ -43,27 +48,94 @@ func NewRenderer(s *config.Sink) *Renderer {
 	if s.Destination.ExpireMS != nil {
 		r.expireMS = *s.Destination.ExpireMS // 0 means no expiry: Redis refuses PX 0
 	}
-	return r
+	var err error
+	if s.Filter != "" {
+		if r.filter, err = expression.CompileFilter(s.Filter); err != nil {
+			return nil, err
+		}
+	}
+	if s.Transform != "" {
+		if r.transform, err = expression.CompileTransform(s.Transform); err != nil {
+			return nil, err
+		}
+	}
+	if s.Routing != "" {
+		if r.routing, err = expression.CompileRouting(s.Routing); err != nil {
+			return nil, err
+		}
+	}
+	return r, nil
 }
 
-// Append appends the commands of ev: one, or for an UPDATE that changed the
-// primary key, a DEL of the old key and a SET of the new one.
-func (r *Renderer) Append(cmds []Command, ev *sluicev1.ChangeEvent) []Command {
+// Append appends the commands of ev: none when the filter rejects it; one;
+// or, for an UPDATE that changed the primary key, a DEL of the old key and
+// a SET of the new one. An error is an expression that failed on ev.
+func (r *Renderer) Append(cmds []Command, ev *sluicev1.ChangeEvent) ([]Command, error) {
+	var in *expression.Input
+	if r.filter != nil || r.transform != nil || r.routing != nil {
+		var err error
+		if in, err = r.input(ev); err != nil {
+			return cmds, err
+		}
+	}
+	if r.filter != nil {
+		if ok, err := r.filter.Match(in); err != nil || !ok {
+			return cmds, err
+		}
+	}
 	version := string(change.AppendVersion(make([]byte, 0, change.VersionLen), ev.CommitLsn, ev.CommitIdx))
 	if len(ev.OldPkValues) > 0 {
-		cmds = append(cmds, Command{Del: true, Key: r.Key(ev.Table, ev.OldPkValues), Version: version, VersionExpireMS: r.tombstoneMS})
+		key := r.Key(ev.Table, ev.OldPkValues)
+		if r.routing != nil {
+			old, err := r.oldInput(in, ev)
+			if err != nil {
+				return cmds, err
+			}
+			rt, err := r.routing.Route(old)
+			if err != nil {
+				return cmds, err
+			}
+			key = rt.Key
+		}
+		cmds = append(cmds, Command{Del: true, Key: key, Version: version, VersionExpireMS: r.tombstoneMS})
 	}
-	key := r.Key(ev.Table, ev.PkValues)
-	if ev.Action == sluicev1.Action_ACTION_DELETE {
-		return append(cmds, Command{Del: true, Key: key, Version: version, VersionExpireMS: r.tombstoneMS})
+
+	c := Command{Key: r.Key(ev.Table, ev.PkValues), Del: ev.Action == sluicev1.Action_ACTION_DELETE, Version: version, ExpireMS: r.expireMS}
+	if r.routing != nil {
+		rt, err := r.routing.Route(in)
+		if err != nil {
+			return cmds, err
+		}
+		c.Key = rt.Key
+		switch rt.Action {
+		case "del":
+			c.Del = true
+		case "set":
+			c.Del = false
+		}
+		if rt.ExpireMS > 0 {
+			c.ExpireMS = rt.ExpireMS
+		}
 	}
-	c := Command{Key: key, Value: change.AppendMessage(nil, ev, r.consumer), Version: version, ExpireMS: r.expireMS}
-	if r.expireMS > 0 {
+	if c.Del {
+		c.ExpireMS, c.VersionExpireMS = 0, r.tombstoneMS
+		return append(cmds, c), nil
+	}
+	if r.transform != nil {
+		v, err := r.transform.Value(in)
+		if err != nil {
+			return cmds, err
+		}
+		c.Value = v
+	} else {
+		c.Value = change.AppendMessage(nil, ev, r.consumer)
+	}
+	if c.ExpireMS > 0 {
 		// The version outlives the value, so a late older change cannot
 		// bring an expired key back with stale data.
-		c.VersionExpireMS = max(r.expireMS, r.tombstoneMS)
+		c.VersionExpireMS = max(c.ExpireMS, r.tombstoneMS)
 	}
-	return append(cmds, c)
+	return append(cmds, c), nil
 }
 
 // Key is the default key: "<prefix>:<table>:<pk1>:<pk2>…".
@@ -78,4 +150,62 @@ func (r *Renderer) Key(table string, pk []string) string {
 		b.WriteString(v)
 	}
 	return b.String()
+}
+
+// input is what the sink's expressions see of ev.
+func (r *Renderer) input(ev *sluicev1.ChangeEvent) (*expression.Input, error) {
+	rec, err := expression.DecodeObject(ev.Record)
+	if err != nil {
+		return nil, err
+	}
+	changes, err := expression.DecodeObject(ev.Changes)
+	if err != nil {
+		return nil, err
+	}
+	pks := make([]any, len(ev.PkValues))
+	for i, v := range ev.PkValues {
+		pks[i] = v
+	}
+	return &expression.Input{
+		Action:  change.Action(ev.Action),
+		Record:  rec,
+		Changes: changes,
+		Metadata: map[string]any{
+			"table_schema":            ev.Schema,
+			"table_name":              ev.Table,
+			"commit_timestamp":        string(change.AppendTimestamp(nil, ev.CommitTimestampUs)),
+			"commit_lsn":              int64(ev.CommitLsn),
+			"commit_idx":              int64(ev.CommitIdx),
+			"database_name":           ev.Database,
+			"transaction_annotations": nil,
+			"idempotency_key":         ev.IdempotencyKey,
+			"record_pks":              pks,
+			"consumer":                map[string]any{"id": r.consumer.ID, "name": r.consumer.Name},
+		},
+	}, nil
+}
+
+// oldInput approximates the row before an UPDATE that moved its key, to
+// route the DEL of its old key: the record with the old values of changed
+// columns (known under REPLICA IDENTITY FULL) and the old key values.
+func (r *Renderer) oldInput(in *expression.Input, ev *sluicev1.ChangeEvent) (*expression.Input, error) {
+	old := make(map[string]any, len(in.Record))
+	for k, v := range in.Record {
+		old[k] = v
+	}
+	for k, v := range in.Changes {
+		old[k] = v
+	}
+	for i, col := range ev.PkColumns {
+		text := ev.OldPkValues[i]
+		old[col] = text
+		if _, isNum := in.Record[col].(int64); isNum { // keep the column's type
+			if m, err := expression.DecodeObject([]byte(`{"v":` + text + `}`)); err == nil {
+				old[col] = m["v"]
+			}
+		}
+	}
+	o := *in
+	o.Record = old
+	return &o, nil
 }

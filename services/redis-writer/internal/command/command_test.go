@@ -13,10 +13,23 @@ func sink(expire *int64) *config.Sink {
 	return &config.Sink{Name: "cache", TombstoneTTL: time.Hour, Destination: config.Destination{KeyPrefix: "sequin", ExpireMS: expire}}
 }
 
+func render(t *testing.T, s *config.Sink, ev *sluicev1.ChangeEvent) []Command {
+	t.Helper()
+	r, err := NewRenderer(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmds, err := r.Append(nil, ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cmds
+}
+
 func TestAppend(t *testing.T) {
 	ins := &sluicev1.ChangeEvent{Action: sluicev1.Action_ACTION_INSERT, Schema: "public", Table: "orders", PkValues: []string{"acme", "7"},
 		Record: []byte(`{"id":7}`), CommitLsn: 0x10, CommitIdx: 2}
-	cmds := NewRenderer(sink(nil)).Append(nil, ins)
+	cmds := render(t, sink(nil), ins)
 	if len(cmds) != 1 || cmds[0].Del || cmds[0].Key != "sequin:orders:acme:7" || cmds[0].Version != "000000000000001000000002" ||
 		cmds[0].ExpireMS != 0 || cmds[0].VersionExpireMS != 0 {
 		t.Fatalf("insert: %+v", cmds)
@@ -27,24 +40,59 @@ func TestAppend(t *testing.T) {
 	}
 
 	expire := int64(5000)
-	cmds = NewRenderer(sink(&expire)).Append(nil, ins)
+	cmds = render(t, sink(&expire), ins)
 	if cmds[0].ExpireMS != 5000 || cmds[0].VersionExpireMS != 3600000 {
 		t.Fatalf("expiring insert: %+v", cmds[0])
 	}
 	zero := int64(0)
-	if cmds = NewRenderer(sink(&zero)).Append(nil, ins); cmds[0].ExpireMS != 0 {
+	if cmds = render(t, sink(&zero), ins); cmds[0].ExpireMS != 0 {
 		t.Fatalf("expire_ms 0: %+v", cmds[0])
 	}
 
 	del := &sluicev1.ChangeEvent{Action: sluicev1.Action_ACTION_DELETE, Table: "orders", PkValues: []string{"acme", "7"}, CommitLsn: 0x11}
-	cmds = NewRenderer(sink(&expire)).Append(nil, del)
+	cmds = render(t, sink(&expire), del)
 	if len(cmds) != 1 || !cmds[0].Del || cmds[0].Key != "sequin:orders:acme:7" || cmds[0].Value != nil || cmds[0].VersionExpireMS != 3600000 {
 		t.Fatalf("delete: %+v", cmds)
 	}
 
 	moved := &sluicev1.ChangeEvent{Action: sluicev1.Action_ACTION_UPDATE, Table: "orders", PkValues: []string{"acme", "8"}, OldPkValues: []string{"acme", "7"}, CommitLsn: 0x12}
-	cmds = NewRenderer(sink(nil)).Append(nil, moved)
+	cmds = render(t, sink(nil), moved)
 	if len(cmds) != 2 || !cmds[0].Del || cmds[0].Key != "sequin:orders:acme:7" || cmds[1].Del || cmds[1].Key != "sequin:orders:acme:8" || cmds[0].Version != cmds[1].Version {
 		t.Fatalf("key change: %+v", cmds)
+	}
+}
+
+func TestExpressions(t *testing.T) {
+	expire := int64(5000)
+	s := sink(&expire)
+	s.Filter = `record.active == true`
+	s.Transform = `{"name": record.name, "id": record.id}`
+	s.Routing = `action == "read" ? {"key": "r:" + string(record.id), "action": "del"} : "users:" + string(record.id)`
+	ev := &sluicev1.ChangeEvent{Action: sluicev1.Action_ACTION_UPDATE, Schema: "public", Table: "users", PkColumns: []string{"id"}, PkValues: []string{"7"},
+		OldPkValues: []string{"6"}, Record: []byte(`{"id":7,"name":"Ann","active":true}`), Changes: []byte(`{}`), CommitLsn: 9}
+	cmds := render(t, s, ev)
+	if len(cmds) != 2 || !cmds[0].Del || cmds[0].Key != "users:6" || cmds[1].Key != "users:7" || string(cmds[1].Value) != `{"id":7,"name":"Ann"}` ||
+		cmds[1].ExpireMS != 5000 {
+		t.Fatalf("routed update: %+v", cmds)
+	}
+	ev.OldPkValues = nil
+	ev.Action = sluicev1.Action_ACTION_READ
+	if cmds = render(t, s, ev); len(cmds) != 1 || !cmds[0].Del || cmds[0].Key != "r:7" || cmds[0].ExpireMS != 0 {
+		t.Fatalf("routing to del: %+v", cmds)
+	}
+	ev.Record = []byte(`{"id":7,"name":"Ann","active":false}`)
+	if cmds = render(t, s, ev); len(cmds) != 0 {
+		t.Fatalf("filtered out, yet: %+v", cmds)
+	}
+
+	s.Filter, s.Transform, s.Routing = "", `record.name`, `{"key": "k:" + string(record.id), "expire_ms": 100}`
+	ev.Action, ev.Record = sluicev1.Action_ACTION_INSERT, []byte(`{"id":1,"name":"Bo"}`)
+	if cmds = render(t, s, ev); string(cmds[0].Value) != "Bo" || cmds[0].Key != "k:1" || cmds[0].ExpireMS != 100 || cmds[0].VersionExpireMS != 3600000 {
+		t.Fatalf("string transform, routed expiry: %+v", cmds)
+	}
+	s.Routing = `record.missing.field`
+	r, _ := NewRenderer(s)
+	if _, err := r.Append(nil, ev); err == nil {
+		t.Fatal("a failing routing expression gave no error")
 	}
 }

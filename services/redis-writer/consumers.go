@@ -1,0 +1,94 @@
+package rediswriter
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/sluicehq/sluice/pkg/topology"
+)
+
+// consumers runs the partition consumers a writer owns; all of them feed
+// one channel, from which the writer builds its batches.
+type consumers struct {
+	stream   jetstream.Stream
+	sink     string
+	msgs     chan<- jetstream.Msg
+	pullMax  int
+	expiry   time.Duration
+	log      *zap.Logger
+	warn     *throttle
+	running  map[int]jetstream.ConsumeContext
+	handlers map[int]jetstream.Consumer
+}
+
+// set makes the running consumers those of partitions: it stops the others,
+// unpinning them so their new owner is served at once, and starts the new.
+func (c *consumers) set(ctx context.Context, partitions []int) error {
+	want := map[int]bool{}
+	for _, p := range partitions {
+		want[p] = true
+	}
+	for p := range c.running {
+		if !want[p] {
+			c.stop(p)
+		}
+	}
+	for _, p := range partitions {
+		if _, ok := c.running[p]; ok {
+			continue
+		}
+		name := topology.ConsumerName(c.sink, p)
+		cons, err := c.stream.Consumer(ctx, name)
+		if err != nil {
+			return err
+		}
+		cc, err := cons.Consume(func(m jetstream.Msg) { c.msgs <- m },
+			jetstream.PullPriorityGroup(topology.PriorityGroup),
+			jetstream.PullExpiry(c.expiry),
+			jetstream.PullMaxMessages(c.pullMax),
+			jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+				if errors.Is(err, jetstream.ErrPinIDMismatch) || errors.Is(err, jetstream.ErrNoHeartbeat) {
+					c.log.Debug("partition handover", zap.Int("partition", p), zap.Error(err))
+					return
+				}
+				c.warn.log(c.log, "consume partition "+strconv.Itoa(p), err)
+			}))
+		if err != nil {
+			return err
+		}
+		c.running[p], c.handlers[p] = cc, cons
+	}
+	partitionsOwned.WithLabelValues(c.sink).Set(float64(len(c.running)))
+	return nil
+}
+
+func (c *consumers) stop(p int) {
+	c.running[p].Stop()
+	delete(c.running, p)
+	delete(c.handlers, p)
+	pending.DeleteLabelValues(c.sink, strconv.Itoa(p))
+	uctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = c.stream.UnpinConsumer(uctx, topology.ConsumerName(c.sink, p), topology.PriorityGroup)
+}
+
+func (c *consumers) stopAll() {
+	for p := range c.running {
+		c.stop(p)
+	}
+	partitionsOwned.WithLabelValues(c.sink).Set(0)
+}
+
+// updatePending reads each owned partition's backlog into the pending gauge.
+func (c *consumers) updatePending(ctx context.Context) {
+	for p, cons := range c.handlers {
+		if info, err := cons.Info(ctx); err == nil {
+			pending.WithLabelValues(c.sink, strconv.Itoa(p)).Set(float64(info.NumPending + uint64(info.NumAckPending)))
+		}
+	}
+}

@@ -1,0 +1,159 @@
+// Package group shares a sink's partitions among its live writers.
+//
+// Each writer announces itself with a key in the sink's key-value bucket
+// and refreshes it every third of the failover time; the bucket expires a
+// key that is not refreshed for the failover time. Every writer watches the
+// bucket and computes the same assignment from the sorted list of live
+// writers: partition p belongs to the (p mod n)-th, so no writer has more
+// than one partition more than another.
+//
+// Views can briefly disagree while a change spreads. That is harmless: the
+// partition consumers are pinned (one writer receives a partition at a
+// time) and the writes are versioned (a late write cannot regress a key).
+package group
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+	"go.uber.org/zap"
+)
+
+// Group is one writer's membership.
+type Group struct {
+	kv  jetstream.KeyValue
+	id  string
+	ttl time.Duration
+	log *zap.Logger
+}
+
+// NewID returns a member id that tells an operator where the writer runs.
+func NewID() string {
+	host, _ := os.Hostname()
+	host = strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' {
+			return r
+		}
+		return '-'
+	}, host)
+	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), strings.ToLower(nuid.Next()[18:]))
+}
+
+// Join announces member id in bucket, creating the bucket when missing.
+func Join(ctx context.Context, js jetstream.JetStream, bucket, id string, ttl time.Duration, replicas int, log *zap.Logger) (*Group, error) {
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:         bucket,
+		Description:    "Sluice writers of one sink",
+		TTL:            ttl,
+		LimitMarkerTTL: ttl, // watchers learn of expired members
+		History:        1,
+		Storage:        jetstream.MemoryStorage,
+		Replicas:       replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open writer group %s: %w", bucket, err)
+	}
+	g := &Group{kv: kv, id: id, ttl: ttl, log: log}
+	if _, err := kv.Put(ctx, id, nil); err != nil {
+		return nil, fmt.Errorf("join writer group %s: %w", bucket, err)
+	}
+	return g, nil
+}
+
+// ID is this member's id.
+func (g *Group) ID() string { return g.id }
+
+// Run keeps the membership alive and calls changed with the sorted live
+// members each time they change, until ctx is done. Then it removes the
+// member, so the others take its partitions at once, and returns nil.
+func (g *Group) Run(ctx context.Context, changed func(members []string)) error {
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = g.kv.Delete(dctx, g.id)
+	}()
+	for ctx.Err() == nil {
+		err := g.watch(ctx, changed)
+		if ctx.Err() != nil {
+			break
+		}
+		// The watch ended (a NATS outage, say): start over after a pause.
+		g.log.Warn("writer group membership interrupted; rejoining", zap.Error(err))
+		select {
+		case <-ctx.Done():
+		case <-time.After(g.ttl / 3):
+		}
+	}
+	return nil
+}
+
+func (g *Group) watch(ctx context.Context, changed func(members []string)) error {
+	w, err := g.kv.WatchAll(ctx)
+	if err != nil {
+		return err
+	}
+	defer w.Stop()
+	live := map[string]bool{}
+	var last []string
+	report := func() {
+		members := make([]string, 0, len(live))
+		for id := range live {
+			members = append(members, id)
+		}
+		slices.Sort(members)
+		if !slices.Equal(members, last) {
+			last = members
+			changed(members)
+		}
+	}
+	heartbeat := time.NewTicker(g.ttl / 3)
+	defer heartbeat.Stop()
+	initial := true
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-heartbeat.C:
+			// Put also brings the member back after a pause made it expire.
+			if _, err := g.kv.Put(ctx, g.id, nil); err != nil && ctx.Err() == nil {
+				return fmt.Errorf("refresh membership: %w", err)
+			}
+		case e, ok := <-w.Updates():
+			if !ok {
+				return fmt.Errorf("watch of %s ended", g.kv.Bucket())
+			}
+			if e == nil { // the initial values are all in
+				initial = false
+				report()
+				continue
+			}
+			if e.Operation() == jetstream.KeyValuePut {
+				live[e.Key()] = true
+			} else {
+				delete(live, e.Key())
+			}
+			if !initial {
+				report()
+			}
+		}
+	}
+}
+
+// Assign returns the partitions of member id among members (sorted).
+func Assign(members []string, id string, partitions int) []int {
+	i := slices.Index(members, id)
+	if i < 0 {
+		return nil
+	}
+	var mine []int
+	for p := i; p < partitions; p += len(members) {
+		mine = append(mine, p)
+	}
+	return mine
+}

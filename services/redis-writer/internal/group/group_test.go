@@ -1,0 +1,101 @@
+package group
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/sluicehq/sluice/pkg/testenv"
+)
+
+func TestAssign(t *testing.T) {
+	members := []string{"a", "b", "c"}
+	counts := map[int]int{}
+	seen := map[int]bool{}
+	for _, m := range members {
+		ps := Assign(members, m, 16)
+		counts[len(ps)]++
+		for _, p := range ps {
+			if seen[p] {
+				t.Fatalf("partition %d assigned twice", p)
+			}
+			seen[p] = true
+		}
+	}
+	if len(seen) != 16 || counts[6] != 1 || counts[5] != 2 {
+		t.Fatalf("assignment of 16 partitions to 3: %v %v", counts, seen)
+	}
+	if Assign(members, "x", 16) != nil {
+		t.Fatal("a non-member got partitions")
+	}
+}
+
+// view is a member's latest view of the group.
+type view struct {
+	mu      sync.Mutex
+	members []string
+}
+
+func (v *view) set(m []string) { v.mu.Lock(); v.members = m; v.mu.Unlock() }
+func (v *view) get() []string  { v.mu.Lock(); defer v.mu.Unlock(); return v.members }
+
+func TestMembership(t *testing.T) {
+	srv := testenv.NewNATS(t)
+	nc, err := nats.Connect(srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx := context.Background()
+	const ttl = 3 * time.Second
+
+	start := func(id string) (*view, context.CancelFunc, chan struct{}) {
+		g, err := Join(ctx, js, "S_writers_x", id, ttl, 1, zap.NewNop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		v := &view{}
+		rctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { g.Run(rctx, v.set); close(done) }()
+		return v, cancel, done
+	}
+	wait := func(v *view, want ...string) {
+		t.Helper()
+		deadline := time.Now().Add(3 * ttl)
+		for !slices.Equal(v.get(), want) {
+			if time.Now().After(deadline) {
+				t.Fatalf("view %v, want %v", v.get(), want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	a, stopA, _ := start("a")
+	wait(a, "a")
+	b, stopB, doneB := start("b")
+	wait(a, "a", "b")
+	wait(b, "a", "b")
+
+	// A member that leaves is gone at once.
+	stopB()
+	<-doneB
+	wait(a, "a")
+
+	// A member that stops refreshing (a crash, a pause) expires after the TTL.
+	kv, _ := js.KeyValue(ctx, "S_writers_x")
+	kv.Put(ctx, "ghost", nil)
+	wait(a, "a", "ghost")
+	began := time.Now()
+	wait(a, "a")
+	if d := time.Since(began); d > ttl+2*time.Second {
+		t.Fatalf("dead member removed after %s", d)
+	}
+	stopA()
+}

@@ -1,0 +1,36 @@
+package rediswriter
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+var (
+	changes = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_writer_changes_total",
+		Help: "Changes handled, by outcome: applied, stale (older than the key's version, skipped), filtered, failed (to be retried), dead_lettered.",
+	}, []string{"sink", "outcome"})
+	batchSize = promauto.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "sluice_writer_batch_size",
+		Help:    "Commands per pipelined Redis round trip.",
+		Buckets: prometheus.ExponentialBuckets(1, 4, 8),
+	}, []string{"sink"})
+	redisSeconds = promauto.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "sluice_writer_redis_seconds",
+		Help:    "Duration of one pipelined Redis round trip.",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 4, 9),
+	}, []string{"sink"})
+	commitToRedis = promauto.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "sluice_writer_commit_to_redis_seconds",
+		Help:    "From a change's commit in Postgres to Redis's reply to its write.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 3, 11),
+	}, []string{"sink"})
+	partitionsOwned = promauto.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "sluice_writer_partitions",
+		Help: "Partitions this writer owns.",
+	}, []string{"sink"})
+	pending = promauto.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "sluice_writer_pending",
+		Help: "Messages of an owned partition not yet acknowledged (waiting or in flight).",
+	}, []string{"sink", "partition"})
+)
