@@ -6,7 +6,6 @@ package capture
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -16,8 +15,7 @@ import (
 
 	"github.com/sluicehq/sluice/pkg/config"
 	"github.com/sluicehq/sluice/pkg/topology"
-	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
-	"github.com/sluicehq/sluice/services/capture/internal/event"
+	"github.com/sluicehq/sluice/services/capture/internal/decoder"
 	"github.com/sluicehq/sluice/services/capture/internal/pgoutput"
 	"github.com/sluicehq/sluice/services/capture/internal/pgvalue"
 	"github.com/sluicehq/sluice/services/capture/internal/publisher"
@@ -62,7 +60,7 @@ func (s *Service) Run(ctx context.Context) error {
 	if _, err := s.topo.Ensure(ctx, js, s.cfg.Sinks...); err != nil {
 		return err
 	}
-	src, err := source.Connect(ctx, s.cfg.Postgres)
+	src, err := source.Connect(ctx, s.cfg.Postgres, pgvalue.SessionParams)
 	if err != nil {
 		return err
 	}
@@ -80,10 +78,11 @@ func (s *Service) Run(ctx context.Context) error {
 	s.log.Info("capturing", zap.String("database", src.Database()), zap.Strings("tables", s.cfg.Postgres.Tables),
 		zap.String("slot", s.cfg.Postgres.Slot), zap.String("stream", s.topo.Stream))
 
+	types := pgvalue.NewTypes(src)
 	backoff := time.Second
 	for {
 		started := time.Now()
-		err := s.session(ctx, src, js, tables)
+		err := s.session(ctx, src, js, tables, types)
 		if ctx.Err() != nil {
 			return err
 		}
@@ -101,7 +100,7 @@ func (s *Service) Run(ctx context.Context) error {
 }
 
 // session streams the slot until ctx is cancelled or something fails.
-func (s *Service) session(ctx context.Context, src *source.Source, js jetstream.JetStream, tables map[string]*source.Table) (err error) {
+func (s *Service) session(ctx context.Context, src *source.Source, js jetstream.JetStream, tables map[string]*source.Table, types *pgvalue.Types) (err error) {
 	if err := src.Reconnect(ctx); err != nil {
 		return err
 	}
@@ -109,12 +108,13 @@ func (s *Service) session(ctx context.Context, src *source.Source, js jetstream.
 	if err != nil {
 		return err
 	}
-	stream, err := src.StartStream(ctx, pgvalue.SessionParams)
+	stream, err := src.StartStream(ctx)
 	if err != nil {
 		pub.Close(ctx)
 		return err
 	}
-	sess := &session{Service: s, src: src, pub: pub, resume: resume, tables: tables, rels: map[uint32]*event.Relation{}}
+	captured := func(schema, table string) bool { _, ok := tables[schema+"."+table]; return ok }
+	sess := &session{Service: s, pub: pub, resume: resume, dec: decoder.New(src.Database(), captured, src, types)}
 	defer func() {
 		// Drain: whatever JetStream acknowledged is confirmed to the slot.
 		dctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
@@ -132,12 +132,9 @@ func (s *Service) session(ctx context.Context, src *source.Source, js jetstream.
 
 type session struct {
 	*Service
-	src    *source.Source
 	pub    *publisher.Publisher
 	resume publisher.Position
-	tables map[string]*source.Table
-	rels   map[uint32]*event.Relation // captured relations by relation id
-	tx     *event.Tx
+	dec    *decoder.Decoder
 }
 
 func (ss *session) run(ctx context.Context, stream *source.Stream) error {
@@ -169,7 +166,7 @@ func (ss *session) receive(ctx, rctx context.Context, stream *source.Stream) err
 		}
 		switch m := msg.(type) {
 		case *source.Keepalive:
-			if ss.tx == nil { // every transaction before WALEnd has been received
+			if !ss.dec.InTx() { // every transaction before WALEnd has been received
 				if err := ss.pub.Commit(ctx, uint64(m.WALEnd)); err != nil {
 					return err
 				}
@@ -192,59 +189,18 @@ func (ss *session) receive(ctx, rctx context.Context, stream *source.Stream) err
 }
 
 func (ss *session) handle(ctx context.Context, m pgoutput.Message) error {
+	ev, err := ss.dec.Decode(ctx, m)
+	if err != nil {
+		return err
+	}
 	switch m := m.(type) {
-	case *pgoutput.Begin:
-		ss.tx = event.NewTx(ss.src.Database(), m)
 	case *pgoutput.Commit:
-		ss.tx = nil
 		return ss.pub.Commit(ctx, uint64(m.EndLSN))
-	case *pgoutput.Relation:
-		return ss.relation(ctx, m)
-	case *pgoutput.Insert:
-		return ss.change(ctx, m.RelationID, func(r *event.Relation) (*sluicev1.ChangeEvent, error) { return r.Insert(ss.tx, m) })
-	case *pgoutput.Update:
-		return ss.change(ctx, m.RelationID, func(r *event.Relation) (*sluicev1.ChangeEvent, error) { return r.Update(ss.tx, m) })
-	case *pgoutput.Delete:
-		return ss.change(ctx, m.RelationID, func(r *event.Relation) (*sluicev1.ChangeEvent, error) { return r.Delete(ss.tx, m) })
 	case *pgoutput.Truncate:
 		ss.log.Info("ignoring TRUNCATE", zap.Int("tables", len(m.RelationIDs)))
 	}
-	return nil
-}
-
-func (ss *session) relation(ctx context.Context, m *pgoutput.Relation) error {
-	q := m.Namespace + "." + m.Name
-	if _, ok := ss.tables[q]; !ok {
-		delete(ss.rels, m.ID) // published, but not configured: its changes are skipped
-		return nil
-	}
-	pk, err := ss.src.PrimaryKey(ctx, m.Namespace, m.Name)
-	if err != nil {
-		return err
-	}
-	rel, err := event.NewRelation(m, pk)
-	if err != nil {
-		return err
-	}
-	ss.rels[m.ID] = rel
-	return nil
-}
-
-func (ss *session) change(ctx context.Context, relID uint32, build func(*event.Relation) (*sluicev1.ChangeEvent, error)) error {
-	if ss.tx == nil {
-		return errors.New("row change outside a transaction")
-	}
-	rel, ok := ss.rels[relID]
-	if !ok {
-		ss.tx.Skip()
-		return nil
-	}
-	ev, err := build(rel)
-	if err != nil {
-		return err
-	}
-	if ss.resume.Covers(ev.CommitLsn, ev.CommitIdx) {
-		return nil // published before a restart
+	if ev == nil || ss.resume.Covers(ev.CommitLsn, ev.CommitIdx) {
+		return nil // not captured, or published before a restart
 	}
 	// A fresh buffer each time: the NATS client keeps the message for retries.
 	data, err := proto.Marshal(ev)

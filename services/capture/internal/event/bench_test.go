@@ -19,7 +19,7 @@ var benchRow = pgoutput.Tuple{
 }
 
 func BenchmarkInsert(b *testing.B) {
-	r, err := NewRelation(&pgoutput.Relation{Namespace: "public", Name: "users", Columns: benchColumns}, []string{"id"})
+	r, err := newRelation(&pgoutput.Relation{Namespace: "public", Name: "users", Columns: benchColumns}, []string{"id"})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -31,19 +31,24 @@ func NewTx(database string, b *pgoutput.Begin) *Tx {
 func (tx *Tx) Skip() { tx.nextIdx++ }
 
 // Relation is a captured table in the shape its latest relation message
-// gave, with the primary key the catalog gave.
+// gave, with its primary key and how each column renders.
 type Relation struct {
 	Schema, Table string
 	columns       []pgoutput.Column
+	types         []*pgvalue.Type
 	names         [][]byte // `"name":` of each column, JSON-encoded once
 	pk            []int    // indexes of the primary-key columns, in column order
 	pkNames       []string
 }
 
 // NewRelation pairs a relation message with the table's primary-key column
-// names. Every key column must be in the relation.
-func NewRelation(rel *pgoutput.Relation, pk []string) (*Relation, error) {
-	r := &Relation{Schema: rel.Namespace, Table: rel.Name, columns: slices.Clone(rel.Columns)}
+// names and the Type of each column. Every key column must be in the
+// relation.
+func NewRelation(rel *pgoutput.Relation, pk []string, types []*pgvalue.Type) (*Relation, error) {
+	if len(types) != len(rel.Columns) {
+		return nil, fmt.Errorf("table %s.%s: %d column types for %d columns", rel.Namespace, rel.Name, len(types), len(rel.Columns))
+	}
+	r := &Relation{Schema: rel.Namespace, Table: rel.Name, columns: slices.Clone(rel.Columns), types: slices.Clone(types)}
 	for i, c := range rel.Columns {
 		name := change.AppendString(nil, c.Name)
 		r.names = append(r.names, append(name, ':'))
@@ -77,7 +82,7 @@ func (r *Relation) Update(tx *Tx, m *pgoutput.Update) (*sluicev1.ChangeEvent, er
 	}
 	ev.Changes = r.changes(m.New, old)
 	if m.Old != nil {
-		oldPK, err := r.key(m.Old, nil)
+		oldPK, err := r.Key(m.Old, nil)
 		if err != nil {
 			return nil, err
 		}
@@ -97,7 +102,7 @@ func (r *Relation) event(tx *Tx, action sluicev1.Action, row, old pgoutput.Tuple
 	if len(row) != len(r.columns) {
 		return nil, fmt.Errorf("table %s.%s: row has %d columns, relation %d", r.Schema, r.Table, len(row), len(r.columns))
 	}
-	pk, err := r.key(row, old)
+	pk, err := r.Key(row, old)
 	if err != nil {
 		return nil, err
 	}
@@ -119,9 +124,15 @@ func (r *Relation) event(tx *Tx, action sluicev1.Action, row, old pgoutput.Tuple
 	return ev, nil
 }
 
-// key returns the primary-key values of row, taking an unchanged TOAST key
+// PrimaryKey returns the names of the primary-key columns, in column order.
+func (r *Relation) PrimaryKey() []string { return r.pkNames }
+
+// Column returns the name of the i-th column.
+func (r *Relation) Column(i int) string { return r.columns[i].Name }
+
+// Key returns the primary-key values of row, taking an unchanged TOAST key
 // value from old.
-func (r *Relation) key(row, old pgoutput.Tuple) ([]string, error) {
+func (r *Relation) Key(row, old pgoutput.Tuple) ([]string, error) {
 	pk := make([]string, len(r.pk))
 	for i, c := range r.pk {
 		v := row[c]
@@ -134,6 +145,19 @@ func (r *Relation) key(row, old pgoutput.Tuple) ([]string, error) {
 		pk[i] = string(v.Data)
 	}
 	return pk, nil
+}
+
+// MissingToast returns the indexes of the columns of an update's new row
+// that are unchanged TOAST values (not sent) which its old row does not
+// supply either: all of them without REPLICA IDENTITY FULL.
+func (r *Relation) MissingToast(m *pgoutput.Update) []int {
+	var missing []int
+	for i, v := range m.New {
+		if v.Kind == pgoutput.Unchanged && (m.OldKind != 'O' || i >= len(m.Old) || m.Old[i].Kind == pgoutput.Unchanged) {
+			missing = append(missing, i)
+		}
+	}
+	return missing
 }
 
 // record renders row as a JSON object in column order. An unchanged TOAST
@@ -188,7 +212,7 @@ func (r *Relation) changes(row, old pgoutput.Tuple) []byte {
 func (r *Relation) appendValue(dst []byte, col int, v pgoutput.Value) []byte {
 	switch v.Kind {
 	case pgoutput.Text:
-		return pgvalue.Append(dst, r.columns[col].TypeOID, v.Data)
+		return r.types[col].Append(dst, v.Data)
 	case pgoutput.Binary: // not requested; render the bytes rather than fail
 		return change.AppendBytes(dst, v.Data)
 	}

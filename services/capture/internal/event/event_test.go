@@ -7,7 +7,26 @@ import (
 
 	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
 	"github.com/sluicehq/sluice/services/capture/internal/pgoutput"
+	"github.com/sluicehq/sluice/services/capture/internal/pgvalue"
 )
+
+// builtin returns the Types of columns of built-in types.
+func builtin(cols []pgoutput.Column) []*pgvalue.Type {
+	types := make([]*pgvalue.Type, len(cols))
+	for i, c := range cols {
+		t, ok := pgvalue.Builtin(c.TypeOID)
+		if !ok {
+			t = pgvalue.Text
+		}
+		types[i] = t
+	}
+	return types
+}
+
+// newRelation is NewRelation with built-in column types.
+func newRelation(rel *pgoutput.Relation, pk []string) (*Relation, error) {
+	return NewRelation(rel, pk, builtin(rel.Columns))
+}
 
 func val(s string) pgoutput.Value { return pgoutput.Value{Kind: pgoutput.Text, Data: []byte(s)} }
 
@@ -19,7 +38,7 @@ var (
 // orders(tenant text, note text, id int4, total numeric), PRIMARY KEY (id, tenant)
 func orders(t *testing.T) *Relation {
 	t.Helper()
-	r, err := NewRelation(&pgoutput.Relation{Namespace: "public", Name: "orders", Columns: []pgoutput.Column{
+	r, err := newRelation(&pgoutput.Relation{Namespace: "public", Name: "orders", Columns: []pgoutput.Column{
 		{Name: "tenant", TypeOID: 25}, {Name: "note", TypeOID: 25}, {Name: "id", TypeOID: 23}, {Name: "total", TypeOID: 1700},
 	}}, []string{"tenant", "id"})
 	if err != nil {
@@ -102,7 +121,10 @@ func TestErrors(t *testing.T) {
 	if _, err := r.Insert(newTx(), &pgoutput.Insert{New: pgoutput.Tuple{null, null, val("7"), null}}); err == nil {
 		t.Error("null key accepted")
 	}
-	if _, err := NewRelation(&pgoutput.Relation{Namespace: "public", Name: "t", Columns: []pgoutput.Column{{Name: "a"}}}, []string{"id"}); err == nil {
+	if _, err := newRelation(&pgoutput.Relation{Namespace: "public", Name: "t", Columns: []pgoutput.Column{{Name: "a"}}}, []string{"id"}); err == nil {
 		t.Error("relation without its key column accepted")
+	}
+	if _, err := NewRelation(&pgoutput.Relation{Namespace: "public", Name: "t", Columns: []pgoutput.Column{{Name: "id"}}}, []string{"id"}, nil); err == nil {
+		t.Error("relation without column types accepted")
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -35,18 +36,22 @@ func (t *Table) Qualified() string { return t.Schema + "." + t.Name }
 // Source is a connection to the captured database for catalog work.
 type Source struct {
 	cfg      config.Postgres
+	params   map[string]string
 	conn     *pgx.Conn
 	database string
 }
 
 // Connect opens the catalog connection and checks that the server and the
-// role can do logical replication.
-func Connect(ctx context.Context, cfg config.Postgres) (*Source, error) {
-	conn, err := pgx.Connect(ctx, cfg.URL)
+// role can do logical replication. Both the catalog and the replication
+// connection get the session settings params, so that values read from
+// either have the same text format.
+func Connect(ctx context.Context, cfg config.Postgres, params map[string]string) (*Source, error) {
+	s := &Source{cfg: cfg, params: params}
+	conn, err := s.connect(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("connect to postgres: %w", err)
+		return nil, err
 	}
-	s := &Source{cfg: cfg, conn: conn}
+	s.conn = conn
 	if err := s.check(ctx); err != nil {
 		conn.Close(ctx)
 		return nil, err
@@ -77,12 +82,25 @@ func (s *Source) Reconnect(ctx context.Context) error {
 	if !s.conn.IsClosed() {
 		return nil
 	}
-	conn, err := pgx.Connect(ctx, s.cfg.URL)
+	conn, err := s.connect(ctx)
 	if err != nil {
-		return fmt.Errorf("connect to postgres: %w", err)
+		return err
 	}
 	s.conn = conn
 	return nil
+}
+
+func (s *Source) connect(ctx context.Context) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(s.cfg.URL)
+	if err != nil {
+		return nil, fmt.Errorf("postgres.url: %w", err)
+	}
+	maps.Copy(cfg.RuntimeParams, s.params)
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to postgres: %w", err)
+	}
+	return conn, nil
 }
 
 // Database is the name of the captured database.

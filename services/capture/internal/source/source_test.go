@@ -25,7 +25,7 @@ func TestPrepareAndStream(t *testing.T) {
 		CREATE TABLE byindex (a int NOT NULL UNIQUE, id int PRIMARY KEY); ALTER TABLE byindex REPLICA IDENTITY USING INDEX byindex_a_key;
 		CREATE VIEW v AS SELECT 1 AS one`)
 
-	src, err := Connect(ctx, cfg(pg.URL, "public.orders", "public.full_id"))
+	src, err := Connect(ctx, cfg(pg.URL, "public.orders", "public.full_id"), pgvalue.SessionParams)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +38,7 @@ func TestPrepareAndStream(t *testing.T) {
 		t.Fatalf("tables = %+v %+v", o, tables["public.full_id"])
 	}
 
-	bad, err := Connect(ctx, cfg(pg.URL, "public.ghost", "public.nopk", "public.byindex", "public.v"))
+	bad, err := Connect(ctx, cfg(pg.URL, "public.ghost", "public.nopk", "public.byindex", "public.v"), pgvalue.SessionParams)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +56,7 @@ func TestPrepareAndStream(t *testing.T) {
 	if err := src.EnsurePublication(ctx); err != nil { // exists now
 		t.Fatal(err)
 	}
-	wider, _ := Connect(ctx, cfg(pg.URL, "public.orders", "public.nopk"))
+	wider, _ := Connect(ctx, cfg(pg.URL, "public.orders", "public.nopk"), pgvalue.SessionParams)
 	defer wider.Close(ctx)
 	if err := wider.EnsurePublication(ctx); err == nil || !strings.Contains(err.Error(), `publication sluice does not include "public"."nopk" (ALTER PUBLICATION`) {
 		t.Errorf("publication missing a table: %v", err)
@@ -65,13 +65,13 @@ func TestPrepareAndStream(t *testing.T) {
 	if err := src.EnsureSlot(ctx); err != nil {
 		t.Fatal(err)
 	}
-	st, err := src.StartStream(ctx, pgvalue.SessionParams)
+	st, err := src.StartStream(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close(ctx)
 	// While the slot is streamed, another capture is told who holds it.
-	other, _ := Connect(ctx, cfg(pg.URL, "public.orders"))
+	other, _ := Connect(ctx, cfg(pg.URL, "public.orders"), pgvalue.SessionParams)
 	defer other.Close(ctx)
 	if err := other.ensureSlot(ctx); err == nil || !strings.Contains(err.Error(), "replication slot sluice is in use by another process (pid") {
 		t.Errorf("busy slot: %v", err)
@@ -119,7 +119,7 @@ func TestServerChecks(t *testing.T) {
 	ctx := context.Background()
 	pg := testenv.NewPostgres(t, testenv.PostgresOptions{Settings: map[string]string{"wal_level": "replica"}})
 	pg.Exec(t, `CREATE ROLE app LOGIN`)
-	_, err := Connect(ctx, cfg(pg.URL, "public.t"))
+	_, err := Connect(ctx, cfg(pg.URL, "public.t"), pgvalue.SessionParams)
 	if err == nil || !strings.Contains(err.Error(), "wal_level = replica; logical replication needs wal_level = logical") {
 		t.Errorf("wal_level: %v", err)
 	}
@@ -127,7 +127,7 @@ func TestServerChecks(t *testing.T) {
 	pg2 := testenv.NewPostgres(t, testenv.PostgresOptions{})
 	pg2.Exec(t, `CREATE ROLE app LOGIN`)
 	url := strings.Replace(pg2.URL, "postgres@", "app@", 1)
-	_, err = Connect(ctx, cfg(url, "public.t"))
+	_, err = Connect(ctx, cfg(url, "public.t"), pgvalue.SessionParams)
 	if err == nil || !strings.Contains(err.Error(), `postgres role app may not replicate; grant it: ALTER ROLE "app" REPLICATION`) {
 		t.Errorf("role: %v", err)
 	}

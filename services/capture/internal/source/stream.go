@@ -31,17 +31,17 @@ type Keepalive struct {
 	ReplyRequested bool
 }
 
-// StartStream opens a replication connection with the session settings that
-// fix the text formats of values, and starts streaming the slot from its
+// StartStream opens a replication connection with the session settings
+// Connect was given, which fix the text formats of values, and starts streaming the slot from its
 // confirmed position: only committed transactions, in commit order.
-func (s *Source) StartStream(ctx context.Context, params map[string]string) (*Stream, error) {
+func (s *Source) StartStream(ctx context.Context) (*Stream, error) {
 	cfg, err := pgconn.ParseConfig(s.cfg.URL)
 	if err != nil {
 		return nil, fmt.Errorf("postgres.url: %w", err)
 	}
 	cfg.RuntimeParams["replication"] = "database"
 	cfg.RuntimeParams["application_name"] = "sluice-capture"
-	for k, v := range params {
+	for k, v := range s.params {
 		cfg.RuntimeParams[k] = v
 	}
 	conn, err := pgconn.ConnectConfig(ctx, cfg)
