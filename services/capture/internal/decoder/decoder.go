@@ -146,11 +146,13 @@ func identityKey(m *pgoutput.Relation) []string {
 
 // fillToast puts into an update's new row the values of unchanged TOAST
 // columns (which Postgres does not send) that the old row does not supply,
-// reading them from the table by primary key. The value read is the row's
-// current one, so it may be newer than this change's: that is harmless,
-// because a later change of that column comes as its own event, ordered
-// after this one, and leaves the same value. When the row is gone, the
-// columns stay out of the record, listed as unchanged TOAST columns.
+// reading them from the table by primary key, one query per such row.
+//
+// The value read is the row's current one: the same as this change's or
+// newer, never older. Newer is acceptable: a later change of that column
+// carries its own event, ordered after this one, so the key ends with that
+// same value, only shown a little early. When the row is gone, the columns
+// stay out of the record, listed as unchanged TOAST columns.
 func (d *Decoder) fillToast(ctx context.Context, rel *event.Relation, m *pgoutput.Update) error {
 	missing := rel.MissingToast(m)
 	if len(missing) == 0 {

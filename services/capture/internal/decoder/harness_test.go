@@ -57,6 +57,9 @@ type replica struct {
 	src    *source.Source
 	stream *source.Stream
 	dec    *decoder.Decoder
+	// unchanged counts the unchanged TOAST values Postgres did not send in
+	// the new rows of updates.
+	unchanged int
 }
 
 var nonName = regexp.MustCompile(`[^a-z0-9_]+`)
@@ -146,6 +149,13 @@ func (r *replica) events(n int) []*sluicev1.ChangeEvent {
 		m, err := pgoutput.Parse(x.Data)
 		if err != nil {
 			r.t.Fatal(err)
+		}
+		if u, ok := m.(*pgoutput.Update); ok {
+			for _, v := range u.New {
+				if v.Kind == pgoutput.Unchanged {
+					r.unchanged++
+				}
+			}
 		}
 		ev, err := r.dec.Decode(ctx, m)
 		if err != nil {
