@@ -38,12 +38,13 @@ const maxNesting = 32
 // for concurrent use.
 type Types struct {
 	catalog Catalog
-	known   map[uint32]*Type
+	static  map[uint32]*Type // built in
+	known   map[uint32]*Type // from the catalog
 }
 
 // NewTypes returns a resolver that asks c about types that are not built in.
 func NewTypes(c Catalog) *Types {
-	return &Types{catalog: c, known: map[uint32]*Type{}}
+	return &Types{catalog: c, static: builtins, known: map[uint32]*Type{}}
 }
 
 // Resolve returns the Type of each OID, asking the catalog in one go about
@@ -105,7 +106,7 @@ func (t TypeInfo) part() uint32 {
 }
 
 func (ts *Types) lookup(oid uint32) *Type {
-	if t, ok := builtins[oid]; ok {
+	if t, ok := ts.static[oid]; ok {
 		return t
 	}
 	return ts.known[oid]
