@@ -93,3 +93,23 @@ func random(t *testing.T, n int) string {
 	}
 	return base64.StdEncoding.EncodeToString(b)
 }
+
+// When the table changed so much since an update that its row cannot be
+// looked up by the update's key any more, the value stays out, as for a
+// deleted row, and capture goes on.
+func TestUnchangedToastKeyRetyped(t *testing.T) {
+	t.Parallel()
+	r := startReplica(t, "CREATE TABLE docs_retyped (id int PRIMARY KEY, body text, n int)", "public.docs_retyped")
+	big := random(t, 120_000)
+	r.pg.Exec(t, "INSERT INTO docs_retyped VALUES (1, $1, 0)", big)
+	r.pg.Exec(t, "UPDATE docs_retyped SET n = 1 WHERE id = 1")
+	r.pg.Exec(t, "ALTER TABLE docs_retyped ALTER COLUMN id TYPE uuid USING gen_random_uuid()")
+	r.pg.Exec(t, "INSERT INTO docs_retyped VALUES ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'small', 2)")
+	evs := r.events(3)
+	if got := string(evs[1].Record) + " " + strings.Join(evs[1].UnchangedToastColumns, ","); got != `{"id":1,"n":1} body` {
+		t.Errorf("update: %s", got)
+	}
+	if got := string(evs[2].Record); got != `{"id":"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11","body":"small","n":2}` {
+		t.Errorf("insert after: %s", got)
+	}
+}

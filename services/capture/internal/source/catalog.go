@@ -42,11 +42,21 @@ func (s *Source) Types(ctx context.Context, oids []uint32) ([]pgvalue.TypeInfo, 
 	return infos, nil
 }
 
+// gone reports whether a query failed because the table, a column, or the
+// key's type is no longer what the change being read had: there is no row
+// to find, as if it had been deleted, and retrying would not help.
+func gone(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (pgErr.Code == "42703" || // undefined column
+		pgErr.Code == "42P01" || // undefined table
+		strings.HasPrefix(pgErr.Code, "22")) // data exception: the key no longer fits its column's type
+}
+
 // Row reads the current values of the columns cols of the row of
 // schema.table whose key columns hold the values keyValues (text format),
 // in the same text format the replication stream uses. It returns false
-// when there is no such row, or no longer such a table or column (renamed
-// or dropped since the change being read).
+// when there is no such row, or no longer such a table or column (renamed,
+// dropped or retyped since the change being read).
 func (s *Source) Row(ctx context.Context, schema, table string, key, keyValues, cols []string) ([]pgoutput.Value, bool, error) {
 	var sql strings.Builder
 	sql.WriteString("SELECT ")
@@ -83,8 +93,7 @@ func (s *Source) Row(ctx context.Context, schema, table string, key, keyValues, 
 		}
 	}
 	_, err := rr.Close()
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && (pgErr.Code == "42703" || pgErr.Code == "42P01") { // undefined column, table
+	if gone(err) {
 		return nil, false, nil
 	}
 	if err != nil {
