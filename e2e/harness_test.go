@@ -100,6 +100,12 @@ log:
   level: debug
   format: json
 `, e.pg.URL, strings.Join(tables, ", "), natsURL, e.redis.Port)
+	return e.writeConfig(doc)
+}
+
+// writeConfig writes a config file and returns its path.
+func (e *env) writeConfig(doc string) string {
+	e.t.Helper()
 	f, err := os.CreateTemp(e.dir, "sluice-*.yaml")
 	if err != nil {
 		e.t.Fatal(err)

@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"os"
 	"os/exec"
@@ -19,6 +20,8 @@ type Redis struct {
 	Addr string
 	Port int
 	Dir  string
+	// TLS is set when the server speaks only TLS.
+	TLS  *TLSFiles
 	proc *Process
 	args []string
 }
@@ -35,6 +38,16 @@ func RedisBin() (string, error) {
 // StartRedis starts redis-server on a free port with extra arguments
 // (e.g. "--requirepass", "secret").
 func StartRedis(ctx context.Context, args ...string) (*Redis, error) {
+	return startRedis(ctx, nil, args...)
+}
+
+// StartRedisTLS starts redis-server serving only TLS, with the server
+// certificate of files.
+func StartRedisTLS(ctx context.Context, files *TLSFiles, args ...string) (*Redis, error) {
+	return startRedis(ctx, files, args...)
+}
+
+func startRedis(ctx context.Context, files *TLSFiles, args ...string) (*Redis, error) {
 	bin, err := RedisBin()
 	if err != nil {
 		return nil, err
@@ -43,7 +56,7 @@ func StartRedis(ctx context.Context, args ...string) (*Redis, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Redis{Dir: dir, args: args}
+	r := &Redis{Dir: dir, args: args, TLS: files}
 	err = retryPort(func(port int) error {
 		r.Port, r.Addr = port, "127.0.0.1:"+strconv.Itoa(port)
 		return r.start(ctx, bin)
@@ -56,15 +69,19 @@ func StartRedis(ctx context.Context, args ...string) (*Redis, error) {
 }
 
 func (r *Redis) start(ctx context.Context, bin string) error {
-	args := append([]string{"--port", strconv.Itoa(r.Port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--dir", r.Dir, "--daemonize", "no"}, r.args...)
+	args := []string{"--port", strconv.Itoa(r.Port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", r.Dir, "--daemonize", "no"}
+	if r.TLS != nil {
+		args = append(args, "--port", "0", "--tls-port", strconv.Itoa(r.Port), "--tls-cert-file", r.TLS.Cert,
+			"--tls-key-file", r.TLS.Key, "--tls-ca-cert-file", r.TLS.CA, "--tls-auth-clients", "no")
+	}
+	args = append(args, r.args...)
 	proc, err := StartProcess("redis-server", filepath.Join(r.Dir, "redis.log"), nil, bin, args...)
 	if err != nil {
 		return err
 	}
 	r.proc = proc
 	err = proc.waitReady(ctx, 30*time.Second, func(ctx context.Context) error {
-		c := redis.NewClient(&redis.Options{Addr: r.Addr, MaxRetries: -1})
+		c := r.Client()
 		defer c.Close()
 		err := c.Ping(ctx).Err()
 		if err != nil && strings.Contains(err.Error(), "NOAUTH") {
@@ -102,7 +119,13 @@ func (r *Redis) Close() {
 }
 
 // Client returns a client of the server.
-func (r *Redis) Client() *redis.Client { return redis.NewClient(&redis.Options{Addr: r.Addr}) }
+func (r *Redis) Client() *redis.Client {
+	o := &redis.Options{Addr: r.Addr, MaxRetries: -1}
+	if r.TLS != nil {
+		o.TLSConfig = &tls.Config{RootCAs: r.TLS.Pool(), ServerName: "127.0.0.1"}
+	}
+	return redis.NewClient(o)
+}
 
 // NewRedis starts a server for a test and stops it when the test ends.
 func NewRedis(t TB, args ...string) *Redis {

@@ -17,12 +17,15 @@ package store
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	_ "embed"
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -48,10 +51,15 @@ type Store struct {
 
 // Open connects to the destination and checks that it answers.
 func Open(ctx context.Context, d config.Destination) (*Store, error) {
-	addr := net.JoinHostPort(d.Host, strconv.Itoa(d.Port))
+	addrs := d.Addresses
+	if len(addrs) == 0 {
+		addrs = []string{net.JoinHostPort(d.Host, strconv.Itoa(d.Port))}
+	}
+	addr := strings.Join(addrs, ",")
 	opts := &redis.UniversalOptions{
-		Addrs:        []string{addr},
-		Username:     d.Username,
+		Addrs:         addrs,
+		IsClusterMode: d.Cluster,
+		Username:      d.Username,
 		Password:     d.Password,
 		DB:           d.Database,
 		DialTimeout:  5 * time.Second,
@@ -62,7 +70,11 @@ func Open(ctx context.Context, d config.Destination) (*Store, error) {
 		MaxRetries: -1,
 	}
 	if d.TLS {
-		opts.TLSConfig = &tls.Config{ServerName: d.Host, MinVersion: tls.VersionTLS12}
+		tc, err := tlsConfig(d)
+		if err != nil {
+			return nil, err
+		}
+		opts.TLSConfig = tc
 	}
 	s := &Store{client: redis.NewUniversalClient(opts), addr: addr}
 	if err := s.client.Ping(ctx).Err(); err != nil {
@@ -76,6 +88,26 @@ func Open(ctx context.Context, d config.Destination) (*Store, error) {
 	return s, nil
 }
 
+// tlsConfig verifies the server's certificate against the system's roots
+// or tls_ca_file, unless told to skip verification.
+func tlsConfig(d config.Destination) (*tls.Config, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: d.TLSInsecureSkipVerify}
+	if !d.Cluster {
+		tc.ServerName = d.Host // a cluster's nodes are verified by the address dialled
+	}
+	if d.TLSCAFile != "" {
+		pem, err := os.ReadFile(d.TLSCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("tls_ca_file: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("tls_ca_file %s: no PEM certificate in it", d.TLSCAFile)
+		}
+	}
+	return tc, nil
+}
+
 // Addr is the destination's address.
 func (s *Store) Addr() string { return s.addr }
 
@@ -85,15 +117,76 @@ func (s *Store) Close() error { return s.client.Close() }
 // Client is the Redis client, for status and tests.
 func (s *Store) Client() redis.UniversalClient { return s.client }
 
-// VersionKey is the version record of key. It shares key's hash slot, so
-// that the script touches a single slot in a Redis Cluster: a key with a
-// hash tag keeps it as the record's first tag, any other key becomes the
-// record's tag.
+// VersionKey is the version record of key. It is in key's hash slot, so
+// that the script touches one slot in a Redis Cluster: a key without braces
+// becomes the record's hash tag, a key with a hash tag lends it, and any
+// other key gets a tag that hashes to its slot.
 func VersionKey(key string) string {
 	if !strings.ContainsAny(key, "{}") {
 		return VersionPrefix + "{" + key + "}"
 	}
-	return VersionPrefix + key
+	if _, ok := hashTag(key); ok {
+		return VersionPrefix + key
+	}
+	return VersionPrefix + "{" + slotTag(Slot(key)) + "}" + key
+}
+
+// hashTag is the part of key between its first '{' and the next '}', when
+// not empty: what Redis Cluster hashes instead of the whole key.
+func hashTag(key string) (string, bool) {
+	i := strings.IndexByte(key, '{')
+	if i < 0 {
+		return "", false
+	}
+	j := strings.IndexByte(key[i+1:], '}')
+	if j <= 0 {
+		return "", false
+	}
+	return key[i+1 : i+1+j], true
+}
+
+// Slot is the Redis Cluster hash slot of key.
+func Slot(key string) int {
+	if tag, ok := hashTag(key); ok {
+		key = tag
+	}
+	return int(crc16(key) % 16384)
+}
+
+// crc16 is CRC-16/XMODEM, the checksum of Redis Cluster's key slots.
+func crc16(s string) uint16 {
+	var crc uint16
+	for i := 0; i < len(s); i++ {
+		crc ^= uint16(s[i]) << 8
+		for range 8 {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return crc
+}
+
+var (
+	slotTagsOnce sync.Once
+	slotTags     []string
+)
+
+// slotTag returns a short string that hashes to slot.
+func slotTag(slot int) string {
+	slotTagsOnce.Do(func() {
+		slotTags = make([]string, 16384)
+		for i, left := 0, len(slotTags); left > 0; i++ {
+			s := strconv.FormatInt(int64(i), 36)
+			if k := crc16(s) % 16384; slotTags[k] == "" {
+				slotTags[k] = s
+				left--
+			}
+		}
+	})
+	return slotTags[slot]
 }
 
 // Apply writes cmds in one pipeline, in order, and returns each command's

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -127,37 +128,16 @@ func TestApplyReportsEachFailure(t *testing.T) {
 }
 
 func TestVersionKeySharesSlot(t *testing.T) {
-	for _, key := range []string{"sequin:users:1", "{user1}:profile", "a{b}c", "plain"} {
+	for _, key := range []string{"sequin:users:1", "{user1}:profile", "a{b}c", "plain", "a{}b", "a}b{c", "{}", "x{y", "}{"} {
 		vk := VersionKey(key)
-		if redisSlot(vk) != redisSlot(key) {
-			t.Errorf("VersionKey(%q) = %q is in another slot", key, vk)
+		if Slot(vk) != Slot(key) || !strings.HasPrefix(vk, VersionPrefix) || !strings.HasSuffix(vk, key) && !strings.HasSuffix(vk, key+"}") {
+			t.Errorf("VersionKey(%q) = %q: slot %d, key's %d", key, vk, Slot(vk), Slot(key))
 		}
 	}
-}
-
-// redisSlot is Redis Cluster's key slot.
-func redisSlot(key string) uint16 {
-	if i := strings.IndexByte(key, '{'); i >= 0 {
-		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
-			key = key[i+1 : i+1+j]
-		}
+	// The known slot of a known key (CLUSTER KEYSLOT foo = 12182).
+	if Slot("foo") != 12182 || Slot("{foo}bar") != 12182 {
+		t.Errorf("Slot(foo) = %d", Slot("foo"))
 	}
-	return crc16(key) % 16384
-}
-
-func crc16(s string) uint16 {
-	var crc uint16
-	for i := 0; i < len(s); i++ {
-		crc ^= uint16(s[i]) << 8
-		for range 8 {
-			if crc&0x8000 != 0 {
-				crc = crc<<1 ^ 0x1021
-			} else {
-				crc <<= 1
-			}
-		}
-	}
-	return crc
 }
 
 // The destination's username, password and database are used.
@@ -181,5 +161,80 @@ func TestOpenWithACLUserAndDatabase(t *testing.T) {
 	d.Password = "wrong"
 	if _, err := Open(ctx, d); err == nil || !strings.Contains(err.Error(), "WRONGPASS") {
 		t.Fatalf("wrong password: %v", err)
+	}
+}
+
+// TLS: the server's certificate is verified against tls_ca_file; without
+// it (the system's roots) the connection is refused, unless verification
+// is explicitly skipped.
+func TestOpenTLS(t *testing.T) {
+	ctx := context.Background()
+	r := testenv.NewRedisTLS(t, t.TempDir())
+	d := config.Destination{Host: "127.0.0.1", Port: r.Port, TLS: true, TLSCAFile: r.TLS.CA}
+	s, err := Open(ctx, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if errs, _ := s.Apply(ctx, []command.Command{set("k", "v", 1, 0)}); errs[0] != nil {
+		t.Fatal(errs[0])
+	}
+	d.TLSCAFile = ""
+	if _, err := Open(ctx, d); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("unverifiable certificate accepted: %v", err)
+	}
+	d.TLSInsecureSkipVerify = true
+	s2, err := Open(ctx, d)
+	if err != nil {
+		t.Fatalf("with verification skipped: %v", err)
+	}
+	s2.Close()
+	d.TLS, d.TLSInsecureSkipVerify = false, false
+	if _, err := Open(ctx, d); err == nil {
+		t.Fatal("plain connection to a TLS-only server succeeded")
+	}
+}
+
+// A Redis Cluster: keys spread over the masters, each command with its
+// version record in one slot.
+func TestCluster(t *testing.T) {
+	ctx := context.Background()
+	c := testenv.NewRedisCluster(t, 3)
+	s, err := Open(ctx, config.Destination{Addresses: c.Addrs(), Cluster: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var cmds []command.Command
+	for i := range 300 {
+		cmds = append(cmds, set(fmt.Sprintf("sequin:users:%d", i), fmt.Sprint(i), 5, uint32(i)))
+	}
+	cmds = append(cmds, set("a{}b", "odd braces", 5, 1000), set("{tag}x", "tagged", 5, 1001), del("sequin:users:7", 6, 0))
+	errs, _ := s.Apply(ctx, cmds)
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	rc := c.Client()
+	defer rc.Close()
+	if got := rc.Get(ctx, "sequin:users:299").Val(); got != "299" {
+		t.Fatalf("sequin:users:299 = %q", got)
+	}
+	if rc.Get(ctx, "a{}b").Val() != "odd braces" || rc.Exists(ctx, "sequin:users:7").Val() != 0 {
+		t.Fatal("odd or deleted keys wrong")
+	}
+	// Every master holds some keys.
+	for _, n := range c.Nodes {
+		nc := n.Client()
+		if size := nc.DBSize(ctx).Val(); size == 0 {
+			t.Errorf("master %s holds no key", n.Addr)
+		}
+		nc.Close()
+	}
+	// Older writes are refused in a cluster too.
+	s.Apply(ctx, []command.Command{set("sequin:users:1", "old", 4, 0)})
+	if got := rc.Get(ctx, "sequin:users:1").Val(); got != "1" {
+		t.Fatalf("stale write landed: %q", got)
 	}
 }

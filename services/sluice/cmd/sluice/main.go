@@ -5,9 +5,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
+	"strconv"
 
 	"go.uber.org/zap"
 
@@ -15,7 +17,22 @@ import (
 	"github.com/sluicehq/sluice/pkg/program"
 	"github.com/sluicehq/sluice/services/sluice/internal/demo"
 	"github.com/sluicehq/sluice/services/sluice/internal/dev"
+	"github.com/sluicehq/sluice/services/sluice/internal/dlq"
 )
+
+// seqList collects repeated --seq flags.
+type seqList []uint64
+
+func (s *seqList) String() string { return fmt.Sprint(*s) }
+
+func (s *seqList) Set(v string) error {
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		return fmt.Errorf("not a sequence number: %q", v)
+	}
+	*s = append(*s, n)
+	return nil
+}
 
 const usage = `Usage: sluice <command> [flags]
 
@@ -24,6 +41,9 @@ Commands:
                         an embedded NATS server, in one process
   demo                  start a throwaway Postgres and Redis, run 'sluice dev'
                         against them, make changes, and show both sides
+  dlq list   --config FILE --sink NAME               a sink's dead letters
+  dlq replay --config FILE --sink NAME [--seq N]...  apply them again; remove those that succeed
+  dlq drop   --config FILE --sink NAME (--seq N... | --all)
 `
 
 func main() {
@@ -47,6 +67,26 @@ func main() {
 		if err := demo.Run(context.Background(), os.Stdout, *keep); err != nil {
 			program.Exit("sluice demo", err)
 		}
+	case "dlq":
+		if len(args) == 0 {
+			fmt.Fprint(os.Stderr, usage)
+			os.Exit(2)
+		}
+		action := args[0]
+		fs := flag.NewFlagSet("sluice dlq "+action, flag.ExitOnError)
+		sink := fs.String("sink", "", "the sink")
+		all := fs.Bool("all", false, "drop: every letter of the sink")
+		var seqs seqList
+		fs.Var(&seqs, "seq", "a letter's sequence number (repeatable)")
+		program.Main("sluice dlq", fs, args[1:], func(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
+			if *sink == "" {
+				return errors.New("--sink is required")
+			}
+			if err := program.RequireNATS("sluice dlq", cfg); err != nil {
+				return err
+			}
+			return dlq.Run(ctx, os.Stdout, cfg, log, action, *sink, seqs, *all)
+		})
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 	default:

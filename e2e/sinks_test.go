@@ -1,0 +1,210 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sluicehq/sluice/pkg/testenv"
+)
+
+// routedDiff compares accounts in Postgres with a sink that stores the bare
+// record under "app:<table>:<id>" (transform `record`, routing below).
+func routedDiff(e *env, rc redis.UniversalClient) string {
+	ctx := context.Background()
+	want, err := testenv.PostgresRows(ctx, e.conn, accounts)
+	if err != nil {
+		return err.Error()
+	}
+	got := map[string]map[string]any{}
+	var mu sync.Mutex // ForEachMaster scans the masters concurrently
+	scan := func(ctx context.Context, c *redis.Client) error {
+		iter := c.Scan(ctx, 0, "app:accounts:*", 1000).Iterator()
+		for iter.Next(ctx) {
+			raw, err := c.Get(ctx, iter.Val()).Result()
+			if err == redis.Nil {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			var rec map[string]any
+			dec := json.NewDecoder(strings.NewReader(raw))
+			dec.UseNumber()
+			if err := dec.Decode(&rec); err != nil {
+				return fmt.Errorf("%s: %v", iter.Val(), err)
+			}
+			mu.Lock()
+			got[iter.Val()] = rec
+			mu.Unlock()
+		}
+		return iter.Err()
+	}
+	switch c := rc.(type) {
+	case *redis.ClusterClient:
+		err = c.ForEachMaster(ctx, scan)
+	case *redis.Client:
+		err = scan(ctx, c)
+	}
+	if err != nil {
+		return err.Error()
+	}
+	var diffs []string
+	for key, row := range want {
+		k := "app:accounts:" + strings.TrimPrefix(key, "sequin:accounts:")
+		r, ok := got[k]
+		if !ok {
+			diffs = append(diffs, "missing "+k)
+			continue
+		}
+		for col, v := range row {
+			if !testenv.SameValue(v, r[col]) {
+				diffs = append(diffs, fmt.Sprintf("%s.%s: %v != %v", k, col, v, r[col]))
+			}
+		}
+		delete(got, k)
+	}
+	for k := range got {
+		diffs = append(diffs, "extra "+k)
+	}
+	if len(diffs) > 5 {
+		diffs = append(diffs[:5], fmt.Sprintf("… %d more", len(diffs)-5))
+	}
+	return strings.Join(diffs, "; ")
+}
+
+// Two sinks read the stream independently: one standalone Redis with the
+// default key and value, one Redis Cluster with a transform and routing.
+// Stopping the first for a while does not hold back the second, and the
+// first catches up when it returns.
+func TestFanOut(t *testing.T) {
+	e := newEnv(t)
+	e.exec(accountsSchema)
+	// The standalone server keeps its data across the restart (AOF).
+	a := testenv.NewRedis(t, "--appendonly", "yes", "--appendfsync", "always")
+	cluster := testenv.NewRedisCluster(t, 3)
+	cfg := e.writeConfig(fmt.Sprintf(`postgres: {url: %q, tables: [accounts], status_interval: 200ms}
+nats: {url: %q, partitions: 4}
+sinks:
+  - name: plain
+    ack_wait: 2s
+    failover: 3s
+    destination: {type: redis_string, host: 127.0.0.1, port: %d}
+  - name: routed
+    ack_wait: 2s
+    failover: 3s
+    transform: record
+    routing: '"app:" + metadata.table_name + ":" + string(record.id)'
+    destination: {type: redis_string, addresses: [%s]}
+`, e.pg.URL, e.nats.URL(), a.Port, strings.Join(cluster.Addrs(), ", ")))
+	capture := start(t, "sluice-capture", "--config", cfg)
+	e.waitStreaming(capture)
+	start(t, "sluice-redis-writer", "--config", cfg, "--sink", "plain")
+	start(t, "sluice-redis-writer", "--config", cfg, "--sink", "routed")
+	rcA := a.Client()
+	defer rcA.Close()
+	rcB := cluster.Client()
+	defer rcB.Close()
+	plain := func() string {
+		diffs, err := testenv.TableDiff(context.Background(), e.conn, rcA, accounts)
+		if err != nil {
+			return err.Error()
+		}
+		return strings.Join(diffs, "; ")
+	}
+
+	workload(t, e.pg.URL, 200, 3, after(time.Second))
+	a.Stop()
+	workload(t, e.pg.URL, 200, 4, after(2*time.Second))
+	eventually(t, 60*time.Second, func() string { return routedDiff(e, rcB) })
+	if err := a.Restart(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 60*time.Second, plain)
+}
+
+func after(d time.Duration) <-chan struct{} {
+	c := make(chan struct{})
+	time.AfterFunc(d, func() { close(c) })
+	return c
+}
+
+// A change Redis keeps refusing goes to the dead-letter stream after
+// max_deliver attempts while the other keys flow; `sluice dlq` lists it,
+// replays it once the cause is fixed, and drops letters.
+func TestDeadLetters(t *testing.T) {
+	e := newEnv(t)
+	e.exec(accountsSchema)
+	cfg := e.writeConfig(fmt.Sprintf(`postgres: {url: %q, tables: [accounts], status_interval: 200ms}
+nats: {url: %q, partitions: 4}
+sinks:
+  - name: cache
+    max_deliver: 2
+    ack_wait: 2s
+    failover: 3s
+    destination: {type: redis_string, host: 127.0.0.1, port: %d}
+`, e.pg.URL, e.nats.URL(), e.redis.Port))
+	capture := start(t, "sluice-capture", "--config", cfg)
+	e.waitStreaming(capture)
+	start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
+	ctx := context.Background()
+	// The version record of key 13 is not a string: its writes fail (WRONGTYPE).
+	if err := e.rc.HSet(ctx, "sluice:v:{sequin:accounts:13}", "x", "y").Err(); err != nil {
+		t.Fatal(err)
+	}
+	e.exec(`INSERT INTO accounts (id) SELECT generate_series(1, 20)`)
+
+	dlq := func(args ...string) string {
+		p := start(t, "sluice", append([]string{"dlq"}, append(args, "--config", cfg, "--sink", "cache")...)...)
+		if code := p.wait(30 * time.Second); code != 0 {
+			t.Fatalf("sluice dlq %v exited %d: %s", args, code, p.Output())
+		}
+		return p.Output()
+	}
+	eventually(t, 30*time.Second, func() string {
+		if out := dlq("list"); !strings.Contains(out, "sequin:accounts:13") {
+			return "no dead letter yet: " + out
+		}
+		return ""
+	})
+	out := dlq("list")
+	if !strings.Contains(out, "WRONGTYPE") || !strings.Contains(out, "  2  ") {
+		t.Errorf("list does not show the error and 2 attempts:\n%s", out)
+	}
+	if n := e.rc.Exists(ctx, "sequin:accounts:12", "sequin:accounts:14", "sequin:accounts:13").Val(); n != 2 {
+		t.Fatalf("%d of keys 12, 13, 14 exist; want 12 and 14 only", n)
+	}
+
+	e.rc.Del(ctx, "sluice:v:{sequin:accounts:13}") // the fix
+	if out := dlq("replay"); !strings.Contains(out, "replayed 1 letter") {
+		t.Fatalf("replay: %s", out)
+	}
+	e.waitMatch(10*time.Second, accounts)
+	if out := dlq("list"); !strings.Contains(out, "no dead letters") {
+		t.Fatalf("after replay: %s", out)
+	}
+
+	e.rc.Del(ctx, "sluice:v:{sequin:accounts:5}")
+	if err := e.rc.HSet(ctx, "sluice:v:{sequin:accounts:5}", "x", "y").Err(); err != nil {
+		t.Fatal(err)
+	}
+	e.exec(`UPDATE accounts SET n = 1 WHERE id = 5`)
+	eventually(t, 30*time.Second, func() string {
+		if out := dlq("list"); !strings.Contains(out, "sequin:accounts:5") {
+			return "no dead letter yet"
+		}
+		return ""
+	})
+	if out := dlq("drop", "--all"); !strings.Contains(out, "dropped 1 letter") {
+		t.Fatalf("drop: %s", out)
+	}
+	if out := dlq("list"); !strings.Contains(out, "no dead letters") {
+		t.Fatalf("after drop: %s", out)
+	}
+}
