@@ -60,11 +60,11 @@ func Open(ctx context.Context, d config.Destination) (*Store, error) {
 		Addrs:         addrs,
 		IsClusterMode: d.Cluster,
 		Username:      d.Username,
-		Password:     d.Password,
-		DB:           d.Database,
-		DialTimeout:  5 * time.Second,
-		ReadTimeout:  10 * time.Second,
-		WriteTimeout: 10 * time.Second,
+		Password:      d.Password,
+		DB:            d.Database,
+		DialTimeout:   5 * time.Second,
+		ReadTimeout:   10 * time.Second,
+		WriteTimeout:  10 * time.Second,
 		// Failed commands are retried by redelivery, with backoff; a retry
 		// here would hide the failure and hold the batch.
 		MaxRetries: -1,
