@@ -10,7 +10,7 @@ BINARIES := ./services/sluice/cmd/sluice ./services/capture/cmd/sluice-capture .
 FUZZTIME ?= 20s
 PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 
-.PHONY: build demo test vet fuzz proto tidy clean
+.PHONY: build demo test vet fuzz bench proto tidy clean
 
 build:
 	go build -o bin/ $(BINARIES)
@@ -29,8 +29,14 @@ vet:
 fuzz:
 	go test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./services/capture/internal/pgoutput
 	go test -run '^$$' -fuzz '^FuzzAppend$$' -fuzztime $(FUZZTIME) ./services/capture/internal/pgvalue
+	go test -run '^$$' -fuzz '^FuzzRecord$$' -fuzztime $(FUZZTIME) ./services/capture/internal/event
 	go test -run '^$$' -fuzz '^FuzzAppendString$$' -fuzztime $(FUZZTIME) ./pkg/change
 	go test -run '^$$' -fuzz '^FuzzExpand$$' -fuzztime $(FUZZTIME) ./pkg/config
+
+# Benchmarks of the stages on real servers; never part of `make test`.
+bench:
+	go test -run '^$$' -bench . -benchtime 200000x ./services/redis-writer/...
+	go test -run '^$$' -bench . ./services/capture/internal/event
 
 # Regenerates the wire contract's Go code, installing protoc and
 # protoc-gen-go when they are missing.

@@ -208,3 +208,36 @@ sinks:
 		t.Fatalf("after drop: %s", out)
 	}
 }
+
+// A sink receives only its tables and actions.
+func TestSinkSelection(t *testing.T) {
+	e := newEnv(t)
+	e.exec(accountsSchema + `; CREATE TABLE users (id int PRIMARY KEY)`)
+	cfg := e.writeConfig(fmt.Sprintf(`postgres: {url: %q, tables: [accounts, users], status_interval: 200ms}
+nats: {url: %q, partitions: 1} # one partition: the update below lands after the delete
+sinks:
+  - name: cache
+    tables: [accounts]
+    actions: [insert, update]
+    destination: {type: redis_string, host: 127.0.0.1, port: %d}
+`, e.pg.URL, e.nats.URL(), e.redis.Port))
+	capture := start(t, "sluice-capture", "--config", cfg)
+	e.waitStreaming(capture)
+	start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
+	e.exec(`INSERT INTO users VALUES (1); INSERT INTO accounts (id) VALUES (1), (2)`)
+	e.exec(`DELETE FROM accounts WHERE id = 1`)
+	e.exec(`UPDATE accounts SET n = 5 WHERE id = 2`)
+	ctx := context.Background()
+	eventually(t, 30*time.Second, func() string {
+		if !strings.Contains(e.rc.Get(ctx, "sequin:accounts:2").Val(), `"n":5`) {
+			return "update of accounts 2 not applied"
+		}
+		return ""
+	})
+	if e.rc.Exists(ctx, "sequin:accounts:1").Val() != 1 {
+		t.Error("a delete reached a sink without the delete action")
+	}
+	if e.rc.Exists(ctx, "sequin:users:1").Val() != 0 {
+		t.Error("a table outside the sink's tables reached it")
+	}
+}

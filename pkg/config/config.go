@@ -387,8 +387,8 @@ func (c *Config) validateSink(i int, errs *fieldErrors) {
 	if s.AckWait < time.Second {
 		errs.add(at+".ack_wait", "must be at least 1s")
 	}
-	if s.Failover < 2*time.Second {
-		errs.add(at+".failover", "must be at least 2s")
+	if s.Failover < 3*time.Second {
+		errs.add(at+".failover", "must be at least 3s")
 	}
 	d := s.Destination
 	at += ".destination"

@@ -1,0 +1,151 @@
+package rediswriter
+
+import (
+	"context"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/sluicehq/sluice/pkg/change"
+	"github.com/sluicehq/sluice/pkg/config"
+	"github.com/sluicehq/sluice/pkg/testenv"
+	"github.com/sluicehq/sluice/pkg/topology"
+	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
+)
+
+// BenchmarkWriter measures the writer alone: b.N change events wait in the
+// stream, and the clock runs from the writer's start until Redis has applied
+// them all. In the same run, redis-benchmark measures pipelined SETs of
+// values of the same size on the same server: the ceiling of this stage.
+// Reported: changes/s, redis-benchmark's SET/s, and their ratio.
+func BenchmarkWriter(b *testing.B) {
+	ctx := context.Background()
+	srv := testenv.NewNATS(b)
+	rd := testenv.NewRedis(b)
+	cfg := &config.Config{
+		Postgres: config.Postgres{URL: "unused", Tables: []string{"public.users"}},
+		NATS:     config.NATS{URL: srv.URL()},
+		Sinks:    []config.Sink{{Name: "bench", Destination: config.Destination{Type: "redis_string", Host: "127.0.0.1", Port: rd.Port}}},
+		Log:      config.Log{Level: "error"},
+	}
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		b.Fatal(err)
+	}
+	nc, err := nats.Connect(srv.URL())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
+	topo := topology.New(cfg.NATS)
+	stream, err := topo.Ensure(ctx, js, cfg.Sinks[0])
+	if err != nil {
+		b.Fatal(err)
+	}
+	valueSize := publish(b, js, topo, b.N)
+
+	w, err := New(cfg, "bench", zap.NewNop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	wctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	b.ResetTimer()
+	began := time.Now()
+	go func() { done <- w.Run(wctx) }()
+	for !drained(ctx, b, stream, topo, "bench") {
+		time.Sleep(5 * time.Millisecond)
+	}
+	elapsed := time.Since(began)
+	b.StopTimer()
+	stop()
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+	rate := float64(b.N) / elapsed.Seconds()
+	b.ReportMetric(rate, "changes/s")
+	if b.N >= 10000 {
+		ceiling := redisBenchmarkSET(b, rd.Port, b.N, valueSize)
+		b.ReportMetric(ceiling, "redis-benchmark-SET/s")
+		b.ReportMetric(rate/ceiling, "ratio")
+	}
+}
+
+// publish puts n insert events of ~200-byte rows into the stream and
+// returns the size of the value the writer will SET.
+func publish(b *testing.B, js jetstream.JetStream, topo topology.Topology, n int) int {
+	b.Helper()
+	var last []byte
+	for i := range n {
+		id := strconv.Itoa(i)
+		ev := &sluicev1.ChangeEvent{
+			IdempotencyKey: change.IdempotencyKey(uint64(1000+i), 0), Action: sluicev1.Action_ACTION_INSERT,
+			Database: "app", Schema: "public", Table: "users", PkColumns: []string{"id"}, PkValues: []string{id},
+			Record: []byte(`{"id":` + id + `,"name":"user ` + id + `","email":"user` + id + `@example.com","active":true,"balance":"123.45",` +
+				`"profile":{"lang":"en","plan":"pro","tags":["a","b"]},"updated_at":"2026-11-25T20:00:00.123456Z"}`),
+			CommitLsn: uint64(1000 + i), CommitTimestampUs: time.Now().UnixMicro(),
+		}
+		data, _ := proto.Marshal(ev)
+		if _, err := js.PublishAsync(topo.Subject(topo.Partition("public", "users", ev.PkValues)), data); err != nil {
+			b.Fatal(err)
+		}
+		if i == n-1 {
+			last = change.AppendMessage(nil, ev, change.NewConsumer("bench"))
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(time.Minute):
+		b.Fatal("publish did not complete")
+	}
+	return len(last)
+}
+
+// drained reports whether every partition consumer of sink has nothing
+// left to deliver or to acknowledge.
+func drained(ctx context.Context, b *testing.B, stream jetstream.Stream, topo topology.Topology, sink string) bool {
+	for p := range topo.Partitions {
+		c, err := stream.Consumer(ctx, topology.ConsumerName(sink, p))
+		if err != nil {
+			b.Fatal(err)
+		}
+		info := c.CachedInfo()
+		if fresh, err := c.Info(ctx); err == nil {
+			info = fresh
+		}
+		if info.NumPending > 0 || info.NumAckPending > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// redisBenchmarkSET runs redis-benchmark's pipelined SET of n values of
+// size bytes and returns its requests per second.
+func redisBenchmarkSET(b *testing.B, port, n, size int) float64 {
+	b.Helper()
+	out, err := exec.Command("redis-benchmark", "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-t", "set",
+		"-n", strconv.Itoa(n), "-P", "500", "-d", strconv.Itoa(size), "-r", "1000000", "-q", "--csv").Output()
+	if err != nil {
+		b.Fatalf("redis-benchmark: %v", err)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Split(line, ",")
+		if len(f) > 1 && strings.Trim(f[0], `"`) == "SET" {
+			rps, err := strconv.ParseFloat(strings.Trim(f[1], `"`), 64)
+			if err == nil {
+				return rps
+			}
+		}
+	}
+	b.Fatalf("redis-benchmark printed no SET rate: %s", out)
+	return 0
+}
