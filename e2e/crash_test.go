@@ -110,7 +110,30 @@ func TestCaptureKilled(t *testing.T) {
 		capture.wait(10 * time.Second)
 		capture = start(t, "sluice-capture", "--config", cfg)
 	})
+	// Besides the mixed workload, one transaction of 100,000 rows, streamed
+	// while capture is being killed.
+	big := make(chan int64, 1)
+	go func() {
+		conn, err := pgx.Connect(context.Background(), e.pg.URL)
+		if err != nil {
+			big <- -1
+			return
+		}
+		defer conn.Close(context.Background())
+		time.Sleep(200 * time.Millisecond)
+		tag, err := conn.Exec(context.Background(), `INSERT INTO accounts (id, note) SELECT g, 'big' FROM generate_series(1000000, 1099999) g`)
+		if err != nil {
+			big <- -1
+			return
+		}
+		big <- tag.RowsAffected()
+	}()
 	changes := workload(t, e.pg.URL, 400, 1, done)
+	n := <-big
+	if n != 100000 {
+		t.Fatalf("the big transaction inserted %d rows", n)
+	}
+	changes += int(n)
 	t.Logf("%d changes, capture killed %d times", changes, kills)
 	e.waitMatch(90*time.Second, accounts)
 	checkStream(t, e.nats.URL(), changes)

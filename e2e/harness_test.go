@@ -17,7 +17,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/sluicehq/sluice/pkg/broker"
 	"github.com/sluicehq/sluice/pkg/testenv"
 )
 
@@ -50,7 +49,7 @@ type env struct {
 	t     *testing.T
 	pg    *testenv.Postgres
 	redis *testenv.Redis
-	nats  *broker.Server
+	nats  *testenv.NATS
 	dir   string
 	conn  *pgx.Conn
 	rc    *redis.Client
@@ -59,14 +58,21 @@ type env struct {
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	e := &env{t: t, pg: testenv.NewPostgres(t, testenv.PostgresOptions{}), redis: testenv.NewRedis(t), nats: testenv.NewNATS(t), dir: t.TempDir()}
-	var err error
-	if e.conn, err = pgx.Connect(context.Background(), e.pg.URL); err != nil {
-		t.Fatal(err)
-	}
+	e.reconnect()
 	t.Cleanup(func() { e.conn.Close(context.Background()) })
 	e.rc = e.redis.Client()
 	t.Cleanup(func() { e.rc.Close() })
 	return e
+}
+
+// reconnect opens the test's own connection to Postgres.
+func (e *env) reconnect() {
+	e.t.Helper()
+	conn, err := pgx.Connect(context.Background(), e.pg.URL)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.conn = conn
 }
 
 func (e *env) exec(sql string, args ...any) {
@@ -80,6 +86,11 @@ func (e *env) exec(sql string, args ...any) {
 // withNATS it names no NATS server, for `sluice dev`.
 func (e *env) config(tables []string, withNATS bool) string {
 	e.t.Helper()
+	return e.writeConfig(e.configText(tables, withNATS))
+}
+
+// configText is config's document.
+func (e *env) configText(tables []string, withNATS bool) string {
 	natsURL := ""
 	if withNATS {
 		natsURL = "url: " + e.nats.URL()
@@ -100,7 +111,7 @@ log:
   level: debug
   format: json
 `, e.pg.URL, strings.Join(tables, ", "), natsURL, e.redis.Port)
-	return e.writeConfig(doc)
+	return doc
 }
 
 // writeConfig writes a config file and returns its path.
@@ -207,4 +218,11 @@ func (e *env) waitStreaming(p *proc) {
 		}
 		return ""
 	})
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "…" + s[len(s)-n:]
+	}
+	return s
 }

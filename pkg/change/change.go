@@ -23,6 +23,8 @@ func Action(a sluicev1.Action) string {
 		return "delete"
 	case sluicev1.Action_ACTION_READ:
 		return "read"
+	case sluicev1.Action_ACTION_TRUNCATE:
+		return "truncate"
 	}
 	return "unknown"
 }

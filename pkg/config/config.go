@@ -49,6 +49,10 @@ type Postgres struct {
 	Tables []string `yaml:"tables"`
 	// StatusInterval is how often capture reports its confirmed position.
 	StatusInterval time.Duration `yaml:"status_interval"`
+	// HeartbeatInterval is how often capture writes a logical message into
+	// the WAL, so that the slot's position advances while the captured
+	// tables are idle and the rest of the database is not.
+	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
 }
 
 // NATS is the JetStream that carries changes from capture to the writers.
@@ -85,6 +89,9 @@ type Sink struct {
 	// MaxDeliver is how many times a change is tried before it goes to the
 	// dead-letter stream.
 	MaxDeliver int `yaml:"max_deliver"`
+	// OnTruncate is what a TRUNCATE of a table does to its keys: "ignore"
+	// (as Sequin) or "delete".
+	OnTruncate string `yaml:"on_truncate"`
 	// BatchSize is the most commands the writer pipelines in one round trip.
 	BatchSize int `yaml:"batch_size"`
 	// AckWait is how long a writer may hold a message before JetStream
@@ -146,6 +153,7 @@ const (
 	DefaultFailover       = 10 * time.Second
 	DefaultKeyPrefix      = "sequin"
 	DefaultStatusInterval = time.Second
+	DefaultHeartbeat      = 10 * time.Second
 	DestinationRedis      = "redis_string"
 )
 
@@ -206,6 +214,9 @@ func (c *Config) SetDefaults() {
 	if c.Postgres.StatusInterval == 0 {
 		c.Postgres.StatusInterval = DefaultStatusInterval
 	}
+	if c.Postgres.HeartbeatInterval == 0 {
+		c.Postgres.HeartbeatInterval = DefaultHeartbeat
+	}
 	for i, t := range c.Postgres.Tables {
 		c.Postgres.Tables[i] = QualifyTable(t)
 	}
@@ -255,6 +266,9 @@ func (c *Config) SetDefaults() {
 		}
 		if s.Failover == 0 {
 			s.Failover = DefaultFailover
+		}
+		if s.OnTruncate == "" {
+			s.OnTruncate = "ignore"
 		}
 		if len(s.Destination.Addresses) > 0 {
 			s.Destination.Cluster = true
@@ -310,8 +324,11 @@ func (c *Config) Validate() error {
 			errs.add(fmt.Sprintf("postgres.tables[%d]", i), fmt.Sprintf("%s is listed twice", t))
 		}
 	}
-	if p.StatusInterval < 0 {
-		errs.add("postgres.status_interval", "must be positive")
+	if p.StatusInterval < 10*time.Millisecond {
+		errs.add("postgres.status_interval", "must be at least 10ms")
+	}
+	if p.HeartbeatInterval < 100*time.Millisecond {
+		errs.add("postgres.heartbeat_interval", "must be at least 100ms")
 	}
 	n := c.NATS
 	if !streamName.MatchString(n.Stream) {
@@ -377,6 +394,12 @@ func (c *Config) validateSink(i int, errs *fieldErrors) {
 	}
 	if s.MaxDeliver < 1 {
 		errs.add(at+".max_deliver", "must be at least 1")
+	}
+	switch {
+	case s.OnTruncate != "ignore" && s.OnTruncate != "delete":
+		errs.add(at+".on_truncate", fmt.Sprintf("%q is not ignore or delete", s.OnTruncate))
+	case s.OnTruncate == "delete" && s.Routing != "":
+		errs.add(at+".on_truncate", "delete finds a table's keys by the default key format, which routing replaces; use ignore")
 	}
 	if s.BatchSize < 1 || s.BatchSize > 100000 {
 		errs.add(at+".batch_size", "must be 1-100000")

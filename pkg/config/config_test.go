@@ -98,6 +98,8 @@ func TestParseErrors(t *testing.T) {
 		{"ca without tls", base("  - {name: b, destination: {type: redis_string, host: h, port: 1, tls_ca_file: /x}}"), "sinks[1].destination.tls: must be true when"},
 		{"ca missing", base("  - {name: b, destination: {type: redis_string, host: h, port: 1, tls: true, tls_ca_file: /nonexistent.pem}}"), "sinks[1].destination.tls_ca_file: stat /nonexistent.pem"},
 		{"cluster db", base("  - {name: b, destination: {type: redis_string, host: h, port: 1, cluster: true, database: 2}}"), "sinks[1].destination.database: must be 0 for a Redis Cluster"},
+		{"on_truncate", base("  - {name: b, on_truncate: drop, destination: {type: redis_string, host: h, port: 1}}"), `sinks[1].on_truncate: "drop" is not ignore or delete`},
+		{"truncate routed", base("  - {name: b, on_truncate: delete, routing: 'record.id', destination: {type: redis_string, host: h, port: 1}}"), "sinks[1].on_truncate: delete finds a table's keys by the default key format"},
 		{"max deliver", base("  - {name: b, max_deliver: -1, destination: {type: redis_string, host: h, port: 1}}"), "sinks[1].max_deliver: must be at least 1"},
 		{"syntax", "postgres: [", "yaml:"},
 	}

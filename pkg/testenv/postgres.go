@@ -24,6 +24,8 @@ type Postgres struct {
 	Dir  string
 	proc *Process
 	cred *syscall.Credential
+	bin  string
+	args []string
 }
 
 // PostgresOptions tune the cluster.
@@ -124,33 +126,46 @@ func StartPostgres(ctx context.Context, o PostgresOptions) (*Postgres, error) {
 	for k, v := range o.Settings {
 		settings[k] = v
 	}
+	p.bin = filepath.Join(bin, "postgres")
 	err = retryPort(func(port int) error {
-		args := []string{"-D", data, "-p", strconv.Itoa(port)}
+		p.args = []string{"-D", data, "-p", strconv.Itoa(port)}
 		for k, v := range settings {
-			args = append(args, "-c", k+"="+v)
+			p.args = append(p.args, "-c", k+"="+v)
 		}
-		proc, err := StartProcess("postgres", filepath.Join(dir, "postgres.log"), cred, filepath.Join(bin, "postgres"), args...)
-		if err != nil {
-			return err
-		}
-		p.proc, p.Port = proc, port
+		p.Port = port
 		p.URL = fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port)
-		err = proc.waitReady(ctx, 60*time.Second, func(ctx context.Context) error {
-			conn, err := pgx.Connect(ctx, p.URL)
-			if err != nil {
-				return err
-			}
-			return conn.Close(ctx)
-		})
-		if err != nil && strings.Contains(proc.Output(), "Address already in use") {
-			return errPortInUse
-		}
-		return err
+		return p.start(ctx)
 	})
 	if err != nil {
 		return fail(err)
 	}
 	return p, nil
+}
+
+func (p *Postgres) start(ctx context.Context) error {
+	proc, err := StartProcess("postgres", filepath.Join(p.Dir, "postgres.log"), p.cred, p.bin, p.args...)
+	if err != nil {
+		return err
+	}
+	p.proc = proc
+	err = proc.waitReady(ctx, 60*time.Second, func(ctx context.Context) error {
+		conn, err := pgx.Connect(ctx, p.URL)
+		if err != nil {
+			return err
+		}
+		return conn.Close(ctx)
+	})
+	if err != nil && strings.Contains(proc.Output(), "Address already in use") {
+		return errPortInUse
+	}
+	return err
+}
+
+// Restart stops the server (fast shutdown: connections are cut) and
+// starts it again on the same port and data.
+func (p *Postgres) Restart(ctx context.Context) error {
+	p.proc.Stop(syscall.SIGINT, 15*time.Second)
+	return p.start(ctx)
 }
 
 // Stop shuts the cluster down (fast mode) and removes its directory.

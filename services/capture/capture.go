@@ -6,7 +6,9 @@ package capture
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -14,7 +16,9 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/sluicehq/sluice/pkg/config"
+	"github.com/sluicehq/sluice/pkg/metrics"
 	"github.com/sluicehq/sluice/pkg/topology"
+	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
 	"github.com/sluicehq/sluice/services/capture/internal/decoder"
 	"github.com/sluicehq/sluice/services/capture/internal/pgoutput"
 	"github.com/sluicehq/sluice/services/capture/internal/pgvalue"
@@ -32,9 +36,10 @@ const (
 
 // Service is the capture service.
 type Service struct {
-	cfg  *config.Config
-	log  *zap.Logger
-	topo topology.Topology
+	cfg       *config.Config
+	log       *zap.Logger
+	topo      topology.Topology
+	streaming atomic.Bool
 }
 
 // New returns a capture service for cfg.
@@ -79,16 +84,24 @@ func (s *Service) Run(ctx context.Context) error {
 		zap.String("slot", s.cfg.Postgres.Slot), zap.String("stream", s.topo.Stream))
 
 	types := pgvalue.NewTypes(src)
+	metrics.Ready("capture", func() error {
+		if !s.streaming.Load() {
+			return errors.New("not streaming from the slot")
+		}
+		return nil
+	})
 	backoff := time.Second
 	for {
 		started := time.Now()
 		err := s.session(ctx, src, js, tables, types)
+		s.streaming.Store(false)
 		if ctx.Err() != nil {
 			return err
 		}
 		if time.Since(started) > time.Minute {
 			backoff = time.Second
 		}
+		restarts.Inc()
 		s.log.Warn("capture stream stopped; restarting from the slot", zap.Error(err), zap.Duration("backoff", backoff))
 		select {
 		case <-ctx.Done():
@@ -114,7 +127,8 @@ func (s *Service) session(ctx context.Context, src *source.Source, js jetstream.
 		return err
 	}
 	captured := func(schema, table string) bool { _, ok := tables[schema+"."+table]; return ok }
-	sess := &session{Service: s, pub: pub, resume: resume, dec: decoder.New(src.Database(), captured, src, types)}
+	sess := &session{Service: s, src: src, pub: pub, resume: resume, dec: decoder.New(src.Database(), captured, src, types)}
+	s.streaming.Store(true)
 	defer func() {
 		// Drain: whatever JetStream acknowledged is confirmed to the slot.
 		dctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
@@ -132,6 +146,7 @@ func (s *Service) session(ctx context.Context, src *source.Source, js jetstream.
 
 type session struct {
 	*Service
+	src    *source.Source
 	pub    *publisher.Publisher
 	resume publisher.Position
 	dec    *decoder.Decoder
@@ -139,7 +154,16 @@ type session struct {
 
 func (ss *session) run(ctx context.Context, stream *source.Stream) error {
 	interval := ss.cfg.Postgres.StatusInterval
+	var lastBeat time.Time
 	for ctx.Err() == nil {
+		if time.Since(lastBeat) >= ss.cfg.Postgres.HeartbeatInterval {
+			lag, err := ss.src.Heartbeat(ctx)
+			if err != nil {
+				return err
+			}
+			slotLag.Set(float64(lag))
+			lastBeat = time.Now()
+		}
 		rctx, cancel := context.WithTimeout(ctx, interval)
 		err := ss.receive(ctx, rctx, stream)
 		cancel()
@@ -189,6 +213,18 @@ func (ss *session) receive(ctx, rctx context.Context, stream *source.Stream) err
 }
 
 func (ss *session) handle(ctx context.Context, m pgoutput.Message) error {
+	if t, ok := m.(*pgoutput.Truncate); ok {
+		evs, err := ss.dec.Truncate(t, ss.topo.Partitions)
+		if err != nil {
+			return err
+		}
+		for i, ev := range evs {
+			if err := ss.publish(ctx, ev, i%ss.topo.Partitions); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	ev, err := ss.dec.Decode(ctx, m)
 	if err != nil {
 		return err
@@ -196,17 +232,27 @@ func (ss *session) handle(ctx context.Context, m pgoutput.Message) error {
 	switch m := m.(type) {
 	case *pgoutput.Commit:
 		return ss.pub.Commit(ctx, uint64(m.EndLSN))
-	case *pgoutput.Truncate:
-		ss.log.Info("ignoring TRUNCATE", zap.Int("tables", len(m.RelationIDs)))
+	case *pgoutput.LogicalMessage:
+		// A heartbeat outside any transaction: every transaction that
+		// committed before it has been received.
+		if m.Prefix == source.HeartbeatPrefix && !m.Transactional && !ss.dec.InTx() {
+			return ss.pub.Commit(ctx, uint64(m.LSN))
+		}
 	}
-	if ev == nil || ss.resume.Covers(ev.CommitLsn, ev.CommitIdx) {
-		return nil // not captured, or published before a restart
+	if ev == nil {
+		return nil // not a change of a captured table
+	}
+	return ss.publish(ctx, ev, ss.topo.Partition(ev.Schema, ev.Table, ev.PkValues))
+}
+
+func (ss *session) publish(ctx context.Context, ev *sluicev1.ChangeEvent, partition int) error {
+	if ss.resume.Covers(ev.CommitLsn, ev.CommitIdx) {
+		return nil // published before a restart
 	}
 	// A fresh buffer each time: the NATS client keeps the message for retries.
 	data, err := proto.Marshal(ev)
 	if err != nil {
 		return fmt.Errorf("encode change: %w", err)
 	}
-	subject := ss.topo.Subject(ss.topo.Partition(ev.Schema, ev.Table, ev.PkValues))
-	return ss.pub.Publish(ctx, subject, ev.IdempotencyKey, data)
+	return ss.pub.Publish(ctx, ss.topo.Subject(partition), ev.IdempotencyKey, data)
 }

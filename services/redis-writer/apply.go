@@ -49,7 +49,9 @@ func (a *applier) apply(ctx context.Context, batch []jetstream.Msg) (failed int)
 			it.ev = nil
 			continue
 		}
-		if !a.tables[it.ev.Schema+"."+it.ev.Table] || !a.actions[change.Action(it.ev.Action)] {
+		// A TRUNCATE is governed by on_truncate, not by actions.
+		truncate := it.ev.Action == sluicev1.Action_ACTION_TRUNCATE
+		if !a.tables[it.ev.Schema+"."+it.ev.Table] || !truncate && !a.actions[change.Action(it.ev.Action)] {
 			it.ev = nil
 			_ = m.Ack()
 			changes.WithLabelValues(sink, "filtered").Inc()

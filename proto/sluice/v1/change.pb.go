@@ -37,6 +37,11 @@ const (
 	Action_ACTION_DELETE      Action = 3
 	// A row copied by a backfill.
 	Action_ACTION_READ Action = 4
+	// The table was truncated. Capture sends one such event to every
+	// partition (each with its own commit_idx), so that each partition's
+	// writer handles it after that partition's earlier changes. It has no
+	// primary key and no record.
+	Action_ACTION_TRUNCATE Action = 5
 )
 
 // Enum value maps for Action.
@@ -47,6 +52,7 @@ var (
 		2: "ACTION_UPDATE",
 		3: "ACTION_DELETE",
 		4: "ACTION_READ",
+		5: "ACTION_TRUNCATE",
 	}
 	Action_value = map[string]int32{
 		"ACTION_UNSPECIFIED": 0,
@@ -54,6 +60,7 @@ var (
 		"ACTION_UPDATE":      2,
 		"ACTION_DELETE":      3,
 		"ACTION_READ":        4,
+		"ACTION_TRUNCATE":    5,
 	}
 )
 
@@ -285,13 +292,14 @@ const file_sluice_v1_change_proto_rawDesc = "" +
 	"\x13commit_timestamp_us\x18\r \x01(\x03R\x11commitTimestampUs\x12\x1f\n" +
 	"\vbackfill_id\x18\x0e \x01(\tR\n" +
 	"backfillId\x126\n" +
-	"\x17unchanged_toast_columns\x18\x0f \x03(\tR\x15unchangedToastColumns*j\n" +
+	"\x17unchanged_toast_columns\x18\x0f \x03(\tR\x15unchangedToastColumns*\x7f\n" +
 	"\x06Action\x12\x16\n" +
 	"\x12ACTION_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rACTION_INSERT\x10\x01\x12\x11\n" +
 	"\rACTION_UPDATE\x10\x02\x12\x11\n" +
 	"\rACTION_DELETE\x10\x03\x12\x0f\n" +
-	"\vACTION_READ\x10\x04B5Z3github.com/sluicehq/sluice/proto/sluice/v1;sluicev1b\x06proto3"
+	"\vACTION_READ\x10\x04\x12\x13\n" +
+	"\x0fACTION_TRUNCATE\x10\x05B5Z3github.com/sluicehq/sluice/proto/sluice/v1;sluicev1b\x06proto3"
 
 var (
 	file_sluice_v1_change_proto_rawDescOnce sync.Once

@@ -82,6 +82,22 @@ func (d *Decoder) Decode(ctx context.Context, m pgoutput.Message) (*sluicev1.Cha
 	return nil, nil
 }
 
+// Truncate returns the events of a TRUNCATE: for each captured table,
+// copies events (one per partition, see sluicev1.Action_ACTION_TRUNCATE).
+func (d *Decoder) Truncate(m *pgoutput.Truncate, copies int) ([]*sluicev1.ChangeEvent, error) {
+	var evs []*sluicev1.ChangeEvent
+	for _, id := range m.RelationIDs {
+		rel, err := d.relationOf(id)
+		if err != nil {
+			return nil, err
+		}
+		if rel != nil {
+			evs = append(evs, rel.Truncate(d.tx, copies)...)
+		}
+	}
+	return evs, nil
+}
+
 // relationOf returns the relation a row change belongs to, or nil when its
 // table is not captured.
 func (d *Decoder) relationOf(id uint32) (*event.Relation, error) {

@@ -30,6 +30,27 @@ func NewTx(database string, b *pgoutput.Begin) *Tx {
 // so that commit_idx does not depend on which tables are captured.
 func (tx *Tx) Skip() { tx.nextIdx++ }
 
+// Truncate builds the events of a TRUNCATE of the table: copies of them,
+// each with its own commit index, one for each partition.
+func (r *Relation) Truncate(tx *Tx, copies int) []*sluicev1.ChangeEvent {
+	evs := make([]*sluicev1.ChangeEvent, copies)
+	for i := range evs {
+		idx := tx.nextIdx
+		tx.nextIdx++
+		evs[i] = &sluicev1.ChangeEvent{
+			IdempotencyKey:    change.IdempotencyKey(tx.CommitLSN, idx),
+			Action:            sluicev1.Action_ACTION_TRUNCATE,
+			Database:          tx.Database,
+			Schema:            r.Schema,
+			Table:             r.Table,
+			CommitLsn:         tx.CommitLSN,
+			CommitIdx:         idx,
+			CommitTimestampUs: tx.CommitTime,
+		}
+	}
+	return evs
+}
+
 // Relation is a captured table in the shape its latest relation message
 // gave, with its primary key and how each column renders.
 type Relation struct {

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -36,8 +37,9 @@ func (p Position) Covers(lsn uint64, idx uint32) bool {
 }
 
 type item struct {
-	fut jetstream.PubAckFuture // nil for a WAL position marker
-	lsn uint64
+	fut  jetstream.PubAckFuture // nil for a WAL position marker
+	lsn  uint64
+	sent time.Time
 }
 
 // Publisher is one session's publisher. It is not safe for concurrent use,
@@ -105,7 +107,8 @@ func (p *Publisher) Publish(ctx context.Context, subject, msgID string, data []b
 		return fmt.Errorf("publish change %s (%d bytes) to %s: %w", msgID, len(data), subject, err)
 	}
 	p.lastSeq++
-	return p.enqueue(ctx, item{fut: fut})
+	inFlight.Inc()
+	return p.enqueue(ctx, item{fut: fut, sent: time.Now()})
 }
 
 // Commit marks lsn as safely delivered once every event published before
@@ -153,14 +156,18 @@ func (p *Publisher) track() {
 		if it.fut == nil {
 			if p.ok() && it.lsn > p.flushed.Load() {
 				p.flushed.Store(it.lsn)
+				confirmed.Set(float64(it.lsn))
 			}
 			continue
 		}
 		select {
 		case <-it.fut.Ok():
+			published.Inc()
+			publishSeconds.Observe(time.Since(it.sent).Seconds())
 		case err := <-it.fut.Err():
 			p.fail(fmt.Errorf("publish change %s: %w", it.fut.Msg().Header.Get(jetstream.MsgIDHeader), err))
 		}
+		inFlight.Dec()
 	}
 }
 

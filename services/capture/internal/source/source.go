@@ -284,3 +284,19 @@ func (s *Source) ensureSlot(ctx context.Context) error {
 	}
 	return nil
 }
+
+// HeartbeatPrefix is the prefix of capture's heartbeat messages in the WAL.
+const HeartbeatPrefix = "sluice.heartbeat"
+
+// Heartbeat writes a logical message into the WAL, outside any
+// transaction: decoding it lets capture confirm a position past the WAL
+// that other tables' writes produced. It returns how many bytes of WAL the
+// slot retains beyond its confirmed position.
+func (s *Source) Heartbeat(ctx context.Context) (lagBytes int64, err error) {
+	err = s.conn.QueryRow(ctx, `SELECT (SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint
+		FROM pg_replication_slots WHERE slot_name = $1), pg_logical_emit_message(false, $2, '')`, s.cfg.Slot, HeartbeatPrefix).Scan(&lagBytes, nil)
+	if err != nil {
+		return 0, fmt.Errorf("heartbeat: %w", err)
+	}
+	return lagBytes, nil
+}

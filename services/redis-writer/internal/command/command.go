@@ -13,11 +13,14 @@ import (
 	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
 )
 
-// Command is one versioned write of one key.
+// Command is one versioned write of one key, or a truncate.
 type Command struct {
-	Del   bool
-	Key   string
-	Value []byte
+	Del bool
+	// Truncate deletes every key starting with Key that is older than
+	// Version (a TRUNCATE of the table).
+	Truncate bool
+	Key      string
+	Value    []byte
 	// Version orders the writes of a key (change.AppendVersion); a write
 	// older than what the key holds is skipped.
 	Version string
@@ -33,6 +36,7 @@ type Renderer struct {
 	consumer    change.Consumer
 	expireMS    int64
 	tombstoneMS int64
+	truncate    bool
 	filter      *expression.Filter
 	transform   *expression.Transform
 	routing     *expression.Routing
@@ -44,6 +48,7 @@ func NewRenderer(s *config.Sink) (*Renderer, error) {
 		prefix:      s.Destination.KeyPrefix,
 		consumer:    change.NewConsumer(s.Name),
 		tombstoneMS: s.TombstoneTTL.Milliseconds(),
+		truncate:    s.OnTruncate == "delete",
 	}
 	if s.Destination.ExpireMS != nil {
 		r.expireMS = *s.Destination.ExpireMS // 0 means no expiry: Redis refuses PX 0
@@ -71,6 +76,13 @@ func NewRenderer(s *config.Sink) (*Renderer, error) {
 // or, for an UPDATE that changed the primary key, a DEL of the old key and
 // a SET of the new one. An error is an expression that failed on ev.
 func (r *Renderer) Append(cmds []Command, ev *sluicev1.ChangeEvent) ([]Command, error) {
+	if ev.Action == sluicev1.Action_ACTION_TRUNCATE {
+		if !r.truncate {
+			return cmds, nil
+		}
+		version := string(change.AppendVersion(nil, ev.CommitLsn, ev.CommitIdx))
+		return append(cmds, Command{Truncate: true, Key: r.prefix + ":" + ev.Table + ":", Version: version, VersionExpireMS: r.tombstoneMS}), nil
+	}
 	var in *expression.Input
 	if r.filter != nil || r.transform != nil || r.routing != nil {
 		var err error

@@ -96,3 +96,18 @@ func TestExpressions(t *testing.T) {
 		t.Fatal("a failing routing expression gave no error")
 	}
 }
+
+func TestTruncate(t *testing.T) {
+	ev := &sluicev1.ChangeEvent{Action: sluicev1.Action_ACTION_TRUNCATE, Schema: "public", Table: "users", CommitLsn: 0x20, CommitIdx: 3}
+	s := sink(nil)
+	s.OnTruncate = "ignore"
+	if cmds := render(t, s, ev); len(cmds) != 0 {
+		t.Fatalf("ignored truncate: %+v", cmds)
+	}
+	s.OnTruncate = "delete"
+	s.Filter = "record.active" // does not apply: a truncate has no record
+	cmds := render(t, s, ev)
+	if len(cmds) != 1 || !cmds[0].Truncate || cmds[0].Key != "sequin:users:" || cmds[0].Version != "000000000000002000000003" || cmds[0].VersionExpireMS != 3600000 {
+		t.Fatalf("truncate: %+v", cmds)
+	}
+}

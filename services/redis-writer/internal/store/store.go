@@ -189,11 +189,83 @@ func slotTag(slot int) string {
 	return slotTags[slot]
 }
 
-// Apply writes cmds in one pipeline, in order, and returns each command's
-// error (nil when the write was applied or was older than the key's
-// version) and how many writes were skipped as older.
+// Apply writes cmds, in order, pipelined, and returns each command's error
+// (nil when the write was applied or was older than the key's version) and
+// how many writes were skipped as older.
 func (s *Store) Apply(ctx context.Context, cmds []command.Command) (errs []error, stale int) {
 	errs = make([]error, len(cmds))
+	from := 0
+	for i, c := range cmds {
+		if c.Truncate {
+			stale += s.apply(ctx, cmds[from:i], errs[from:i])
+			errs[i] = s.truncate(ctx, c)
+			from = i + 1
+		}
+	}
+	stale += s.apply(ctx, cmds[from:], errs[from:])
+	return errs, stale
+}
+
+// truncate deletes, as of c's version, every key starting with c.Key:
+// keys written by later changes are newer and stay. It scans each master
+// of a cluster.
+func (s *Store) truncate(ctx context.Context, c command.Command) error {
+	pattern := escapeGlob(c.Key) + "*"
+	scan := func(ctx context.Context, rc *redis.Client) error {
+		iter := rc.Scan(ctx, 0, pattern, 500).Iterator()
+		var dels []command.Command
+		flush := func() error {
+			errs := make([]error, len(dels))
+			s.apply(ctx, dels, errs)
+			dels = dels[:0]
+			return errors.Join(errs...)
+		}
+		for iter.Next(ctx) {
+			dels = append(dels, command.Command{Del: true, Key: iter.Val(), Version: c.Version, VersionExpireMS: c.VersionExpireMS})
+			if len(dels) == 500 {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+		}
+		if err := iter.Err(); err != nil {
+			return err
+		}
+		return flush()
+	}
+	var err error
+	switch rc := s.client.(type) {
+	case *redis.ClusterClient:
+		err = rc.ForEachMaster(ctx, scan)
+	case *redis.Client:
+		err = scan(ctx, rc)
+	default:
+		err = fmt.Errorf("unexpected client %T", rc)
+	}
+	if err != nil {
+		return fmt.Errorf("truncate %s*: %w", c.Key, err)
+	}
+	return nil
+}
+
+// escapeGlob escapes the SCAN pattern characters of s.
+func escapeGlob(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if strings.ContainsRune(`*?[]\`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+// apply writes cmds (no truncates) in one pipeline, putting each one's
+// error into errs, and returns how many were older than their key.
+func (s *Store) apply(ctx context.Context, cmds []command.Command, errs []error) (stale int) {
+	if len(cmds) == 0 {
+		return 0
+	}
 	results := s.run(ctx, cmds)
 	var retry []int
 	for i, r := range results {
@@ -221,7 +293,7 @@ func (s *Store) Apply(ctx context.Context, cmds []command.Command) (errs []error
 			stale++
 		}
 	}
-	return errs, stale
+	return stale
 }
 
 func (s *Store) run(ctx context.Context, cmds []command.Command) []*redis.Cmd {

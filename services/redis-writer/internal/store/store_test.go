@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -236,5 +237,30 @@ func TestCluster(t *testing.T) {
 	s.Apply(ctx, []command.Command{set("sequin:users:1", "old", 4, 0)})
 	if got := rc.Get(ctx, "sequin:users:1").Val(); got != "1" {
 		t.Fatalf("stale write landed: %q", got)
+	}
+}
+
+// A truncate deletes the table's keys older than it, and only those.
+func TestTruncate(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, testenv.NewRedis(t))
+	var cmds []command.Command
+	for i := range 1200 {
+		cmds = append(cmds, set(fmt.Sprintf("sequin:users:%d", i), "v", 10, uint32(i)))
+	}
+	cmds = append(cmds, set("sequin:users_x:1", "other table", 10, 5000), set("sequin:users:newer", "after", 30, 0),
+		command.Command{Truncate: true, Key: "sequin:users:", Version: v(20, 0), VersionExpireMS: 60000},
+		set("sequin:users:5", "stale, from before the truncate", 10, 9999), set("sequin:users:7", "new", 21, 0))
+	errs, _ := s.Apply(ctx, cmds)
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	rc := s.Client()
+	keys, _ := rc.Keys(ctx, "sequin:*").Result()
+	slices.Sort(keys)
+	if strings.Join(keys, ",") != "sequin:users:7,sequin:users:newer,sequin:users_x:1" {
+		t.Fatalf("keys after truncate: %v", keys)
 	}
 }

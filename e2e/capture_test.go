@@ -1,0 +1,184 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/sluicehq/sluice/pkg/testenv"
+)
+
+// Capture comes back by itself after Postgres restarts, after its
+// replication connection is cut, and after NATS restarts: every change
+// reaches Redis, and the stream holds each exactly once, in order.
+func TestCaptureReconnects(t *testing.T) {
+	e := newEnv(t)
+	e.exec(accountsSchema)
+	cfg := e.config([]string{"accounts"}, true)
+	capture := start(t, "sluice-capture", "--config", cfg)
+	e.waitStreaming(capture)
+	start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
+
+	var total int
+	run := func(seed uint64, d time.Duration) { total += workload(t, e.pg.URL, 300, seed, after(d)) }
+	run(1, time.Second)
+
+	// The replication connection is cut.
+	e.exec(`SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'sluice'`)
+	run(2, time.Second)
+
+	// Postgres restarts (fast shutdown).
+	e.conn.Close(context.Background())
+	if err := e.pg.Restart(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	e.reconnect()
+	run(3, time.Second)
+
+	// NATS restarts.
+	if err := e.nats.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	run(4, time.Second)
+
+	e.waitMatch(90*time.Second, accounts)
+	checkStream(t, e.nats.URL(), total)
+	if out := capture.Output(); strings.Count(out, "restarting from the slot") < 2 {
+		t.Errorf("capture logged %d restarts:\n%s", strings.Count(out, "restarting from the slot"), tail(out, 3000))
+	}
+}
+
+// Heartbeats keep the slot's confirmed position moving while the captured
+// tables are idle and the server writes WAL for something else (here
+// another database, whose transactions decoding skips without a word): the
+// WAL the slot retains stays bounded instead of growing with every write.
+func TestHeartbeatBoundsSlot(t *testing.T) {
+	e := newEnv(t)
+	e.exec(accountsSchema)
+	e.exec(`CREATE DATABASE other`)
+	other, err := pgx.Connect(context.Background(), strings.Replace(e.pg.URL, "/postgres?", "/other?", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close(context.Background())
+	if _, err := other.Exec(context.Background(), `CREATE TABLE noise (id serial PRIMARY KEY, pad text)`); err != nil {
+		t.Fatal(err)
+	}
+	doc := strings.Replace(e.configText([]string{"accounts"}, true), "status_interval: 200ms", "status_interval: 200ms\n  heartbeat_interval: 300ms", 1)
+	cfg := e.writeConfig(doc)
+	capture := start(t, "sluice-capture", "--config", cfg)
+	e.waitStreaming(capture)
+
+	ctx := context.Background()
+	sampler, err := pgx.Connect(ctx, e.pg.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sampler.Close(ctx)
+	lag := func() int64 {
+		var n int64
+		if err := sampler.QueryRow(ctx, `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint
+			FROM pg_replication_slots WHERE slot_name = 'sluice'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	var written, maxLag int64
+	start := e.walPosition()
+	var mu sync.Mutex
+	done := after(4 * time.Second)
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(100 * time.Millisecond):
+				l := lag()
+				mu.Lock()
+				maxLag = max(maxLag, l)
+				mu.Unlock()
+			}
+		}
+	}()
+	for {
+		select {
+		case <-done:
+		default:
+			if _, err := other.Exec(ctx, `INSERT INTO noise (pad) SELECT repeat('x', 200) FROM generate_series(1, 1000)`); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(20 * time.Millisecond)
+			continue
+		}
+		break
+	}
+	written = e.walPosition() - start
+	mu.Lock()
+	defer mu.Unlock()
+	t.Logf("the other database wrote %d MiB of WAL; the slot retained at most %d MiB", written>>20, maxLag>>20)
+	if written < 10<<20 {
+		t.Fatalf("only %d bytes of WAL written: too little to tell", written)
+	}
+	if maxLag > written/4 {
+		t.Fatalf("the slot retained up to %d of %d bytes written: heartbeats do not advance it", maxLag, written)
+	}
+	eventually(t, 10*time.Second, func() string {
+		if l := lag(); l > 1<<20 {
+			return fmt.Sprintf("slot still retains %d bytes after the writes stopped", l)
+		}
+		return ""
+	})
+}
+
+// walPosition is the current WAL position in bytes.
+func (e *env) walPosition() int64 {
+	var n int64
+	if err := e.conn.QueryRow(context.Background(), `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint`).Scan(&n); err != nil {
+		e.t.Fatal(err)
+	}
+	return n
+}
+
+// TRUNCATE deletes the table's keys in a sink with on_truncate: delete, and
+// leaves them in one with the default, ignore (as Sequin).
+func TestTruncate(t *testing.T) {
+	e := newEnv(t)
+	e.exec(accountsSchema + `; CREATE TABLE users (id int PRIMARY KEY)`)
+	ignored := testenv.NewRedis(t)
+	cfg := e.writeConfig(fmt.Sprintf(`postgres: {url: %q, tables: [accounts, users], status_interval: 200ms}
+nats: {url: %q, partitions: 4}
+sinks:
+  - name: cache
+    on_truncate: delete
+    destination: {type: redis_string, host: 127.0.0.1, port: %d}
+  - name: keep
+    destination: {type: redis_string, host: 127.0.0.1, port: %d}
+`, e.pg.URL, e.nats.URL(), e.redis.Port, ignored.Port))
+	capture := start(t, "sluice-capture", "--config", cfg)
+	e.waitStreaming(capture)
+	start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
+	start(t, "sluice-redis-writer", "--config", cfg, "--sink", "keep")
+	e.exec(`INSERT INTO accounts (id) SELECT generate_series(1, 300); INSERT INTO users VALUES (1), (2)`)
+	e.waitMatch(30*time.Second, accounts, users)
+	// Truncated, then refilled in part, in one transaction.
+	e.exec(`BEGIN; TRUNCATE accounts; INSERT INTO accounts (id) VALUES (7), (1000); COMMIT`)
+	e.waitMatch(30*time.Second, accounts, users)
+
+	ctx := context.Background()
+	rc := ignored.Client()
+	defer rc.Close()
+	eventually(t, 30*time.Second, func() string {
+		if n := rc.Exists(ctx, "sequin:accounts:1000").Val(); n != 1 {
+			return "the ignoring sink has not caught up"
+		}
+		return ""
+	})
+	if n, _ := rc.DBSize(ctx).Result(); n < 300 {
+		t.Fatalf("the sink that ignores TRUNCATE holds %d keys", n)
+	}
+}

@@ -1,0 +1,26 @@
+package publisher
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+var (
+	published = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "sluice_capture_events_published_total",
+		Help: "Change events JetStream acknowledged.",
+	})
+	publishSeconds = promauto.NewHistogram(prometheus.HistogramOpts{
+		Name:    "sluice_capture_publish_seconds",
+		Help:    "From publishing an event to JetStream's acknowledgement.",
+		Buckets: prometheus.ExponentialBuckets(0.0002, 3, 10),
+	})
+	inFlight = promauto.NewGauge(prometheus.GaugeOpts{
+		Name: "sluice_capture_in_flight",
+		Help: "Events published and not yet acknowledged.",
+	})
+	confirmed = promauto.NewGauge(prometheus.GaugeOpts{
+		Name: "sluice_capture_confirmed_lsn",
+		Help: "The WAL position up to which every event is in the stream: what capture confirms to the slot.",
+	})
+)
