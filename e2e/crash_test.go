@@ -24,7 +24,7 @@ const accountsSchema = `CREATE TABLE accounts (id int PRIMARY KEY, n int NOT NUL
 // workload commits random transactions of inserts, updates and deletes on
 // ids in [0, keys), with an occasional transaction of 2,000 rows, until stop
 // is closed, and returns how many row changes it committed.
-func workload(t *testing.T, url string, keys int, seed uint64, stop <-chan struct{}) int {
+func workload(t testing.TB, url string, keys int, seed uint64, stop <-chan struct{}) int {
 	t.Helper()
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, url)
@@ -141,7 +141,7 @@ func TestCaptureKilled(t *testing.T) {
 
 // checkStream reads the whole stream and checks that it holds want events,
 // each once, in commit order.
-func checkStream(t *testing.T, url string, want int) {
+func checkStream(t testing.TB, url string, want int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

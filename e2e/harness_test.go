@@ -46,7 +46,7 @@ func TestMain(m *testing.M) {
 
 // env is one test's servers.
 type env struct {
-	t     *testing.T
+	t     testing.TB
 	pg    *testenv.Postgres
 	redis *testenv.Redis
 	nats  *testenv.NATS
@@ -55,7 +55,7 @@ type env struct {
 	rc    *redis.Client
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	e := &env{t: t, pg: testenv.NewPostgres(t, testenv.PostgresOptions{}), redis: testenv.NewRedis(t), nats: testenv.NewNATS(t), dir: t.TempDir()}
 	e.reconnect()
@@ -131,12 +131,12 @@ func (e *env) writeConfig(doc string) string {
 // proc is a Sluice binary running as a child process.
 type proc struct {
 	*testenv.Process
-	t *testing.T
+	t testing.TB
 }
 
 // start runs a binary; the test's end kills it if it still runs, and a
 // failed test shows its output.
-func start(t *testing.T, name string, args ...string) *proc {
+func start(t testing.TB, name string, args ...string) *proc {
 	t.Helper()
 	log, err := os.CreateTemp(t.TempDir(), name+"-*.log")
 	if err != nil {
@@ -168,7 +168,7 @@ func (p *proc) wait(timeout time.Duration) int {
 
 // eventually polls cond until it returns "" (done) or timeout, then fails
 // with cond's last answer.
-func eventually(t *testing.T, timeout time.Duration, cond func() string) {
+func eventually(t testing.TB, timeout time.Duration, cond func() string) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {

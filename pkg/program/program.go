@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime/pprof"
 
 	"go.uber.org/zap"
 
@@ -42,6 +43,13 @@ func Main(name string, fs *flag.FlagSet, args []string, run Run) {
 	}
 	log = log.Named(name)
 	ctx, cancel := shutdown.Context(context.Background())
+	if path := os.Getenv("SLUICE_CPUPROFILE"); path != "" {
+		stop, err := cpuProfile(path)
+		if err != nil {
+			Exit(name, err)
+		}
+		defer stop()
+	}
 	if *httpAddr != "" {
 		cfg.HTTP.Listen = *httpAddr
 	}
@@ -58,6 +66,20 @@ func Main(name string, fs *flag.FlagSet, args []string, run Run) {
 	if err != nil {
 		Exit(name, err)
 	}
+}
+
+// cpuProfile writes a CPU profile to path until stop is called: set
+// SLUICE_CPUPROFILE to find where a service spends its time.
+func cpuProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 // Exit prints "name: err" on one line and exits with status 1.

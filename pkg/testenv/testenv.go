@@ -154,3 +154,6 @@ func retryPort(start func(port int) error) error {
 }
 
 var errPortInUse = errors.New("port in use")
+
+// Pid is the process id.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }

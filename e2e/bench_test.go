@@ -1,0 +1,178 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// BenchmarkCapture measures capture alone, from the WAL to JetStream's
+// acknowledgements, on a backlog of b.N changes (inserts, updates, deletes
+// in transactions of 1 to 1,000 rows) committed while it was stopped, and
+// in the same run pg_recvlogical decoding the same WAL with the same
+// plugin and publication into /dev/null: the ceiling of this stage.
+// Reported: changes/s of both, their ratio, and capture's peak RSS.
+func BenchmarkCapture(b *testing.B) {
+	e := newEnv(b)
+	e.exec(`CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL, price numeric(10,2), attrs jsonb, updated_at timestamptz DEFAULT now())`)
+	cfg := e.config([]string{"items"}, true)
+	prepare(b, e, cfg)
+	e.exec(`SELECT pg_create_logical_replication_slot('recv', 'pgoutput')`)
+	changes := backlog(b, e, b.N)
+	end := e.walLSN()
+
+	b.ResetTimer()
+	began := time.Now()
+	recv := exec.Command("pg_recvlogical", "-d", e.pg.URL, "--slot", "recv", "--start", "--no-loop",
+		"-o", "proto_version=1", "-o", "publication_names=sluice", "--endpos", end, "-f", os.DevNull)
+	if out, err := recv.CombinedOutput(); err != nil {
+		b.Fatalf("pg_recvlogical: %v: %s", err, out)
+	}
+	recvRate := float64(changes) / time.Since(began).Seconds()
+
+	began = time.Now()
+	capture := start(b, "sluice-capture", "--config", cfg)
+	waitStream(b, e, changes)
+	rate := float64(changes) / time.Since(began).Seconds()
+	b.StopTimer()
+	rss := peakRSS(b, capture.Pid())
+	cpu := cpuSeconds(b, capture.Pid())
+	capture.Signal(syscall.SIGTERM)
+	capture.wait(30 * time.Second)
+
+	b.ReportMetric(rate, "changes/s")
+	b.ReportMetric(recvRate, "pg_recvlogical-changes/s")
+	b.ReportMetric(rate/recvRate, "ratio")
+	b.ReportMetric(float64(rss)/(1<<20), "peak-RSS-MiB")
+	// CPU per change is steadier than time on a busy machine.
+	b.ReportMetric(cpu*1e6/float64(changes), "capture-CPU-µs/change")
+}
+
+// BenchmarkCaptureBigTransaction streams one transaction of b.N rows and
+// reports capture's peak RSS: it must not grow with the transaction.
+func BenchmarkCaptureBigTransaction(b *testing.B) {
+	e := newEnv(b)
+	e.exec(`CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL, note text)`)
+	cfg := e.config([]string{"items"}, true)
+	prepare(b, e, cfg)
+	e.exec(`INSERT INTO items SELECT g, g % 100, md5(g::text) FROM generate_series(1, $1) g`, b.N)
+	b.ResetTimer()
+	began := time.Now()
+	capture := start(b, "sluice-capture", "--config", cfg)
+	waitStream(b, e, b.N)
+	b.ReportMetric(float64(b.N)/time.Since(began).Seconds(), "changes/s")
+	b.StopTimer()
+	b.ReportMetric(float64(peakRSS(b, capture.Pid()))/(1<<20), "peak-RSS-MiB")
+	capture.Signal(syscall.SIGTERM)
+	capture.wait(30 * time.Second)
+}
+
+// prepare runs capture once, so that the publication, the slot, the
+// stream and the consumers exist, then stops it.
+func prepare(b *testing.B, e *env, cfg string) {
+	b.Helper()
+	capture := start(b, "sluice-capture", "--config", cfg)
+	e.waitStreaming(capture)
+	capture.Signal(syscall.SIGTERM)
+	if code := capture.wait(30 * time.Second); code != 0 {
+		b.Fatalf("capture exited %d", code)
+	}
+}
+
+// backlog commits at least n changes: 60% inserts, 30% updates, 10%
+// deletes, in transactions of 1 to 1,000 rows of about 200 bytes with a
+// jsonb column. It returns the exact count.
+func backlog(b *testing.B, e *env, n int) int {
+	b.Helper()
+	changes, next, nextDel := 0, 1, 1
+	for tx := 0; changes < n; tx++ {
+		size := 1 + (tx*7919)%1000 // spread over 1..1000
+		ins, upd, del := max(1, size*6/10), size*3/10, size/10
+		var got int
+		err := e.conn.QueryRow(context.Background(), `WITH ins AS (
+			INSERT INTO items (id, qty, price, attrs)
+			SELECT g, g % 50, g * 0.25, jsonb_build_object('color', 'red', 'size', g % 7, 'tags', jsonb_build_array('a', 'b'), 'note', md5(g::text))
+			FROM generate_series($1::int, $1::int + $2::int - 1) g RETURNING 1),
+		upd AS (UPDATE items SET qty = qty + 1, updated_at = now() WHERE id >= $1::int - $3::int AND id < $1::int RETURNING 1),
+		del AS (DELETE FROM items WHERE id >= $4::int AND id < $4::int + $5::int RETURNING 1)
+		SELECT (SELECT count(*) FROM ins) + (SELECT count(*) FROM upd) + (SELECT count(*) FROM del)`,
+			next, ins, upd, nextDel, del).Scan(&got)
+		if err != nil {
+			b.Fatal(err)
+		}
+		changes += got
+		next += ins
+		nextDel += del
+	}
+	return changes
+}
+
+func (e *env) walLSN() string {
+	var lsn string
+	if err := e.conn.QueryRow(context.Background(), `SELECT pg_current_wal_lsn()::text`).Scan(&lsn); err != nil {
+		e.t.Fatal(err)
+	}
+	return lsn
+}
+
+// waitStream waits until the stream holds n events.
+func waitStream(b *testing.B, e *env, n int) {
+	b.Helper()
+	nc, err := nats.Connect(e.nats.URL())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx := context.Background()
+	for {
+		st, err := js.Stream(ctx, "SLUICE")
+		if err != nil {
+			b.Fatal(err)
+		}
+		if int(st.CachedInfo().State.Msgs) >= n {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// peakRSS reads a process's peak resident set (VmHWM) in bytes.
+func peakRSS(b *testing.B, pid int) int64 {
+	b.Helper()
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	b.Fatal("no VmHWM")
+	return 0
+}
+
+// cpuSeconds reads a process's user and system CPU time.
+func cpuSeconds(b *testing.B, pid int) float64 {
+	b.Helper()
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Fields after the command name, which is in parentheses.
+	f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:]))
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	return (utime + stime) / 100 // clock ticks (USER_HZ)
+}
