@@ -97,6 +97,18 @@ func TestSeparateServices(t *testing.T) {
 		t.Fatalf("update message: %+v", msg)
 	}
 
+	// `sluice status` shows the slot streaming, the stream, the sink drained
+	// and its writer owning every partition.
+	st := start(t, "sluice", "status", "--config", cfg)
+	if code := st.wait(30 * time.Second); code != 0 {
+		t.Fatalf("sluice status exited %d: %s", code, st.Output())
+	}
+	for _, want := range []string{"slot sluice: streaming", "stream    SLUICE:", "sink      cache: 0 pending, 0 dead letters", "partitions 0,1,2,3"} {
+		if !strings.Contains(st.Output(), want) {
+			t.Errorf("sluice status lacks %q:\n%s", want, st.Output())
+		}
+	}
+
 	// SIGTERM drains both services, which exit 0.
 	writer.Signal(syscall.SIGTERM)
 	capture.Signal(syscall.SIGTERM)

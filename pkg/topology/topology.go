@@ -10,6 +10,7 @@ import (
 	"context"
 	"fmt"
 	"hash/fnv"
+	"slices"
 	"strconv"
 	"time"
 
@@ -125,4 +126,20 @@ func (t Topology) Ensure(ctx context.Context, js jetstream.JetStream, sinks ...c
 		}
 	}
 	return st, nil
+}
+
+// Assign returns the partitions of writer id among the live writers
+// members (sorted): partition p belongs to the (p mod n)-th, so no writer
+// has more than one partition more than another. Every writer computes it
+// from the same list.
+func (t Topology) Assign(members []string, id string) []int {
+	i := slices.Index(members, id)
+	if i < 0 {
+		return nil
+	}
+	var mine []int
+	for p := i; p < t.Partitions; p += len(members) {
+		mine = append(mine, p)
+	}
+	return mine
 }

@@ -45,3 +45,26 @@ func TestPartitionSpread(t *testing.T) {
 		}
 	}
 }
+
+func TestAssign(t *testing.T) {
+	top := Topology{Partitions: 16}
+	members := []string{"a", "b", "c"}
+	counts := map[int]int{}
+	seen := map[int]bool{}
+	for _, m := range members {
+		ps := top.Assign(members, m)
+		counts[len(ps)]++
+		for _, p := range ps {
+			if seen[p] {
+				t.Fatalf("partition %d assigned twice", p)
+			}
+			seen[p] = true
+		}
+	}
+	if len(seen) != 16 || counts[6] != 1 || counts[5] != 2 {
+		t.Fatalf("assignment of 16 partitions to 3: %v %v", counts, seen)
+	}
+	if top.Assign(members, "x") != nil {
+		t.Fatal("a non-member got partitions")
+	}
+}

@@ -114,7 +114,7 @@ func (s *Service) Run(ctx context.Context) error {
 	go func() {
 		defer wg.Done()
 		_ = g.Run(gctx, func(members []string) {
-			mine := group.Assign(members, s.id, s.topo.Partitions)
+			mine := s.topo.Assign(members, s.id)
 			s.log.Info("partitions assigned", zap.Ints("partitions", mine), zap.Int("writers", len(members)))
 			select {
 			case <-assigned:

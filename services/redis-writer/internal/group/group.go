@@ -3,9 +3,8 @@
 // Each writer announces itself with a key in the sink's key-value bucket
 // and refreshes it every third of the failover time; the bucket expires a
 // key that is not refreshed for the failover time. Every writer watches the
-// bucket and computes the same assignment from the sorted list of live
-// writers: partition p belongs to the (p mod n)-th, so no writer has more
-// than one partition more than another.
+// bucket and computes the same assignment (topology.Assign) from the sorted
+// list of live writers.
 //
 // Views can briefly disagree while a change spreads. That is harmless: the
 // partition consumers are pinned (one writer receives a partition at a
@@ -143,17 +142,4 @@ func (g *Group) watch(ctx context.Context, changed func(members []string)) error
 			}
 		}
 	}
-}
-
-// Assign returns the partitions of member id among members (sorted).
-func Assign(members []string, id string, partitions int) []int {
-	i := slices.Index(members, id)
-	if i < 0 {
-		return nil
-	}
-	var mine []int
-	for p := i; p < partitions; p += len(members) {
-		mine = append(mine, p)
-	}
-	return mine
 }

@@ -14,28 +14,6 @@ import (
 	"github.com/sluicehq/sluice/pkg/testenv"
 )
 
-func TestAssign(t *testing.T) {
-	members := []string{"a", "b", "c"}
-	counts := map[int]int{}
-	seen := map[int]bool{}
-	for _, m := range members {
-		ps := Assign(members, m, 16)
-		counts[len(ps)]++
-		for _, p := range ps {
-			if seen[p] {
-				t.Fatalf("partition %d assigned twice", p)
-			}
-			seen[p] = true
-		}
-	}
-	if len(seen) != 16 || counts[6] != 1 || counts[5] != 2 {
-		t.Fatalf("assignment of 16 partitions to 3: %v %v", counts, seen)
-	}
-	if Assign(members, "x", 16) != nil {
-		t.Fatal("a non-member got partitions")
-	}
-}
-
 // view is a member's latest view of the group.
 type view struct {
 	mu      sync.Mutex

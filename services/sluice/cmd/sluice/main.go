@@ -18,6 +18,7 @@ import (
 	"github.com/sluicehq/sluice/services/sluice/internal/demo"
 	"github.com/sluicehq/sluice/services/sluice/internal/dev"
 	"github.com/sluicehq/sluice/services/sluice/internal/dlq"
+	"github.com/sluicehq/sluice/services/sluice/internal/status"
 )
 
 // seqList collects repeated --seq flags.
@@ -41,6 +42,8 @@ Commands:
                         an embedded NATS server, in one process
   demo                  start a throwaway Postgres and Redis, run 'sluice dev'
                         against them, make changes, and show both sides
+  status --config FILE  the slot, the stream, each sink's backlog, dead letters
+                        and writers with their partitions
   dlq list   --config FILE --sink NAME               a sink's dead letters
   dlq replay --config FILE --sink NAME [--seq N]...  apply them again; remove those that succeed
   dlq drop   --config FILE --sink NAME (--seq N... | --all)
@@ -67,6 +70,14 @@ func main() {
 		if err := demo.Run(context.Background(), os.Stdout, *keep); err != nil {
 			program.Exit("sluice demo", err)
 		}
+	case "status":
+		fs := flag.NewFlagSet("sluice status", flag.ExitOnError)
+		program.Main("sluice status", fs, args, func(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
+			if err := program.RequireNATS("sluice status", cfg); err != nil {
+				return err
+			}
+			return status.Run(ctx, os.Stdout, cfg, log)
+		})
 	case "dlq":
 		if len(args) == 0 {
 			fmt.Fprint(os.Stderr, usage)
