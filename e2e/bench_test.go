@@ -176,3 +176,38 @@ func cpuSeconds(b *testing.B, pid int) float64 {
 	stime, _ := strconv.ParseFloat(f[12], 64)
 	return (utime + stime) / 100 // clock ticks (USER_HZ)
 }
+
+// BenchmarkBackfill copies a table of b.N rows into Redis with a backfill,
+// the clock running from the request until the sink has applied every row,
+// and in the same run has Postgres COPY the same rows to /dev/null: the
+// ceiling of reading them. Reported: rows/s of both and their ratio.
+func BenchmarkBackfill(b *testing.B) {
+	e := newEnv(b)
+	fill(e, b.N)
+	cfg := e.config([]string{"accounts"}, true)
+	capture := start(b, "sluice-capture", "--config", cfg)
+	e.waitStreaming(capture)
+	start(b, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
+
+	b.ResetTimer()
+	began := time.Now()
+	if _, err := e.conn.Exec(context.Background(), `COPY (SELECT * FROM accounts) TO '/dev/null'`); err != nil {
+		b.Fatal(err)
+	}
+	copyRate := float64(b.N) / time.Since(began).Seconds()
+
+	began = time.Now()
+	bf := start(b, "sluice", "backfill", "--config", cfg, "--sink", "cache", "--table", "accounts")
+	if code := bf.wait(10 * time.Minute); code != 0 {
+		b.Fatalf("backfill exited %d: %s", code, bf.Output())
+	}
+	ctx := context.Background()
+	for e.rc.DBSize(ctx).Val() < int64(2*b.N) { // each key and its version record
+		time.Sleep(5 * time.Millisecond)
+	}
+	rate := float64(b.N) / time.Since(began).Seconds()
+	b.StopTimer()
+	b.ReportMetric(rate, "rows/s")
+	b.ReportMetric(copyRate, "COPY-rows/s")
+	b.ReportMetric(rate/copyRate, "ratio")
+}

@@ -92,6 +92,9 @@ type Sink struct {
 	// OnTruncate is what a TRUNCATE of a table does to its keys: "ignore"
 	// (as Sequin) or "delete".
 	OnTruncate string `yaml:"on_truncate"`
+	// InitialBackfill copies the current rows of the sink's tables into it
+	// when capture first sees the sink.
+	InitialBackfill bool `yaml:"initial_backfill"`
 	// BatchSize is the most commands the writer pipelines in one round trip.
 	BatchSize int `yaml:"batch_size"`
 	// AckWait is how long a writer may hold a message before JetStream

@@ -15,10 +15,13 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/sluicehq/sluice/pkg/backfill"
+	"github.com/sluicehq/sluice/pkg/change"
 	"github.com/sluicehq/sluice/pkg/config"
 	"github.com/sluicehq/sluice/pkg/metrics"
 	"github.com/sluicehq/sluice/pkg/topology"
 	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
+	"github.com/sluicehq/sluice/services/capture/internal/backfiller"
 	"github.com/sluicehq/sluice/services/capture/internal/decoder"
 	"github.com/sluicehq/sluice/services/capture/internal/pgoutput"
 	"github.com/sluicehq/sluice/services/capture/internal/pgvalue"
@@ -40,11 +43,12 @@ type Service struct {
 	log       *zap.Logger
 	topo      topology.Topology
 	streaming atomic.Bool
+	chunks    *backfiller.Chunks
 }
 
 // New returns a capture service for cfg.
 func New(cfg *config.Config, log *zap.Logger) *Service {
-	return &Service{cfg: cfg, log: log, topo: topology.New(cfg.NATS)}
+	return &Service{cfg: cfg, log: log, topo: topology.New(cfg.NATS), chunks: backfiller.NewChunks()}
 }
 
 // Run captures until ctx is cancelled, then waits for in-flight events to be
@@ -84,6 +88,24 @@ func (s *Service) Run(ctx context.Context) error {
 		zap.String("slot", s.cfg.Postgres.Slot), zap.String("stream", s.topo.Stream))
 
 	types := pgvalue.NewTypes(src)
+
+	// Backfills read through a connection of their own.
+	jobs, err := backfill.Open(ctx, js, s.topo)
+	if err != nil {
+		return err
+	}
+	bsrc, err := source.Connect(ctx, s.cfg.Postgres, pgvalue.SessionParams)
+	if err != nil {
+		return err
+	}
+	defer bsrc.Close(context.Background())
+	worker := backfiller.NewWorker(s.cfg, jobs, bsrc, s.chunks, s.log.Named("backfill"))
+	go func() {
+		if err := worker.Run(ctx); err != nil && ctx.Err() == nil {
+			s.log.Error("backfills stopped", zap.Error(err))
+		}
+	}()
+
 	metrics.Ready("capture", func() error {
 		if !s.streaming.Load() {
 			return errors.New("not streaming from the slot")
@@ -127,7 +149,8 @@ func (s *Service) session(ctx context.Context, src *source.Source, js jetstream.
 		return err
 	}
 	captured := func(schema, table string) bool { _, ok := tables[schema+"."+table]; return ok }
-	sess := &session{Service: s, src: src, pub: pub, resume: resume, dec: decoder.New(src.Database(), captured, src, types)}
+	sess := &session{Service: s, src: src, pub: pub, resume: resume, dec: decoder.New(src.Database(), captured, src, types),
+		marks: backfiller.NewTracker(s.chunks)}
 	s.streaming.Store(true)
 	defer func() {
 		// Drain: whatever JetStream acknowledged is confirmed to the slot.
@@ -150,6 +173,9 @@ type session struct {
 	pub    *publisher.Publisher
 	resume publisher.Position
 	dec    *decoder.Decoder
+	marks  *backfiller.Tracker
+	// chunks published in the current transaction, acknowledged with it
+	published []chan struct{}
 }
 
 func (ss *session) run(ctx context.Context, stream *source.Stream) error {
@@ -219,6 +245,7 @@ func (ss *session) handle(ctx context.Context, m pgoutput.Message) error {
 			return err
 		}
 		for i, ev := range evs {
+			ss.marks.Truncated(ev.Schema + "." + ev.Table)
 			if err := ss.publish(ctx, ev, i%ss.topo.Partitions); err != nil {
 				return err
 			}
@@ -231,18 +258,57 @@ func (ss *session) handle(ctx context.Context, m pgoutput.Message) error {
 	}
 	switch m := m.(type) {
 	case *pgoutput.Commit:
-		return ss.pub.Commit(ctx, uint64(m.EndLSN))
+		acked := ss.published
+		ss.published = nil
+		return ss.pub.Commit(ctx, uint64(m.EndLSN), acked...)
 	case *pgoutput.LogicalMessage:
-		// A heartbeat outside any transaction: every transaction that
-		// committed before it has been received.
-		if m.Prefix == source.HeartbeatPrefix && !m.Transactional && !ss.dec.InTx() {
+		switch {
+		case m.Prefix == source.BackfillPrefix && m.Transactional && ss.dec.InTx():
+			return ss.chunk(ctx, m)
+		case m.Prefix == source.HeartbeatPrefix && !m.Transactional && !ss.dec.InTx():
+			// A heartbeat outside any transaction: every transaction
+			// that committed before it has been received.
 			return ss.pub.Commit(ctx, uint64(m.LSN))
 		}
 	}
 	if ev == nil {
 		return nil // not a change of a captured table
 	}
+	table := ev.Schema + "." + ev.Table
+	ss.marks.Changed(table, ev.PkValues)
+	if len(ev.OldPkValues) > 0 {
+		ss.marks.Changed(table, ev.OldPkValues)
+	}
 	return ss.publish(ctx, ev, ss.topo.Partition(ev.Schema, ev.Table, ev.PkValues))
+}
+
+// chunk handles a backfill watermark: at a high one, it publishes the
+// chunk's rows that did not change since its low one, as READ events at
+// this transaction's position.
+func (ss *session) chunk(ctx context.Context, m *pgoutput.LogicalMessage) error {
+	ch, skip := ss.marks.Mark(m)
+	if ch == nil {
+		return nil
+	}
+	tx := ss.dec.Tx()
+	for _, row := range ch.Rows {
+		pk, err := ch.Rel.Key(row, nil)
+		if err != nil {
+			return err
+		}
+		if skip(pk) {
+			continue // its change, between the watermarks, is as new or newer
+		}
+		ev, err := ch.Rel.Read(tx, row, ch.Job, ch.Sink)
+		if err != nil {
+			return err
+		}
+		if err := ss.publish(ctx, ev, ss.topo.Partition(ev.Schema, ev.Table, ev.PkValues)); err != nil {
+			return err
+		}
+	}
+	ss.published = append(ss.published, ch.Acked)
+	return nil
 }
 
 func (ss *session) publish(ctx context.Context, ev *sluicev1.ChangeEvent, partition int) error {
@@ -254,5 +320,7 @@ func (ss *session) publish(ctx context.Context, ev *sluicev1.ChangeEvent, partit
 	if err != nil {
 		return fmt.Errorf("encode change: %w", err)
 	}
-	return ss.pub.Publish(ctx, ss.topo.Subject(partition), ev.IdempotencyKey, data)
+	// The message id is the event's position: a READ's idempotency key
+	// names its row, which a later chunk may send again.
+	return ss.pub.Publish(ctx, ss.topo.Subject(partition), change.IdempotencyKey(ev.CommitLsn, ev.CommitIdx), data)
 }

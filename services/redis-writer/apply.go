@@ -49,9 +49,11 @@ func (a *applier) apply(ctx context.Context, batch []jetstream.Msg) (failed int)
 			it.ev = nil
 			continue
 		}
-		// A TRUNCATE is governed by on_truncate, not by actions.
+		// A TRUNCATE is governed by on_truncate, not by actions; a READ is
+		// for the one sink its backfill is for.
 		truncate := it.ev.Action == sluicev1.Action_ACTION_TRUNCATE
-		if !a.tables[it.ev.Schema+"."+it.ev.Table] || !truncate && !a.actions[change.Action(it.ev.Action)] {
+		otherSink := it.ev.BackfillSink != "" && it.ev.BackfillSink != sink
+		if otherSink || !a.tables[it.ev.Schema+"."+it.ev.Table] || !truncate && !a.actions[change.Action(it.ev.Action)] {
 			it.ev = nil
 			_ = m.Ack()
 			changes.WithLabelValues(sink, "filtered").Inc()

@@ -128,8 +128,10 @@ type ChangeEvent struct {
 	// Columns whose value was an unchanged TOAST value that Postgres did not
 	// send. They are absent from record; they are never null in it.
 	UnchangedToastColumns []string `protobuf:"bytes,15,rep,name=unchanged_toast_columns,json=unchangedToastColumns,proto3" json:"unchanged_toast_columns,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// For ACTION_READ: the one sink the backfill is for; the others skip it.
+	BackfillSink  string `protobuf:"bytes,16,opt,name=backfill_sink,json=backfillSink,proto3" json:"backfill_sink,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ChangeEvent) Reset() {
@@ -267,11 +269,18 @@ func (x *ChangeEvent) GetUnchangedToastColumns() []string {
 	return nil
 }
 
+func (x *ChangeEvent) GetBackfillSink() string {
+	if x != nil {
+		return x.BackfillSink
+	}
+	return ""
+}
+
 var File_sluice_v1_change_proto protoreflect.FileDescriptor
 
 const file_sluice_v1_change_proto_rawDesc = "" +
 	"\n" +
-	"\x16sluice/v1/change.proto\x12\tsluice.v1\"\x84\x04\n" +
+	"\x16sluice/v1/change.proto\x12\tsluice.v1\"\xa9\x04\n" +
 	"\vChangeEvent\x12'\n" +
 	"\x0fidempotency_key\x18\x01 \x01(\tR\x0eidempotencyKey\x12)\n" +
 	"\x06action\x18\x02 \x01(\x0e2\x11.sluice.v1.ActionR\x06action\x12\x1a\n" +
@@ -292,7 +301,8 @@ const file_sluice_v1_change_proto_rawDesc = "" +
 	"\x13commit_timestamp_us\x18\r \x01(\x03R\x11commitTimestampUs\x12\x1f\n" +
 	"\vbackfill_id\x18\x0e \x01(\tR\n" +
 	"backfillId\x126\n" +
-	"\x17unchanged_toast_columns\x18\x0f \x03(\tR\x15unchangedToastColumns*\x7f\n" +
+	"\x17unchanged_toast_columns\x18\x0f \x03(\tR\x15unchangedToastColumns\x12#\n" +
+	"\rbackfill_sink\x18\x10 \x01(\tR\fbackfillSink*\x7f\n" +
 	"\x06Action\x12\x16\n" +
 	"\x12ACTION_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rACTION_INSERT\x10\x01\x12\x11\n" +

@@ -47,6 +47,9 @@ func New(database string, captured func(schema, table string) bool, catalog Cata
 // InTx reports whether a transaction has begun and not yet committed.
 func (d *Decoder) InTx() bool { return d.tx != nil }
 
+// Tx is the transaction being decoded, or nil.
+func (d *Decoder) Tx() *event.Tx { return d.tx }
+
 // Decode handles one message and returns the event of a row change of a
 // captured table, or nil.
 func (d *Decoder) Decode(ctx context.Context, m pgoutput.Message) (*sluicev1.ChangeEvent, error) {

@@ -4,8 +4,10 @@ package event
 
 import (
 	"bytes"
+	"encoding/base64"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/sluicehq/sluice/pkg/change"
 	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
@@ -14,6 +16,9 @@ import (
 )
 
 // Tx is the transaction a change belongs to.
+//
+// A Tx is also how a backfill chunk's rows are numbered: they take the
+// commit position of the transaction of its high watermark.
 type Tx struct {
 	Database   string
 	CommitLSN  uint64
@@ -49,6 +54,18 @@ func (r *Relation) Truncate(tx *Tx, copies int) []*sluicev1.ChangeEvent {
 		}
 	}
 	return evs
+}
+
+// Read builds the event of a row copied by backfill id for sink. Its
+// idempotency key is Sequin's for backfills: base64 of "<id>:<pk values>".
+func (r *Relation) Read(tx *Tx, row pgoutput.Tuple, id, sink string) (*sluicev1.ChangeEvent, error) {
+	ev, err := r.event(tx, sluicev1.Action_ACTION_READ, row, nil)
+	if err != nil {
+		return nil, err
+	}
+	ev.IdempotencyKey = base64.StdEncoding.EncodeToString([]byte(id + ":" + strings.Join(ev.PkValues, "")))
+	ev.BackfillId, ev.BackfillSink = id, sink
+	return ev, nil
 }
 
 // Relation is a captured table in the shape its latest relation message

@@ -37,9 +37,10 @@ func (p Position) Covers(lsn uint64, idx uint32) bool {
 }
 
 type item struct {
-	fut  jetstream.PubAckFuture // nil for a WAL position marker
-	lsn  uint64
-	sent time.Time
+	fut    jetstream.PubAckFuture // nil for a WAL position marker
+	lsn    uint64
+	sent   time.Time
+	notify []chan struct{} // closed once the marker is passed
 }
 
 // Publisher is one session's publisher. It is not safe for concurrent use,
@@ -112,9 +113,10 @@ func (p *Publisher) Publish(ctx context.Context, subject, msgID string, data []b
 }
 
 // Commit marks lsn as safely delivered once every event published before
-// the call is acknowledged.
-func (p *Publisher) Commit(ctx context.Context, lsn uint64) error {
-	return p.enqueue(ctx, item{lsn: lsn})
+// the call is acknowledged; then it closes the notify channels. After a
+// failure they are never closed.
+func (p *Publisher) Commit(ctx context.Context, lsn uint64, notify ...chan struct{}) error {
+	return p.enqueue(ctx, item{lsn: lsn, notify: notify})
 }
 
 func (p *Publisher) enqueue(ctx context.Context, it item) error {
@@ -154,9 +156,15 @@ func (p *Publisher) track() {
 	defer close(p.done)
 	for it := range p.items {
 		if it.fut == nil {
-			if p.ok() && it.lsn > p.flushed.Load() {
+			if !p.ok() {
+				continue
+			}
+			if it.lsn > p.flushed.Load() {
 				p.flushed.Store(it.lsn)
 				confirmed.Set(float64(it.lsn))
+			}
+			for _, c := range it.notify {
+				close(c)
 			}
 			continue
 		}

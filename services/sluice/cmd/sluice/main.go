@@ -15,6 +15,7 @@ import (
 
 	"github.com/sluicehq/sluice/pkg/config"
 	"github.com/sluicehq/sluice/pkg/program"
+	"github.com/sluicehq/sluice/services/sluice/internal/backfill"
 	"github.com/sluicehq/sluice/services/sluice/internal/demo"
 	"github.com/sluicehq/sluice/services/sluice/internal/dev"
 	"github.com/sluicehq/sluice/services/sluice/internal/dlq"
@@ -42,6 +43,9 @@ Commands:
                         an embedded NATS server, in one process
   demo                  start a throwaway Postgres and Redis, run 'sluice dev'
                         against them, make changes, and show both sides
+  backfill --config FILE --sink NAME --table T [--where SQL] [--detach]
+                        copy the table's current rows into the sink (READ events)
+                        and follow the progress; --cancel stops an active one
   status --config FILE  the slot, the stream, each sink's backlog, dead letters
                         and writers with their partitions
   dlq list   --config FILE --sink NAME               a sink's dead letters
@@ -70,6 +74,23 @@ func main() {
 		if err := demo.Run(context.Background(), os.Stdout, *keep); err != nil {
 			program.Exit("sluice demo", err)
 		}
+	case "backfill":
+		fs := flag.NewFlagSet("sluice backfill", flag.ExitOnError)
+		var r backfill.Request
+		fs.StringVar(&r.Sink, "sink", "", "the sink to fill")
+		fs.StringVar(&r.Table, "table", "", "the table to copy (schema.table or table)")
+		fs.StringVar(&r.Where, "where", "", "an SQL condition: copy only the rows it selects")
+		fs.BoolVar(&r.Cancel, "cancel", false, "cancel the active backfill of --table into --sink")
+		fs.BoolVar(&r.Detach, "detach", false, "create the backfill and return, without following it")
+		program.Main("sluice backfill", fs, args, func(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
+			if r.Sink == "" || r.Table == "" {
+				return errors.New("--sink and --table are required")
+			}
+			if err := program.RequireNATS("sluice backfill", cfg); err != nil {
+				return err
+			}
+			return backfill.Run(ctx, os.Stdout, cfg, log, r)
+		})
 	case "status":
 		fs := flag.NewFlagSet("sluice status", flag.ExitOnError)
 		program.Main("sluice status", fs, args, func(ctx context.Context, cfg *config.Config, log *zap.Logger) error {

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	jobs "github.com/sluicehq/sluice/pkg/backfill"
 	"github.com/sluicehq/sluice/pkg/config"
 	"github.com/sluicehq/sluice/pkg/deadletter"
 	"github.com/sluicehq/sluice/pkg/topology"
@@ -56,6 +57,46 @@ func Run(ctx context.Context, out io.Writer, cfg *config.Config, log *zap.Logger
 		if err := sinkStatus(ctx, out, js, st, topo, sink.Name, letters[topo.Stream+".dlq."+sink.Name]); err != nil {
 			return err
 		}
+	}
+	return backfills(ctx, out, js, topo)
+}
+
+// backfills lists the active backfills and the last few that ended.
+func backfills(ctx context.Context, out io.Writer, js jetstream.JetStream, topo topology.Topology) error {
+	if _, err := js.KeyValue(ctx, jobs.BucketName(topo)); err != nil {
+		return nil // none ever
+	}
+	store, err := jobs.Open(ctx, js, topo)
+	if err != nil {
+		return err
+	}
+	list, err := store.List(ctx)
+	if err != nil {
+		return err
+	}
+	var shown []jobs.Job
+	ended := 0
+	for i := len(list) - 1; i >= 0; i-- {
+		if j := list[i]; j.State.Active() || ended < 5 {
+			if !j.State.Active() {
+				ended++
+			}
+			shown = append(shown, j)
+		}
+	}
+	slices.Reverse(shown)
+	for _, j := range shown {
+		line := fmt.Sprintf("backfill  %s %s → %s: %s, %d of ~%d rows", j.ID, j.Table, j.Sink, j.State, j.Done, j.Total)
+		if j.State == jobs.Running {
+			line += fmt.Sprintf(", %.0f rows/s", j.Rate)
+			if eta := j.ETA(); eta > 0 {
+				line += ", ETA " + eta.Round(time.Second).String()
+			}
+		}
+		if j.Error != "" {
+			line += ": " + j.Error
+		}
+		fmt.Fprintln(out, line)
 	}
 	return nil
 }

@@ -1,0 +1,156 @@
+package e2e
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	jobs "github.com/sluicehq/sluice/pkg/backfill"
+	"github.com/sluicehq/sluice/pkg/topology"
+)
+
+// fill puts n rows into accounts before capture ever runs: only a backfill
+// can bring them to Redis.
+func fill(e *env, n int) {
+	e.exec(accountsSchema)
+	e.exec(`INSERT INTO accounts (id, n, note) SELECT g, g % 10, md5(g::text) FROM generate_series(1, $1) g`, n)
+	e.exec(`ANALYZE accounts`)
+}
+
+// A backfill of 200,000 rows while a workload updates, deletes and inserts
+// random rows of the table: Redis ends equal to Postgres, and no key ever
+// goes back to an older value.
+func TestBackfill(t *testing.T) {
+	e := newEnv(t)
+	fill(e, 200000)
+	cfg := e.config([]string{"accounts"}, true)
+	capture := start(t, "sluice-capture", "--config", cfg)
+	e.waitStreaming(capture)
+	start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
+	obs := observe(t, e.redis, "sequin:accounts:*")
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var changes int
+	wg.Add(1)
+	go func() { defer wg.Done(); changes = workload(t, e.pg.URL, 200000, 7, stop) }()
+
+	bf := start(t, "sluice", "backfill", "--config", cfg, "--sink", "cache", "--table", "accounts")
+	code := bf.wait(3 * time.Minute)
+	close(stop)
+	wg.Wait()
+	if code != 0 {
+		t.Fatalf("sluice backfill exited %d:\n%s", code, bf.Output())
+	}
+	out := bf.Output()
+	if !strings.Contains(out, "done: ") || !strings.Contains(out, "rows/s") {
+		t.Errorf("backfill output:\n%s", out)
+	}
+	e.waitMatch(2*time.Minute, accounts)
+	obs.stop()
+	t.Logf("%d concurrent changes; the observer read %d values of %d keys", changes, obs.sets, len(obs.floor))
+	if len(obs.regressions) > 0 {
+		t.Fatalf("%d regressions, first: %s", len(obs.regressions), obs.regressions[0])
+	}
+
+	// Nothing is left to cancel.
+	c := start(t, "sluice", "backfill", "--config", cfg, "--sink", "cache", "--table", "accounts", "--cancel")
+	if code := c.wait(30 * time.Second); code == 0 || !strings.Contains(c.Output(), "no active backfill of public.accounts into sink cache") {
+		t.Errorf("--cancel with nothing active: %d %s", code, c.Output())
+	}
+}
+
+// Capture killed in the middle of a backfill: after its restart the
+// backfill goes on from its saved cursor and completes, no row missing.
+func TestBackfillSurvivesCaptureKill(t *testing.T) {
+	e := newEnv(t)
+	fill(e, 150000)
+	cfg := e.config([]string{"accounts"}, true)
+	capture := start(t, "sluice-capture", "--config", cfg)
+	e.waitStreaming(capture)
+	start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
+
+	bf := start(t, "sluice", "backfill", "--config", cfg, "--sink", "cache", "--table", "accounts", "--detach")
+	if code := bf.wait(30 * time.Second); code != 0 {
+		t.Fatalf("sluice backfill exited %d: %s", code, bf.Output())
+	}
+	store := openJobs(t, e)
+	job := func() jobs.Job {
+		list, err := store.List(context.Background())
+		if err != nil || len(list) != 1 {
+			t.Fatalf("backfills: %v %v", list, err)
+		}
+		return list[0]
+	}
+	eventually(t, time.Minute, func() string {
+		if j := job(); j.Done < 30000 || j.State != jobs.Running {
+			return "backfill not under way: " + string(j.State)
+		}
+		return ""
+	})
+	capture.Signal(syscall.SIGKILL)
+	capture.wait(10 * time.Second)
+	before := job().Done
+	e.exec(`UPDATE accounts SET n = n + 100 WHERE id % 1000 = 0`) // changes while capture is down
+	capture = start(t, "sluice-capture", "--config", cfg)
+	eventually(t, 2*time.Minute, func() string {
+		if j := job(); j.State != jobs.Done {
+			return "backfill " + string(j.State)
+		}
+		return ""
+	})
+	t.Logf("killed after %d rows; done with %d", before, job().Done)
+	if before >= 150000 {
+		t.Fatal("the backfill had finished before the kill")
+	}
+	e.waitMatch(time.Minute, accounts)
+
+	st := start(t, "sluice", "status", "--config", cfg)
+	st.wait(30 * time.Second)
+	if !strings.Contains(st.Output(), "public.accounts → cache: done") {
+		t.Errorf("status does not show the backfill:\n%s", st.Output())
+	}
+}
+
+// initial_backfill fills a new sink with the rows its tables already hold,
+// once.
+func TestInitialBackfill(t *testing.T) {
+	e := newEnv(t)
+	fill(e, 5000)
+	doc := strings.Replace(e.configText([]string{"accounts"}, true), "  - name: cache\n", "  - name: cache\n    initial_backfill: true\n", 1)
+	cfg := e.writeConfig(doc)
+	capture := start(t, "sluice-capture", "--config", cfg)
+	e.waitStreaming(capture)
+	start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
+	e.waitMatch(time.Minute, accounts)
+
+	// A restart does not backfill again.
+	capture.Signal(syscall.SIGTERM)
+	capture.wait(30 * time.Second)
+	start(t, "sluice-capture", "--config", cfg)
+	time.Sleep(2 * time.Second)
+	if list, _ := openJobs(t, e).List(context.Background()); len(list) != 1 {
+		t.Fatalf("%d backfills after a restart", len(list))
+	}
+}
+
+func openJobs(t testing.TB, e *env) *jobs.Store {
+	t.Helper()
+	nc, err := nats.Connect(e.nats.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	s, err := jobs.Open(context.Background(), js, topology.Topology{Stream: "SLUICE", Replicas: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}

@@ -1,0 +1,168 @@
+package source
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/sluicehq/sluice/services/capture/internal/pgoutput"
+)
+
+// BackfillPrefix is the prefix of backfill watermark messages in the WAL.
+const BackfillPrefix = "sluice.backfill"
+
+// Shape is a table as a backfill reads it: its replicated columns, as a
+// relation message would give them, and its primary key.
+type Shape struct {
+	Relation pgoutput.Relation
+	// PK is the primary key in column order, the order of the key's values
+	// in events. Order is the key in its index's order, which chunks are
+	// read by, so that each chunk is an index range scan.
+	PK, Order []string
+}
+
+// Shape reads the current shape of schema.table.
+func (s *Source) Shape(ctx context.Context, schema, table string) (*Shape, error) {
+	name := ident2(schema, table)
+	sh := &Shape{Relation: pgoutput.Relation{Namespace: schema, Name: table}}
+	rows, err := s.conn.Query(ctx, `SELECT attname::text, atttypid, atttypmod FROM pg_attribute
+		WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum`, name)
+	if err != nil {
+		return nil, fmt.Errorf("read columns of %s.%s: %w", schema, table, err)
+	}
+	for rows.Next() {
+		var c pgoutput.Column
+		if err := rows.Scan(&c.Name, &c.TypeOID, &c.TypeMod); err != nil {
+			return nil, err
+		}
+		sh.Relation.Columns = append(sh.Relation.Columns, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read columns of %s.%s: %w", schema, table, err)
+	}
+	err = s.conn.QueryRow(ctx, `SELECT array_agg(a.attname::text ORDER BY k.ord)
+		FROM pg_index i, unnest(i.indkey) WITH ORDINALITY k(attnum, ord), pg_attribute a
+		WHERE i.indrelid = $1::regclass AND i.indisprimary AND a.attrelid = i.indrelid AND a.attnum = k.attnum`, name).Scan(&sh.Order)
+	if err != nil || len(sh.Order) == 0 {
+		return nil, fmt.Errorf("read primary key of %s.%s: %v", schema, table, err)
+	}
+	for _, c := range sh.Relation.Columns {
+		if slices.Contains(sh.Order, c.Name) {
+			sh.PK = append(sh.PK, c.Name)
+		}
+	}
+	return sh, nil
+}
+
+// Estimate returns about how many rows match where (empty: all): the
+// planner's count when the table was analysed, else an exact count.
+func (s *Source) Estimate(ctx context.Context, sh *Shape, where string) (int64, error) {
+	name := ident2(sh.Relation.Namespace, sh.Relation.Name)
+	var n int64
+	if where == "" {
+		if err := s.conn.QueryRow(ctx, `SELECT reltuples::bigint FROM pg_class WHERE oid = $1::regclass`, name).Scan(&n); err == nil && n > 0 {
+			return n, nil
+		}
+	}
+	q := "SELECT count(*) FROM " + name
+	if where != "" {
+		q += " WHERE (" + where + ")"
+	}
+	if err := s.conn.QueryRow(ctx, q).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count rows of %s: %w", name, err)
+	}
+	return n, nil
+}
+
+// maxChunkBytes bounds a chunk's memory whatever its rows' sizes.
+const maxChunkBytes = 32 << 20
+
+// Chunk reads up to limit rows of the table after the key values after
+// (in Order; none: from the start) that match where, in key order, with
+// their values in the text format of the replication stream. It returns
+// the key (in Order) of the last row read.
+func (s *Source) Chunk(ctx context.Context, sh *Shape, where string, after []string, limit int) ([]pgoutput.Tuple, []string, error) {
+	var q strings.Builder
+	q.WriteString("SELECT ")
+	for i, c := range sh.Relation.Columns {
+		if i > 0 {
+			q.WriteString(", ")
+		}
+		q.WriteString(pgx.Identifier{c.Name}.Sanitize())
+	}
+	q.WriteString(" FROM " + ident2(sh.Relation.Namespace, sh.Relation.Name))
+	order := make([]string, len(sh.Order))
+	for i, c := range sh.Order {
+		order[i] = pgx.Identifier{c}.Sanitize()
+	}
+	var conds []string
+	params := make([][]byte, len(after))
+	if len(after) > 0 {
+		ps := make([]string, len(after))
+		for i, v := range after {
+			ps[i] = "$" + strconv.Itoa(i+1)
+			params[i] = []byte(v)
+		}
+		conds = append(conds, "("+strings.Join(order, ", ")+") > ("+strings.Join(ps, ", ")+")")
+	}
+	if where != "" {
+		conds = append(conds, "("+where+")")
+	}
+	if len(conds) > 0 {
+		q.WriteString(" WHERE " + strings.Join(conds, " AND "))
+	}
+	q.WriteString(" ORDER BY " + strings.Join(order, ", ") + " LIMIT " + strconv.Itoa(limit))
+
+	idx := make([]int, len(sh.Order))
+	for i, c := range sh.Order {
+		idx[i] = slices.IndexFunc(sh.Relation.Columns, func(col pgoutput.Column) bool { return col.Name == c })
+	}
+	rr := s.conn.PgConn().ExecParams(ctx, q.String(), params, nil, nil, nil)
+	var rows []pgoutput.Tuple
+	size := 0
+	for rr.NextRow() {
+		vals := rr.Values()
+		row := make(pgoutput.Tuple, len(vals))
+		for i, v := range vals {
+			if v == nil {
+				row[i] = pgoutput.Value{Kind: pgoutput.Null}
+				continue
+			}
+			row[i] = pgoutput.Value{Kind: pgoutput.Text, Data: slices.Clone(v)}
+			size += len(v)
+		}
+		rows = append(rows, row)
+		if size > maxChunkBytes {
+			break
+		}
+	}
+	if _, err := rr.Close(); err != nil {
+		return nil, nil, fmt.Errorf("read a chunk of %s.%s: %w", sh.Relation.Namespace, sh.Relation.Name, err)
+	}
+	if len(rows) == 0 {
+		return nil, nil, nil
+	}
+	last := rows[len(rows)-1]
+	cursor := make([]string, len(idx))
+	for i, c := range idx {
+		if c < 0 || last[c].Kind != pgoutput.Text {
+			return nil, nil, errors.New("primary-key column missing from a chunk")
+		}
+		cursor[i] = string(last[c].Data)
+	}
+	return rows, cursor, nil
+}
+
+// Watermark writes a backfill watermark into the WAL, in a transaction of
+// its own, so that the replication stream orders it among the changes.
+func (s *Source) Watermark(ctx context.Context, payload string) error {
+	if _, err := s.conn.Exec(ctx, `SELECT pg_logical_emit_message(true, $1, $2)`, BackfillPrefix, payload); err != nil {
+		return fmt.Errorf("write backfill watermark: %w", err)
+	}
+	return nil
+}
