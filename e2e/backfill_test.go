@@ -154,3 +154,40 @@ func openJobs(t testing.TB, e *env) *jobs.Store {
 	}
 	return s
 }
+
+// `sluice backfill --cancel` stops an active backfill before its next
+// chunk, keeping its progress.
+func TestBackfillCancel(t *testing.T) {
+	e := newEnv(t)
+	fill(e, 300000)
+	cfg := e.config([]string{"accounts"}, true)
+	capture := start(t, "sluice-capture", "--config", cfg)
+	e.waitStreaming(capture)
+	start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
+	follower := start(t, "sluice", "backfill", "--config", cfg, "--sink", "cache", "--table", "accounts")
+	store := openJobs(t, e)
+	eventually(t, time.Minute, func() string {
+		if list, _ := store.List(context.Background()); len(list) == 0 || list[0].Done == 0 {
+			return "not under way"
+		}
+		return ""
+	})
+	c := start(t, "sluice", "backfill", "--config", cfg, "--sink", "cache", "--table", "accounts", "--cancel")
+	if code := c.wait(30 * time.Second); code != 0 || !strings.Contains(c.Output(), "cancelled backfill") {
+		t.Fatalf("--cancel: %d %s", code, c.Output())
+	}
+	// The follower reports the cancellation and fails.
+	if code := follower.wait(time.Minute); code == 0 || !strings.Contains(follower.Output(), "was cancelled after") {
+		t.Fatalf("follower: %d %s", code, follower.Output())
+	}
+	time.Sleep(time.Second) // a chunk in flight when cancelled still lands
+	list, _ := store.List(context.Background())
+	if list[0].State != jobs.Cancelled || list[0].Done == 0 || list[0].Done >= 300000 {
+		t.Fatalf("job after cancel: %+v", list[0])
+	}
+	done := list[0].Done
+	time.Sleep(2 * time.Second)
+	if list, _ = store.List(context.Background()); list[0].Done != done {
+		t.Fatalf("a cancelled backfill went on: %d, then %d rows", done, list[0].Done)
+	}
+}
