@@ -4,7 +4,7 @@
 #   make test    every test, end-to-end ones included (real Postgres, NATS, Redis)
 #   make build   bin/sluice, bin/sluice-capture, bin/sluice-redis-writer
 
-MODULES  := proto pkg services/capture services/redis-writer services/sluice e2e
+MODULES  := proto pkg services/capture services/redis-writer services/sluice e2e bench
 PKGS     := $(foreach m,$(MODULES),./$(m)/...)
 BINARIES := ./services/sluice/cmd/sluice ./services/capture/cmd/sluice-capture ./services/redis-writer/cmd/sluice-redis-writer
 FUZZTIME ?= 20s
@@ -33,10 +33,14 @@ fuzz:
 	go test -run '^$$' -fuzz '^FuzzAppendString$$' -fuzztime $(FUZZTIME) ./pkg/change
 	go test -run '^$$' -fuzz '^FuzzExpand$$' -fuzztime $(FUZZTIME) ./pkg/config
 
-# Benchmarks of the stages on real servers; never part of `make test`.
-bench:
+# Benchmarks of the stages on real servers, then the whole pipeline (see
+# BENCHMARKS.md; BENCH_FLAGS sizes it, e.g. BENCH_FLAGS='-changes 100000
+# -duration 5s' for a quick run); never part of `make test`.
+BENCH_FLAGS ?=
+bench: build
 	go test -run '^$$' -bench . -benchtime 200000x ./services/redis-writer/...
 	go test -run '^$$' -bench . ./services/capture/internal/event
+	go run ./bench -bin bin $(BENCH_FLAGS)
 
 # Regenerates the wire contract's Go code, installing protoc and
 # protoc-gen-go when they are missing.

@@ -1,0 +1,226 @@
+package main
+
+import (
+	"context"
+	"debug/buildinfo"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// binaries are the service programs measured, and what they were built from.
+type binaries struct {
+	dir     string
+	temp    bool
+	build   buildInfo
+	capture string
+	writer  string
+}
+
+// buildInfo names the source of the measured binaries.
+type buildInfo struct {
+	Revision string `json:"revision"`
+	Modified bool   `json:"modified"`
+	Go       string `json:"go"`
+}
+
+// prepareBinaries uses the binaries in dir, or builds them from the
+// workspace into a temporary directory when dir is empty.
+func prepareBinaries(ctx context.Context, dir string) (*binaries, error) {
+	b := &binaries{dir: dir}
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "sluice-bench-bin-")
+		if err != nil {
+			return nil, err
+		}
+		b.dir, b.temp = tmp, true
+		build := exec.CommandContext(ctx, "go", "build", "-o", tmp+"/",
+			"github.com/sluicehq/sluice/services/capture/cmd/sluice-capture",
+			"github.com/sluicehq/sluice/services/redis-writer/cmd/sluice-redis-writer")
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			b.cleanup()
+			return nil, fmt.Errorf("build the services: %w", err)
+		}
+	}
+	b.capture = filepath.Join(b.dir, "sluice-capture")
+	b.writer = filepath.Join(b.dir, "sluice-redis-writer")
+	info, err := buildinfo.ReadFile(b.capture)
+	if err != nil {
+		b.cleanup()
+		return nil, fmt.Errorf("read %s: %w", b.capture, err)
+	}
+	b.build.Go = info.GoVersion
+	for _, s := range info.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			b.build.Revision = s.Value
+		case "vcs.modified":
+			b.build.Modified = s.Value == "true"
+		}
+	}
+	if b.build.Revision == "" {
+		b.build.Revision, b.build.Modified = gitRevision(ctx, dir)
+	}
+	return b, nil
+}
+
+// gitRevision describes the checkout holding dir (the current directory
+// when empty), for binaries built without version control stamps.
+func gitRevision(ctx context.Context, dir string) (rev string, modified bool) {
+	if dir == "" {
+		dir = "."
+	}
+	out, err := exec.CommandContext(ctx, "git", "-C", dir, "rev-parse", "HEAD").Output()
+	if err != nil {
+		return "", false
+	}
+	status, err := exec.CommandContext(ctx, "git", "-C", dir, "status", "--porcelain", "--untracked-files=no").Output()
+	return strings.TrimSpace(string(out)), err != nil || len(status) > 0
+}
+
+func (b *binaries) cleanup() {
+	if b.temp {
+		os.RemoveAll(b.dir)
+	}
+}
+
+// service is a Sluice program running as a child process, with its pid at
+// hand for /proc.
+type service struct {
+	name string
+	log  string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// startService runs bin with its output in a log file of dir, and extra
+// environment variables env. The child dies with the benchmark
+// (parent-death signal).
+func startService(dir, name string, env []string, bin string, args ...string) (*service, error) {
+	logPath := filepath.Join(dir, name+".log")
+	f, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.Env = append(os.Environ(), env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	s := &service{name: name, log: logPath, cmd: cmd, done: make(chan struct{})}
+	go func() {
+		_ = cmd.Wait()
+		close(s.done)
+	}()
+	return s, nil
+}
+
+func (s *service) pid() int { return s.cmd.Process.Pid }
+
+func (s *service) exited() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop drains the service with SIGTERM, and kills it after grace.
+func (s *service) stop(grace time.Duration) {
+	if s.exited() {
+		return
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(grace):
+		_ = syscall.Kill(-s.pid(), syscall.SIGKILL)
+		<-s.done
+	}
+}
+
+// tail is the end of the service's output, for error messages.
+func (s *service) tail() string {
+	b, _ := os.ReadFile(s.log)
+	if len(b) > 2000 {
+		b = b[len(b)-2000:]
+	}
+	return string(b)
+}
+
+// pipeline is capture and the writers of one sink.
+type pipeline struct {
+	capture *service
+	writers []*service
+	stopped bool
+}
+
+func startPipeline(e *env, writers int) (*pipeline, error) {
+	p := &pipeline{}
+	c, err := startService(e.dir, "capture", e.profileEnv(writers, "capture"), e.bins.capture, "--config", e.config)
+	if err != nil {
+		return nil, err
+	}
+	p.capture = c
+	for i := range writers {
+		name := "writer-" + strconv.Itoa(i+1)
+		w, err := startService(e.dir, name, e.profileEnv(writers, name), e.bins.writer, "--config", e.config, "--sink", sinkName)
+		if err != nil {
+			p.stop()
+			return nil, err
+		}
+		p.writers = append(p.writers, w)
+	}
+	return p, nil
+}
+
+// profileEnv asks a service for a CPU profile when -profiles is set; it
+// is written when the service stops.
+func (e *env) profileEnv(writers int, name string) []string {
+	if e.profiles == "" {
+		return nil
+	}
+	return []string{"SLUICE_CPUPROFILE=" + filepath.Join(e.profiles, fmt.Sprintf("writers%d-%s.pprof", writers, name))}
+}
+
+func (p *pipeline) services() []*service { return append([]*service{p.capture}, p.writers...) }
+
+// check fails when a service has exited.
+func (p *pipeline) check() error {
+	for _, s := range p.services() {
+		if s.exited() {
+			return fmt.Errorf("%s exited: %s", s.name, s.tail())
+		}
+	}
+	return nil
+}
+
+func (p *pipeline) stop() {
+	if p.stopped {
+		return
+	}
+	p.stopped = true
+	for _, s := range p.services() {
+		s.stop(30 * time.Second)
+	}
+}
+
+// peaks reads each service's peak resident memory so far.
+func (p *pipeline) peaks() []peak {
+	var out []peak
+	for _, s := range p.services() {
+		hwm, _ := peakRSS(s.pid())
+		out = append(out, peak{Process: s.name, PeakRSSMiB: mib(hwm)})
+	}
+	return out
+}
