@@ -151,7 +151,7 @@ const (
 	DefaultMaxAge         = 7 * 24 * time.Hour
 	DefaultBatchSize      = 500
 	DefaultTombstoneTTL   = time.Hour
-	DefaultAckWait        = 30 * time.Second
+	DefaultAckWait        = 10 * time.Second
 	DefaultMaxDeliver     = 10
 	DefaultFailover       = 10 * time.Second
 	DefaultKeyPrefix      = "sequin"

@@ -67,8 +67,11 @@ func (c *consumers) set(ctx context.Context, partitions []int) error {
 	return nil
 }
 
+// stop stops pulling partition p. Drain, not Stop: the messages the client
+// already fetched still reach the handler and are written, rather than wait
+// out the ack wait before their redelivery.
 func (c *consumers) stop(p int) {
-	c.running[p].Stop()
+	c.running[p].Drain()
 	delete(c.running, p)
 	delete(c.handlers, p)
 	pending.DeleteLabelValues(c.sink, strconv.Itoa(p))
