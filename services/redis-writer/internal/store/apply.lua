@@ -1,31 +1,52 @@
--- Writes one change to a key unless the key already reflects a change at or
--- after it, and records the change's version.
--- KEYS[1]: the key; KEYS[2]: its version record.
--- ARGV[1]: version (24 hex digits); ARGV[2]: 's' (SET) or 'd' (DEL);
--- ARGV[3]: value; ARGV[4]: PX of the key, 0 for none; ARGV[5]: PX of the record, 0 for none.
--- Returns 1 when written, 0 when older than the key's version.
+-- Writes a group of changes, each to one key unless the key already
+-- reflects a change at or after it, and records each change's version.
+-- Change i (from 1) has KEYS[2i-1], the key, and KEYS[2i], its version
+-- record; ARGV[5i-4] its version (24 hex digits), ARGV[5i-3] 's' (SET) or
+-- 'd' (DEL), ARGV[5i-2] the value, ARGV[5i-1] the key's PX and ARGV[5i] the
+-- record's PX (0: none).
+-- Returns for each change 1 (written), 0 (older than the key: skipped), or
+-- the error of its own commands: one key's error does not fail the others.
 local function split(v)
   -- two 48-bit halves: exact as Lua numbers, whatever the locale's collation
   return tonumber(string.sub(v, 1, 12), 16), tonumber(string.sub(v, 13, 24), 16)
 end
-local cur = redis.call('GET', KEYS[2])
-if cur then
-  local ch, cl = split(cur)
-  local nh, nl = split(ARGV[1])
-  if ch and cl and (ch > nh or (ch == nh and cl >= nl)) then
-    return 0
+local function failed(r)
+  return type(r) == 'table' and r.err
+end
+local out = {}
+for i = 1, #KEYS / 2 do
+  local key, vkey, a = KEYS[2 * i - 1], KEYS[2 * i], 5 * (i - 1)
+  local ver, op, val, px, vpx = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
+  local r = redis.pcall('GET', vkey)
+  if not failed(r) then
+    local stale = false
+    if r then
+      local ch, cl = split(r)
+      local nh, nl = split(ver)
+      stale = ch and cl and (ch > nh or (ch == nh and cl >= nl))
+    end
+    if stale then
+      r = 0
+    else
+      if op == 'd' then
+        r = redis.pcall('DEL', key)
+      elseif px ~= '0' then
+        r = redis.pcall('SET', key, val, 'PX', px)
+      else
+        r = redis.pcall('SET', key, val)
+      end
+      if not failed(r) then
+        if vpx ~= '0' then
+          r = redis.pcall('SET', vkey, ver, 'PX', vpx)
+        else
+          r = redis.pcall('SET', vkey, ver)
+        end
+        if not failed(r) then
+          r = 1
+        end
+      end
+    end
   end
+  out[i] = r
 end
-if ARGV[2] == 'd' then
-  redis.call('DEL', KEYS[1])
-elseif ARGV[4] ~= '0' then
-  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
-else
-  redis.call('SET', KEYS[1], ARGV[3])
-end
-if ARGV[5] ~= '0' then
-  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[5])
-else
-  redis.call('SET', KEYS[2], ARGV[1])
-end
-return 1
+return out

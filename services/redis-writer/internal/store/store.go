@@ -266,50 +266,106 @@ func (s *Store) apply(ctx context.Context, cmds []command.Command, errs []error)
 	if len(cmds) == 0 {
 		return 0
 	}
-	results := s.run(ctx, cmds)
+	groups := s.group(cmds)
+	results := s.run(ctx, cmds, groups)
 	var retry []int
-	for i, r := range results {
+	for g, r := range results {
 		if err := r.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-			retry = append(retry, i) // Redis restarted or flushed its scripts
+			retry = append(retry, g) // Redis restarted or flushed its scripts
 		}
 	}
 	if len(retry) > 0 {
 		if err := applyScript.Load(ctx, s.client).Err(); err == nil {
-			again := make([]command.Command, len(retry))
-			for j, i := range retry {
-				again[j] = cmds[i]
+			again := make([][]int, len(retry))
+			for j, g := range retry {
+				again[j] = groups[g]
 			}
-			for j, r := range s.run(ctx, again) {
+			for j, r := range s.run(ctx, cmds, again) {
 				results[retry[j]] = r
 			}
 		}
 	}
-	for i, r := range results {
-		n, err := r.Int64()
-		switch {
-		case err != nil:
-			errs[i] = fmt.Errorf("%s %s: %w", verb(cmds[i]), cmds[i].Key, err)
-		case n == 0:
-			stale++
+	for g, r := range results {
+		replies, err := r.Slice()
+		for j, i := range groups[g] {
+			var n int64
+			switch {
+			case err != nil:
+			case j >= len(replies):
+				err = fmt.Errorf("script returned %d replies for %d changes", len(replies), len(groups[g]))
+			default:
+				switch v := replies[j].(type) {
+				case int64:
+					n = v
+				case error:
+					errs[i] = fmt.Errorf("%s %s: %w", verb(cmds[i]), cmds[i].Key, v)
+					continue
+				}
+			}
+			switch {
+			case err != nil:
+				errs[i] = fmt.Errorf("%s %s: %w", verb(cmds[i]), cmds[i].Key, err)
+			case n == 0:
+				stale++
+			}
 		}
 	}
 	return stale
 }
 
-func (s *Store) run(ctx context.Context, cmds []command.Command) []*redis.Cmd {
-	results := make([]*redis.Cmd, len(cmds))
-	pipe := s.client.Pipeline()
-	for i, c := range cmds {
-		op, value := "s", c.Value
-		if c.Del {
-			op, value = "d", nil
+// perCall bounds the changes one script call writes: enough to spread the
+// call's cost, few enough that one call does not hold Redis for long.
+const perCall = 64
+
+// group splits cmds into the script calls that write them: each call's keys
+// in one hash slot of a cluster; a key's changes keep their order.
+func (s *Store) group(cmds []command.Command) [][]int {
+	var groups [][]int
+	if _, cluster := s.client.(*redis.ClusterClient); !cluster {
+		for i := 0; i < len(cmds); i += perCall {
+			g := make([]int, 0, min(perCall, len(cmds)-i))
+			for j := i; j < min(i+perCall, len(cmds)); j++ {
+				g = append(g, j)
+			}
+			groups = append(groups, g)
 		}
-		results[i] = applyScript.EvalSha(ctx, pipe, []string{c.Key, VersionKey(c.Key)},
-			c.Version, op, value, c.ExpireMS, c.VersionExpireMS)
+		return groups
+	}
+	open := map[int]int{} // slot → its group still taking commands
+	for i, c := range cmds {
+		slot := Slot(c.Key)
+		g, ok := open[slot]
+		if !ok || len(groups[g]) == perCall {
+			g = len(groups)
+			groups = append(groups, nil)
+			open[slot] = g
+		}
+		groups[g] = append(groups[g], i)
+	}
+	return groups
+}
+
+// run sends one script call per group, pipelined.
+func (s *Store) run(ctx context.Context, cmds []command.Command, groups [][]int) []*redis.Cmd {
+	results := make([]*redis.Cmd, len(groups))
+	pipe := s.client.Pipeline()
+	for g, idx := range groups {
+		keys := make([]string, 0, 2*len(idx))
+		args := make([]any, 0, 5*len(idx))
+		for _, i := range idx {
+			c := cmds[i]
+			op, value := "s", c.Value
+			if c.Del {
+				op, value = "d", nil
+			}
+			keys = append(keys, c.Key, VersionKey(c.Key))
+			args = append(args, c.Version, op, value, c.ExpireMS, c.VersionExpireMS)
+		}
+		results[g] = applyScript.EvalSha(ctx, pipe, keys, args...)
 	}
 	_, err := pipe.Exec(ctx)
 	if err != nil && !isReplyError(err) {
-		// The connection failed: no command has a reply of its own.
+		// The connection failed: no call has a reply of its own.
 		for _, r := range results {
 			if r.Err() == nil {
 				r.SetErr(err)
