@@ -95,9 +95,9 @@ func waitCaughtUp(ctx context.Context, e *env, p *pipeline, marker string, wantM
 		if err := p.check(); err != nil {
 			return captured, done, err
 		}
-		msgs, err := e.streamMsgs(ctx)
+		msgs, err := p.published()
 		if err != nil {
-			return captured, done, fmt.Errorf("stream info: %w", err)
+			return captured, done, fmt.Errorf("capture's metrics: %w", err)
 		}
 		if captured.IsZero() && msgs >= wantMsgs {
 			captured = now

@@ -62,7 +62,7 @@ func steadyState(ctx context.Context, e *env, p *pipeline, g *generator, rate in
 		return r, fmt.Errorf("enable keyspace notifications: %w", err)
 	}
 	defer e.rc.ConfigSet(context.WithoutCancel(ctx), "notify-keyspace-events", "")
-	base, err := e.streamMsgs(ctx)
+	base, err := p.handled()
 	if err != nil {
 		return r, err
 	}
@@ -75,16 +75,13 @@ func steadyState(ctx context.Context, e *env, p *pipeline, g *generator, rate in
 	before := e.sampleCPU(ctx, p)
 
 	var committed atomic.Int64
+	// The backlog: changes committed and not yet settled by a writer.
 	backlogNow := func() (int64, error) {
-		msgs, err := e.streamMsgs(ctx)
+		handled, err := p.handled()
 		if err != nil {
 			return 0, err
 		}
-		pending, _, err := e.sinkPending(ctx)
-		if err != nil {
-			return 0, err
-		}
-		return committed.Load() - int64(msgs-base) + int64(pending), nil
+		return committed.Load() - int64(handled-base), nil
 	}
 	samplerDone := make(chan struct{})
 	stopSampler := make(chan struct{})

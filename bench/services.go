@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"debug/buildinfo"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/sluicehq/sluice/pkg/testenv"
 )
 
 // binaries are the service programs measured, and what they were built from.
@@ -97,6 +101,7 @@ type service struct {
 	log  string
 	cmd  *exec.Cmd
 	done chan struct{}
+	http string // the address of its /metrics
 }
 
 // startService runs bin with its output in a log file of dir, and extra
@@ -167,14 +172,14 @@ type pipeline struct {
 
 func startPipeline(e *env, writers int) (*pipeline, error) {
 	p := &pipeline{}
-	c, err := startService(e.dir, "capture", e.profileEnv(writers, "capture"), e.bins.capture, "--config", e.config)
+	c, err := startMetered(e.dir, "capture", e.profileEnv(writers, "capture"), e.bins.capture, "--config", e.config)
 	if err != nil {
 		return nil, err
 	}
 	p.capture = c
 	for i := range writers {
 		name := "writer-" + strconv.Itoa(i+1)
-		w, err := startService(e.dir, name, e.profileEnv(writers, name), e.bins.writer, "--config", e.config, "--sink", sinkName)
+		w, err := startMetered(e.dir, name, e.profileEnv(writers, name), e.bins.writer, "--config", e.config, "--sink", sinkName)
 		if err != nil {
 			p.stop()
 			return nil, err
@@ -182,6 +187,79 @@ func startPipeline(e *env, writers int) (*pipeline, error) {
 		p.writers = append(p.writers, w)
 	}
 	return p, nil
+}
+
+// startMetered starts a service that serves its metrics on a free port.
+func startMetered(dir, name string, env []string, bin string, args ...string) (*service, error) {
+	port, err := testenv.FreePort()
+	if err != nil {
+		return nil, err
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	s, err := startService(dir, name, env, bin, append(args, "--http", addr)...)
+	if s != nil {
+		s.http = addr
+	}
+	return s, err
+}
+
+var metricsClient = &http.Client{Timeout: 2 * time.Second}
+
+// metric sums the samples of a metric a service exports whose labels
+// include each of labels (e.g. `outcome="applied"`).
+func (s *service) metric(name string, labels ...string) (float64, error) {
+	resp, err := metricsClient.Get("http://" + s.http + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	sum := 0.0
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, name) || len(line) > len(name) && line[len(name)] != ' ' && line[len(name)] != '{' {
+			continue
+		}
+		if !containsAll(line, labels) {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+		if err == nil {
+			sum += v
+		}
+	}
+	return sum, sc.Err()
+}
+
+// published is how many events capture has in the stream.
+func (p *pipeline) published() (uint64, error) {
+	n, err := p.capture.metric("sluice_capture_events_published_total")
+	return uint64(n), err
+}
+
+// handled is how many events the writers have settled, in all: applied
+// (older ones included), filtered out, or dead-lettered.
+func (p *pipeline) handled() (uint64, error) {
+	var total float64
+	for _, w := range p.writers {
+		for _, outcome := range []string{"applied", "filtered", "dead_lettered"} {
+			n, err := w.metric("sluice_writer_changes_total", `outcome="`+outcome+`"`)
+			if err != nil {
+				return 0, err
+			}
+			total += n
+		}
+	}
+	return uint64(total), nil
+}
+
+func containsAll(s string, subs []string) bool {
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			return false
+		}
+	}
+	return true
 }
 
 // profileEnv asks a service for a CPU profile when -profiles is set; it

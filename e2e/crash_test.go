@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"math/rand/v2"
 	"syscall"
 	"testing"
@@ -11,10 +10,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"google.golang.org/protobuf/proto"
 
+	"github.com/sluicehq/sluice/pkg/change"
 	"github.com/sluicehq/sluice/pkg/testenv"
-	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
 )
 
 var accounts = testenv.Table{Schema: "public", Name: "accounts", PK: []string{"id"}, KeyPrefix: "sequin"}
@@ -140,7 +138,7 @@ func TestCaptureKilled(t *testing.T) {
 }
 
 // checkStream reads the whole stream and checks that it holds want events,
-// each once, in commit order.
+// each once, each partition's in commit order, and every transaction whole.
 func checkStream(t testing.TB, url string, want int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -151,28 +149,18 @@ func checkStream(t testing.TB, url string, want int) {
 	}
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
-	eventually(t, 30*time.Second, func() string {
-		st, err := js.Stream(ctx, "SLUICE")
-		if err != nil {
-			return err.Error()
-		}
-		info, err := st.Info(ctx)
-		if err != nil {
-			return err.Error()
-		}
-		if int(info.State.Msgs) != want {
-			return fmt.Sprintf("stream holds %d events, want %d", info.State.Msgs, want)
-		}
-		return ""
-	})
 	cons, err := js.OrderedConsumer(ctx, "SLUICE", jetstream.OrderedConsumerConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var prevLSN uint64
-	var prevIdx uint32
-	seen := map[string]bool{}
-	for got := 0; got < want; {
+	type pos struct {
+		lsn uint64
+		idx uint32
+	}
+	last := map[string]pos{}            // per partition subject
+	txs := map[uint64]map[uint32]bool{} // the indexes seen of each transaction
+	got := 0
+	for got < want {
 		batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
 			t.Fatal(err)
@@ -180,25 +168,38 @@ func checkStream(t testing.TB, url string, want int) {
 		n := 0
 		for m := range batch.Messages() {
 			n++
-			var ev sluicev1.ChangeEvent
-			if err := proto.Unmarshal(m.Data(), &ev); err != nil {
+			evs, err := change.Events(m.Data())
+			if err != nil {
 				t.Fatal(err)
 			}
-			if seen[ev.IdempotencyKey] {
-				t.Fatalf("event %s (lsn %d idx %d) is in the stream twice", ev.IdempotencyKey, ev.CommitLsn, ev.CommitIdx)
+			for _, ev := range evs {
+				p := pos{ev.CommitLsn, ev.CommitIdx}
+				if txs[p.lsn][p.idx] {
+					t.Fatalf("event (lsn %d idx %d) is in the stream twice", p.lsn, p.idx)
+				}
+				if txs[p.lsn] == nil {
+					txs[p.lsn] = map[uint32]bool{}
+				}
+				txs[p.lsn][p.idx] = true
+				if prev, ok := last[m.Subject()]; ok && (p.lsn < prev.lsn || p.lsn == prev.lsn && p.idx <= prev.idx) {
+					t.Fatalf("on %s, event (lsn %d idx %d) follows (lsn %d idx %d)", m.Subject(), p.lsn, p.idx, prev.lsn, prev.idx)
+				}
+				last[m.Subject()] = p
+				got++
 			}
-			seen[ev.IdempotencyKey] = true
-			if got > 0 && (ev.CommitLsn < prevLSN || ev.CommitLsn == prevLSN && ev.CommitIdx <= prevIdx) {
-				t.Fatalf("event (lsn %d idx %d) follows (lsn %d idx %d)", ev.CommitLsn, ev.CommitIdx, prevLSN, prevIdx)
-			}
-			if ev.CommitLsn != prevLSN && ev.CommitIdx != 0 {
-				t.Fatalf("transaction at lsn %d starts at idx %d: its first events are missing", ev.CommitLsn, ev.CommitIdx)
-			}
-			prevLSN, prevIdx = ev.CommitLsn, ev.CommitIdx
-			got++
 		}
 		if n == 0 {
 			t.Fatalf("stream ended after %d of %d events", got, want)
+		}
+	}
+	if got != want {
+		t.Fatalf("the stream holds %d events, want %d", got, want)
+	}
+	for lsn, idxs := range txs {
+		for i := range uint32(len(idxs)) {
+			if !idxs[i] {
+				t.Fatalf("transaction at lsn %d lacks its event %d of %d", lsn, i, len(idxs))
+			}
 		}
 	}
 }

@@ -116,3 +116,26 @@ func FuzzAppendString(f *testing.F) {
 		}
 	})
 }
+
+func TestBatch(t *testing.T) {
+	var batch []byte
+	var err error
+	for i := range uint32(3) {
+		if batch, err = AppendEvent(batch, &sluicev1.ChangeEvent{CommitLsn: 7, CommitIdx: i, Table: "t"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	evs, err := Events(batch)
+	if err != nil || len(evs) != 3 || evs[2].CommitIdx != 2 || evs[0].Table != "t" {
+		t.Fatalf("events = %v, %v", evs, err)
+	}
+	if _, err := Events([]byte{0x0a, 0x05, 1}); err == nil {
+		t.Fatal("a truncated batch decoded")
+	}
+	if n := CountEvents(batch); n != 3 {
+		t.Fatalf("CountEvents = %d", n)
+	}
+	if n := CountEvents([]byte{0x0a, 0x05, 1}); n != -1 {
+		t.Fatalf("CountEvents of a truncated batch = %d", n)
+	}
+}

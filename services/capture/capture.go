@@ -13,10 +13,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/sluicehq/sluice/pkg/backfill"
-	"github.com/sluicehq/sluice/pkg/change"
 	"github.com/sluicehq/sluice/pkg/config"
 	"github.com/sluicehq/sluice/pkg/metrics"
 	"github.com/sluicehq/sluice/pkg/topology"
@@ -30,8 +28,12 @@ import (
 )
 
 const (
-	// maxInFlight bounds the events published but not yet acknowledged.
-	maxInFlight = 4096
+	// maxInFlight bounds the messages (batches of events) published but
+	// not yet acknowledged.
+	maxInFlight = 256
+	// flushDelay is the longest an event waits in a batch: the price in
+	// latency of sending many changes per message.
+	flushDelay = 5 * time.Millisecond
 	// drainTimeout bounds the wait for acknowledgements at shutdown.
 	drainTimeout = 30 * time.Second
 	maxBackoff   = 30 * time.Second
@@ -139,7 +141,7 @@ func (s *Service) session(ctx context.Context, src *source.Source, js jetstream.
 	if err := src.Reconnect(ctx); err != nil {
 		return err
 	}
-	pub, resume, err := publisher.Open(ctx, js, s.topo.Stream, maxInFlight)
+	pub, resume, err := publisher.Open(ctx, js, s.topo.Stream, s.topo.Partitions, s.topo.Subject, maxInFlight)
 	if err != nil {
 		return err
 	}
@@ -171,36 +173,57 @@ type session struct {
 	*Service
 	src    *source.Source
 	pub    *publisher.Publisher
-	resume publisher.Position
+	resume publisher.Resume
 	dec    *decoder.Decoder
 	marks  *backfiller.Tracker
 	// chunks published in the current transaction, acknowledged with it
 	published []chan struct{}
+	// flushAt is when the events waiting in batches must be published;
+	// zero while none waits.
+	flushAt time.Time
 }
+
+// errRearm ends a receive whose deadline must move earlier: events wait
+// for a flush.
+var errRearm = errors.New("flush deadline set")
 
 func (ss *session) run(ctx context.Context, stream *source.Stream) error {
 	interval := ss.cfg.Postgres.StatusInterval
-	var lastBeat time.Time
+	var lastBeat, nextStatus time.Time
 	for ctx.Err() == nil {
-		if time.Since(lastBeat) >= ss.cfg.Postgres.HeartbeatInterval {
+		now := time.Now()
+		if now.Sub(lastBeat) >= ss.cfg.Postgres.HeartbeatInterval {
 			lag, err := ss.src.Heartbeat(ctx)
 			if err != nil {
 				return err
 			}
 			slotLag.Set(float64(lag))
-			lastBeat = time.Now()
+			lastBeat = now
 		}
-		rctx, cancel := context.WithTimeout(ctx, interval)
+		if !ss.flushAt.IsZero() && !now.Before(ss.flushAt) {
+			if err := ss.pub.Flush(ctx); err != nil {
+				return err
+			}
+			ss.flushAt = time.Time{}
+		}
+		if !now.Before(nextStatus) {
+			if err := stream.SendStatus(pgoutput.LSN(ss.pub.Flushed())); err != nil {
+				return fmt.Errorf("send status: %w", err)
+			}
+			nextStatus = now.Add(interval)
+		}
+		deadline := nextStatus
+		if !ss.flushAt.IsZero() && ss.flushAt.Before(deadline) {
+			deadline = ss.flushAt
+		}
+		rctx, cancel := context.WithDeadline(ctx, deadline)
 		err := ss.receive(ctx, rctx, stream)
 		cancel()
-		if err != nil && !source.IsTimeout(err) {
+		if err != nil && err != errRearm && !source.IsTimeout(err) {
 			if ctx.Err() != nil {
 				return nil
 			}
 			return err
-		}
-		if err := stream.SendStatus(pgoutput.LSN(ss.pub.Flushed())); err != nil {
-			return fmt.Errorf("send status: %w", err)
 		}
 	}
 	return nil
@@ -234,6 +257,10 @@ func (ss *session) receive(ctx, rctx context.Context, stream *source.Stream) err
 			if err := ss.handle(ctx, pm); err != nil {
 				return err
 			}
+		}
+		if ss.flushAt.IsZero() && ss.pub.Pending() {
+			ss.flushAt = time.Now().Add(flushDelay)
+			return errRearm
 		}
 	}
 }
@@ -312,15 +339,8 @@ func (ss *session) chunk(ctx context.Context, m *pgoutput.LogicalMessage) error 
 }
 
 func (ss *session) publish(ctx context.Context, ev *sluicev1.ChangeEvent, partition int) error {
-	if ss.resume.Covers(ev.CommitLsn, ev.CommitIdx) {
+	if ss.resume.Covers(partition, ev.CommitLsn, ev.CommitIdx) {
 		return nil // published before a restart
 	}
-	// A fresh buffer each time: the NATS client keeps the message for retries.
-	data, err := proto.Marshal(ev)
-	if err != nil {
-		return fmt.Errorf("encode change: %w", err)
-	}
-	// The message id is the event's position: a READ's idempotency key
-	// names its row, which a later chunk may send again.
-	return ss.pub.Publish(ctx, ss.topo.Subject(partition), change.IdempotencyKey(ev.CommitLsn, ev.CommitIdx), data)
+	return ss.pub.Add(ctx, partition, ss.topo.Subject(partition), ev)
 }

@@ -2,7 +2,6 @@ package rediswriter
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -23,46 +22,49 @@ type applier struct {
 	box   *deadletter.Box
 }
 
-// item is one message of a batch.
+// item is one change of a message.
 type item struct {
-	msg      jetstream.Msg
 	ev       *sluicev1.ChangeEvent
 	from, to int // its commands
 	err      error
 }
 
-// apply writes one batch and settles each message: acknowledged when every
-// command succeeded (or was older than the key), redelivered after a growing
-// delay when one failed, dead-lettered after MaxDeliver attempts. It returns
-// how many messages failed.
-func (a *applier) apply(ctx context.Context, batch []jetstream.Msg) (failed int) {
+// apply writes the changes of msgs and settles each message: acknowledged
+// when every command of every change succeeded (or was older than its
+// key), redelivered after a growing delay when one failed; after
+// MaxDeliver attempts, the failed changes go to the dead-letter stream and
+// the message is done. It returns how many messages failed.
+func (a *applier) apply(ctx context.Context, msgs []jetstream.Msg) (failed int) {
 	sink := a.sink.Name
-	items := make([]item, len(batch))
-	cmds := make([]command.Command, 0, len(batch))
-	for i, m := range batch {
-		it := &items[i]
-		it.msg, it.from = m, len(cmds)
-		it.ev = new(sluicev1.ChangeEvent)
-		if err := proto.Unmarshal(m.Data(), it.ev); err != nil {
+	items := make([][]item, len(msgs))
+	cmds := make([]command.Command, 0, len(msgs))
+	for i, m := range msgs {
+		evs, err := change.Events(m.Data())
+		if err != nil {
 			// It will never decode: no point retrying.
-			a.deadLetter(ctx, it, "", fmt.Errorf("decode event: %w", err), 1)
-			it.ev = nil
+			if a.deadLetter(ctx, m, m.Data(), "", err, 1) {
+				_ = m.Term()
+			} else {
+				_ = m.NakWithDelay(nakDelay(1))
+			}
 			continue
 		}
-		// A TRUNCATE is governed by on_truncate, not by actions; a READ is
-		// for the one sink its backfill is for.
-		truncate := it.ev.Action == sluicev1.Action_ACTION_TRUNCATE
-		otherSink := it.ev.BackfillSink != "" && it.ev.BackfillSink != sink
-		if otherSink || !a.tables[it.ev.Schema+"."+it.ev.Table] || !truncate && !a.actions[change.Action(it.ev.Action)] {
-			it.ev = nil
-			_ = m.Ack()
-			changes.WithLabelValues(sink, "filtered").Inc()
-			continue
+		for _, ev := range evs {
+			// A TRUNCATE is governed by on_truncate, not by actions; a READ
+			// is for the one sink its backfill is for.
+			truncate := ev.Action == sluicev1.Action_ACTION_TRUNCATE
+			otherSink := ev.BackfillSink != "" && ev.BackfillSink != sink
+			if otherSink || !a.tables[ev.Schema+"."+ev.Table] || !truncate && !a.actions[change.Action(ev.Action)] {
+				changes.WithLabelValues(sink, "filtered").Inc()
+				continue
+			}
+			it := item{ev: ev, from: len(cmds)}
+			if cmds, it.err = a.render.Append(cmds, ev); it.err != nil {
+				cmds = cmds[:it.from] // nothing of a change whose expression failed
+			}
+			it.to = len(cmds)
+			items[i] = append(items[i], it)
 		}
-		if cmds, it.err = a.render.Append(cmds, it.ev); it.err != nil {
-			cmds = cmds[:it.from] // nothing of a change whose expression failed
-		}
-		it.to = len(cmds)
 	}
 
 	var errs []error
@@ -75,61 +77,75 @@ func (a *applier) apply(ctx context.Context, batch []jetstream.Msg) (failed int)
 		changes.WithLabelValues(sink, "stale").Add(float64(stale))
 	}
 	now := time.Now()
-	for i := range items {
-		it := &items[i]
-		if it.ev == nil {
-			continue
-		}
-		for _, err := range errs[it.from:it.to] {
-			if err != nil && it.err == nil {
-				it.err = err
+	for i, m := range msgs {
+		var bad []*item
+		for j := range items[i] {
+			it := &items[i][j]
+			for _, err := range errs[it.from:it.to] {
+				if err != nil && it.err == nil {
+					it.err = err
+				}
 			}
-		}
-		if it.err == nil {
-			if it.from == it.to {
+			switch {
+			case it.err != nil:
+				bad = append(bad, it)
+			case it.from == it.to:
 				changes.WithLabelValues(sink, "filtered").Inc()
-			} else {
+			default:
 				changes.WithLabelValues(sink, "applied").Inc()
 				commitToRedis.WithLabelValues(sink).Observe(now.Sub(time.UnixMicro(it.ev.CommitTimestampUs)).Seconds())
 			}
-			_ = it.msg.Ack()
+		}
+		if len(bad) == 0 {
+			_ = m.Ack()
 			continue
 		}
 		failed++
 		attempts := 1
-		if md, err := it.msg.Metadata(); err == nil {
+		if md, err := m.Metadata(); err == nil {
 			attempts = int(md.NumDelivered)
 		}
-		key := ""
-		if it.to > it.from {
-			key = cmds[it.to-1].Key
-		}
-		if attempts >= a.sink.MaxDeliver {
-			a.deadLetter(ctx, it, key, it.err, attempts)
+		if attempts < a.sink.MaxDeliver {
+			changes.WithLabelValues(sink, "failed").Add(float64(len(bad)))
+			a.warn.log(a.log, "write to redis", bad[0].err)
+			// The whole message comes back; its changes that succeeded are
+			// then older than their keys, and skipped.
+			_ = m.NakWithDelay(nakDelay(attempts))
 			continue
 		}
-		changes.WithLabelValues(sink, "failed").Inc()
-		a.warn.log(a.log, "write to redis", it.err)
-		_ = it.msg.NakWithDelay(nakDelay(attempts))
+		settled := true
+		for _, it := range bad {
+			data, _ := proto.Marshal(it.ev)
+			key := ""
+			if it.to > it.from {
+				key = cmds[it.to-1].Key
+			}
+			settled = a.deadLetter(ctx, m, data, key, it.err, attempts) && settled
+		}
+		if settled {
+			_ = m.Term()
+		} else {
+			_ = m.NakWithDelay(nakDelay(attempts))
+		}
 	}
 	return failed
 }
 
-// deadLetter moves a message to the dead-letter stream, or, when that
-// fails, has it redelivered: a change is never dropped.
-func (a *applier) deadLetter(ctx context.Context, it *item, key string, cause error, attempts int) {
-	l := deadletter.Letter{Sink: a.sink.Name, Key: key, Error: cause.Error(), Attempts: attempts, Data: it.msg.Data()}
-	if md, err := it.msg.Metadata(); err == nil {
+// deadLetter stores one change of m in the dead-letter stream. It reports
+// false when that failed: the message is then redelivered, so that a change
+// is never dropped.
+func (a *applier) deadLetter(ctx context.Context, m jetstream.Msg, data []byte, key string, cause error, attempts int) bool {
+	l := deadletter.Letter{Sink: a.sink.Name, Key: key, Error: cause.Error(), Attempts: attempts, Data: data}
+	if md, err := m.Metadata(); err == nil {
 		l.StreamSeq = md.Sequence.Stream
 	}
 	if err := a.box.Put(ctx, l); err != nil {
 		a.warn.log(a.log, "dead-letter a change", err)
-		_ = it.msg.NakWithDelay(nakDelay(attempts))
-		return
+		return false
 	}
 	changes.WithLabelValues(a.sink.Name, "dead_lettered").Inc()
 	a.log.Error("change dead-lettered", zap.String("key", key), zap.Int("attempts", attempts), zap.Uint64("stream_seq", l.StreamSeq), zap.Error(cause))
-	_ = it.msg.Term()
+	return true
 }
 
 // nakDelay doubles with every attempt: 1s, 2s, 4s … up to a minute.

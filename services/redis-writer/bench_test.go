@@ -11,7 +11,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/sluicehq/sluice/pkg/change"
 	"github.com/sluicehq/sluice/pkg/config"
@@ -79,10 +78,19 @@ func BenchmarkWriter(b *testing.B) {
 	}
 }
 
-// publish puts n insert events of ~200-byte rows into the stream and
-// returns the size of the value the writer will SET.
+// publish puts n insert events of ~200-byte rows into the stream, in
+// batches per partition as capture sends them, and returns the size of the
+// value the writer will SET.
 func publish(b *testing.B, js jetstream.JetStream, topo topology.Topology, n int) int {
 	b.Helper()
+	batches := make([][]byte, topo.Partitions)
+	counts := make([]int, topo.Partitions)
+	send := func(p int) {
+		if _, err := js.PublishAsync(topo.Subject(p), batches[p]); err != nil {
+			b.Fatal(err)
+		}
+		batches[p], counts[p] = nil, 0
+	}
 	var last []byte
 	for i := range n {
 		id := strconv.Itoa(i)
@@ -93,12 +101,21 @@ func publish(b *testing.B, js jetstream.JetStream, topo topology.Topology, n int
 				`"profile":{"lang":"en","plan":"pro","tags":["a","b"]},"updated_at":"2026-11-25T20:00:00.123456Z"}`),
 			CommitLsn: uint64(1000 + i), CommitTimestampUs: time.Now().UnixMicro(),
 		}
-		data, _ := proto.Marshal(ev)
-		if _, err := js.PublishAsync(topo.Subject(topo.Partition("public", "users", ev.PkValues)), data); err != nil {
+		p := topo.Partition("public", "users", ev.PkValues)
+		var err error
+		if batches[p], err = change.AppendEvent(batches[p], ev); err != nil {
 			b.Fatal(err)
+		}
+		if counts[p]++; counts[p] == 64 {
+			send(p)
 		}
 		if i == n-1 {
 			last = change.AppendMessage(nil, ev, change.NewConsumer("bench"))
+		}
+	}
+	for p := range batches {
+		if counts[p] > 0 {
+			send(p)
 		}
 	}
 	select {

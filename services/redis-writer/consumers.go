@@ -12,13 +12,16 @@ import (
 	"github.com/sluicehq/sluice/pkg/topology"
 )
 
+// prefetchBytes bounds what the client fetches ahead, per partition: with
+// every partition, a writer holds at most 16 times this in waiting batches.
+const prefetchBytes = 1 << 20
+
 // consumers runs the partition consumers a writer owns; all of them feed
 // one channel, from which the writer builds its batches.
 type consumers struct {
 	stream   jetstream.Stream
 	sink     string
 	msgs     chan<- jetstream.Msg
-	pullMax  int
 	expiry   time.Duration
 	log      *zap.Logger
 	warn     *throttle
@@ -50,7 +53,7 @@ func (c *consumers) set(ctx context.Context, partitions []int) error {
 		cc, err := cons.Consume(func(m jetstream.Msg) { c.msgs <- m },
 			jetstream.PullPriorityGroup(topology.PriorityGroup),
 			jetstream.PullExpiry(c.expiry),
-			jetstream.PullMaxMessages(c.pullMax),
+			jetstream.PullMaxBytes(prefetchBytes),
 			jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 				if errors.Is(err, jetstream.ErrPinIDMismatch) || errors.Is(err, jetstream.ErrNoHeartbeat) {
 					c.log.Debug("partition handover", zap.Int("partition", p), zap.Error(err))

@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/sluicehq/sluice/pkg/change"
 	"github.com/sluicehq/sluice/pkg/config"
 	"github.com/sluicehq/sluice/pkg/deadletter"
 	"github.com/sluicehq/sluice/pkg/metrics"
@@ -100,8 +101,8 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 
 	batchSize := s.sink.BatchSize
-	msgs := make(chan jetstream.Msg, batchSize)
-	cons := &consumers{stream: stream, sink: s.sink.Name, msgs: msgs, pullMax: 2 * batchSize,
+	msgs := make(chan jetstream.Msg, 64)
+	cons := &consumers{stream: stream, sink: s.sink.Name, msgs: msgs,
 		expiry: max(time.Second, s.sink.Failover/3), log: s.log, warn: &s.warn,
 		running: map[int]jetstream.ConsumeContext{}, handlers: map[int]jetstream.Consumer{}}
 
@@ -133,7 +134,7 @@ func (s *Service) Run(ctx context.Context) error {
 	s.log.Info("writing", zap.String("redis", st.Addr()))
 
 	a := applier{Service: s, store: st, box: box}
-	batch := make([]jetstream.Msg, 0, batchSize)
+	var batch []jetstream.Msg
 	pause := time.Duration(0)
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
@@ -154,12 +155,16 @@ func (s *Service) Run(ctx context.Context) error {
 		case <-tick.C:
 			cons.updatePending(ctx)
 		case m := <-msgs:
+			// A batch takes messages (each holding changes) until it holds
+			// batch_size changes or none waits.
 			batch = append(batch[:0], m)
+			events := change.CountEvents(m.Data())
 		fill:
-			for len(batch) < batchSize {
+			for events < batchSize {
 				select {
 				case m := <-msgs:
 					batch = append(batch, m)
+					events += max(change.CountEvents(m.Data()), 1)
 				default:
 					break fill
 				}

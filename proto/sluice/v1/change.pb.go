@@ -91,6 +91,53 @@ func (Action) EnumDescriptor() ([]byte, []int) {
 	return file_sluice_v1_change_proto_rawDescGZIP(), []int{0}
 }
 
+// ChangeBatch is the payload of one stream message: changes of one
+// partition, in commit order. Batching spreads the per-message costs of
+// JetStream (storage, delivery, acknowledgement) over many changes.
+type ChangeBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Events        []*ChangeEvent         `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangeBatch) Reset() {
+	*x = ChangeBatch{}
+	mi := &file_sluice_v1_change_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangeBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangeBatch) ProtoMessage() {}
+
+func (x *ChangeBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_v1_change_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangeBatch.ProtoReflect.Descriptor instead.
+func (*ChangeBatch) Descriptor() ([]byte, []int) {
+	return file_sluice_v1_change_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ChangeBatch) GetEvents() []*ChangeEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
 // ChangeEvent is one row change of one committed transaction.
 //
 // (commit_lsn, commit_idx) totally orders the changes of a database: commit
@@ -136,7 +183,7 @@ type ChangeEvent struct {
 
 func (x *ChangeEvent) Reset() {
 	*x = ChangeEvent{}
-	mi := &file_sluice_v1_change_proto_msgTypes[0]
+	mi := &file_sluice_v1_change_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -148,7 +195,7 @@ func (x *ChangeEvent) String() string {
 func (*ChangeEvent) ProtoMessage() {}
 
 func (x *ChangeEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_v1_change_proto_msgTypes[0]
+	mi := &file_sluice_v1_change_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -161,7 +208,7 @@ func (x *ChangeEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeEvent.ProtoReflect.Descriptor instead.
 func (*ChangeEvent) Descriptor() ([]byte, []int) {
-	return file_sluice_v1_change_proto_rawDescGZIP(), []int{0}
+	return file_sluice_v1_change_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *ChangeEvent) GetIdempotencyKey() string {
@@ -280,7 +327,9 @@ var File_sluice_v1_change_proto protoreflect.FileDescriptor
 
 const file_sluice_v1_change_proto_rawDesc = "" +
 	"\n" +
-	"\x16sluice/v1/change.proto\x12\tsluice.v1\"\xa9\x04\n" +
+	"\x16sluice/v1/change.proto\x12\tsluice.v1\"=\n" +
+	"\vChangeBatch\x12.\n" +
+	"\x06events\x18\x01 \x03(\v2\x16.sluice.v1.ChangeEventR\x06events\"\xa9\x04\n" +
 	"\vChangeEvent\x12'\n" +
 	"\x0fidempotency_key\x18\x01 \x01(\tR\x0eidempotencyKey\x12)\n" +
 	"\x06action\x18\x02 \x01(\x0e2\x11.sluice.v1.ActionR\x06action\x12\x1a\n" +
@@ -324,18 +373,20 @@ func file_sluice_v1_change_proto_rawDescGZIP() []byte {
 }
 
 var file_sluice_v1_change_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_sluice_v1_change_proto_msgTypes = make([]protoimpl.MessageInfo, 1)
+var file_sluice_v1_change_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
 var file_sluice_v1_change_proto_goTypes = []any{
 	(Action)(0),         // 0: sluice.v1.Action
-	(*ChangeEvent)(nil), // 1: sluice.v1.ChangeEvent
+	(*ChangeBatch)(nil), // 1: sluice.v1.ChangeBatch
+	(*ChangeEvent)(nil), // 2: sluice.v1.ChangeEvent
 }
 var file_sluice_v1_change_proto_depIdxs = []int32{
-	0, // 0: sluice.v1.ChangeEvent.action:type_name -> sluice.v1.Action
-	1, // [1:1] is the sub-list for method output_type
-	1, // [1:1] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	2, // 0: sluice.v1.ChangeBatch.events:type_name -> sluice.v1.ChangeEvent
+	0, // 1: sluice.v1.ChangeEvent.action:type_name -> sluice.v1.Action
+	2, // [2:2] is the sub-list for method output_type
+	2, // [2:2] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_sluice_v1_change_proto_init() }
@@ -349,7 +400,7 @@ func file_sluice_v1_change_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sluice_v1_change_proto_rawDesc), len(file_sluice_v1_change_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   1,
+			NumMessages:   2,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,5 +1,10 @@
-// Package publisher publishes change events to the JetStream stream
-// asynchronously and tracks how far the WAL is safely stored.
+// Package publisher publishes change events to the JetStream stream and
+// tracks how far the WAL is safely stored.
+//
+// Events are gathered per partition into batches (one stream message each)
+// and published asynchronously when a batch is full or the session calls
+// Flush. A WAL position given to Commit is confirmed only once everything
+// added before it is acknowledged.
 //
 // Ordering and gaps: every message carries the stream sequence it expects to
 // follow (Nats-Expected-Last-Sequence). If one publish fails, every later one
@@ -17,12 +22,18 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"google.golang.org/protobuf/proto"
 
+	"github.com/sluicehq/sluice/pkg/change"
 	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
 )
 
-// Position is the last event the stream holds.
+const (
+	// A batch is published once it holds this many events or bytes.
+	maxBatchEvents = 512
+	maxBatchBytes  = 128 << 10
+)
+
+// Position is the last event of a partition in the stream.
 type Position struct {
 	LSN uint64
 	Idx uint32
@@ -30,17 +41,39 @@ type Position struct {
 	Valid bool
 }
 
-// Covers reports whether the event at (lsn, idx) is at or before p, that is
-// already in the stream.
+// Covers reports whether the event at (lsn, idx) is at or before p.
 func (p Position) Covers(lsn uint64, idx uint32) bool {
 	return p.Valid && (lsn < p.LSN || lsn == p.LSN && idx <= p.Idx)
 }
 
+// Resume is where each partition's events in the stream end. A partition's
+// events in the stream are always a prefix of its events (a failed publish
+// fails every later one), so after a restart an event is in the stream
+// exactly when its partition's position covers it. The stream's last
+// message alone would not tell: batches of other partitions, with older
+// events, may have been waiting when capture stopped.
+type Resume map[int]Position
+
+// Covers reports whether the event at (lsn, idx) of partition is already
+// in the stream.
+func (r Resume) Covers(partition int, lsn uint64, idx uint32) bool {
+	return r[partition].Covers(lsn, idx)
+}
+
 type item struct {
 	fut    jetstream.PubAckFuture // nil for a WAL position marker
+	events int
 	lsn    uint64
 	sent   time.Time
 	notify []chan struct{} // closed once the marker is passed
+}
+
+// batch is a partition's events not yet published.
+type batch struct {
+	subject string
+	id      string // the message id: its first event's position
+	data    []byte
+	events  int
 }
 
 // Publisher is one session's publisher. It is not safe for concurrent use,
@@ -49,6 +82,8 @@ type Publisher struct {
 	js      jetstream.JetStream
 	items   chan item
 	lastSeq uint64
+	batches map[int]*batch
+	markers []item // commits waiting for the batches before them
 	flushed atomic.Uint64
 	failed  chan struct{}
 	errOnce sync.Once
@@ -56,67 +91,129 @@ type Publisher struct {
 	done    chan struct{}
 }
 
-// Open reads the stream's last event and starts a publisher that keeps at
+// Open reads where each partition's events end in the stream (subject
+// names the partitions' subjects) and starts a publisher that keeps at
 // most maxInFlight messages unacknowledged.
-func Open(ctx context.Context, js jetstream.JetStream, stream string, maxInFlight int) (*Publisher, Position, error) {
+func Open(ctx context.Context, js jetstream.JetStream, stream string, partitions int, subject func(int) string, maxInFlight int) (*Publisher, Resume, error) {
 	st, err := js.Stream(ctx, stream)
 	if err != nil {
-		return nil, Position{}, fmt.Errorf("open stream %s: %w", stream, err)
+		return nil, nil, fmt.Errorf("open stream %s: %w", stream, err)
 	}
 	info, err := st.Info(ctx)
 	if err != nil {
-		return nil, Position{}, fmt.Errorf("read stream %s: %w", stream, err)
+		return nil, nil, fmt.Errorf("read stream %s: %w", stream, err)
 	}
-	var pos Position
-	if last := info.State.LastSeq; last > 0 {
-		msg, err := st.GetMsg(ctx, last)
+	resume := Resume{}
+	for p := range partitions {
+		msg, err := st.GetLastMsgForSubject(ctx, subject(p))
 		switch {
-		case errors.Is(err, jetstream.ErrMsgNotFound): // expired or purged: nothing to compare with
+		case errors.Is(err, jetstream.ErrMsgNotFound): // none yet, or expired
+			continue
 		case err != nil:
-			return nil, Position{}, fmt.Errorf("read last event of stream %s: %w", stream, err)
-		default:
-			var ev sluicev1.ChangeEvent
-			if err := proto.Unmarshal(msg.Data, &ev); err != nil {
-				return nil, Position{}, fmt.Errorf("decode last event of stream %s (seq %d): %w", stream, last, err)
-			}
-			pos = Position{LSN: ev.CommitLsn, Idx: ev.CommitIdx, Valid: true}
+			return nil, nil, fmt.Errorf("read the last message of %s: %w", subject(p), err)
 		}
+		evs, err := change.Events(msg.Data)
+		if err != nil || len(evs) == 0 {
+			return nil, nil, fmt.Errorf("read the last message of %s (seq %d): %v", subject(p), msg.Sequence, err)
+		}
+		ev := evs[len(evs)-1]
+		resume[p] = Position{LSN: ev.CommitLsn, Idx: ev.CommitIdx, Valid: true}
 	}
 	p := &Publisher{
 		js:      js,
 		items:   make(chan item, maxInFlight),
 		lastSeq: info.State.LastSeq,
+		batches: map[int]*batch{},
 		failed:  make(chan struct{}),
 		done:    make(chan struct{}),
 	}
 	go p.track()
-	return p, pos, nil
+	return p, resume, nil
 }
 
-// Publish sends one event without waiting for its acknowledgement. It
-// blocks while maxInFlight events are unacknowledged, and returns the first
-// failure of any earlier publish.
-func (p *Publisher) Publish(ctx context.Context, subject, msgID string, data []byte) error {
-	select {
-	case <-p.failed:
-		return p.err
-	default:
+// Add puts ev into its partition's batch, publishing the batch when full.
+// It returns the first failure of any earlier publish.
+func (p *Publisher) Add(ctx context.Context, partition int, subject string, ev *sluicev1.ChangeEvent) error {
+	if err := p.Err(); err != nil {
+		return err
 	}
-	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
-	fut, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(msgID), jetstream.WithExpectLastSequence(p.lastSeq))
+	b := p.batches[partition]
+	if b == nil {
+		b = &batch{subject: subject}
+		p.batches[partition] = b
+	}
+	if b.events == 0 {
+		b.id = change.IdempotencyKey(ev.CommitLsn, ev.CommitIdx)
+	}
+	var err error
+	if b.data, err = change.AppendEvent(b.data, ev); err != nil {
+		return err
+	}
+	b.events++
+	if b.events >= maxBatchEvents || len(b.data) >= maxBatchBytes {
+		return p.publish(ctx, b)
+	}
+	return nil
+}
+
+// Pending reports whether events or commits wait for Flush.
+func (p *Publisher) Pending() bool { return len(p.markers) > 0 || p.buffered() }
+
+func (p *Publisher) buffered() bool {
+	for _, b := range p.batches {
+		if b.events > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// Flush publishes every batch, then queues the commits that waited for
+// them.
+func (p *Publisher) Flush(ctx context.Context) error {
+	for _, b := range p.batches {
+		if b.events > 0 {
+			if err := p.publish(ctx, b); err != nil {
+				return err
+			}
+		}
+	}
+	for len(p.markers) > 0 {
+		if err := p.enqueue(ctx, p.markers[0]); err != nil {
+			return err
+		}
+		p.markers = p.markers[1:]
+	}
+	return nil
+}
+
+func (p *Publisher) publish(ctx context.Context, b *batch) error {
+	// The message keeps the batch's buffer: the NATS client may resend it.
+	msg := &nats.Msg{Subject: b.subject, Data: b.data, Header: nats.Header{}}
+	events := b.events
+	b.data, b.events = nil, 0
+	fut, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(b.id), jetstream.WithExpectLastSequence(p.lastSeq))
 	if err != nil {
-		return fmt.Errorf("publish change %s (%d bytes) to %s: %w", msgID, len(data), subject, err)
+		err = fmt.Errorf("publish %d changes (%d bytes) to %s: %w", events, len(msg.Data), b.subject, err)
+		p.fail(err)
+		return err
 	}
 	p.lastSeq++
-	inFlight.Inc()
-	return p.enqueue(ctx, item{fut: fut, sent: time.Now()})
+	inFlight.Add(float64(events))
+	return p.enqueue(ctx, item{fut: fut, events: events, sent: time.Now()})
 }
 
-// Commit marks lsn as safely delivered once every event published before
-// the call is acknowledged; then it closes the notify channels. After a
-// failure they are never closed.
+// Commit marks lsn as safely delivered once every event added before the
+// call is acknowledged; then it closes the notify channels. After a
+// failure they are never closed. While events wait in batches, the commit
+// waits for the Flush that publishes them.
 func (p *Publisher) Commit(ctx context.Context, lsn uint64, notify ...chan struct{}) error {
-	return p.enqueue(ctx, item{lsn: lsn, notify: notify})
+	it := item{lsn: lsn, notify: notify}
+	if p.Pending() {
+		p.markers = append(p.markers, it)
+		return nil
+	}
+	return p.enqueue(ctx, it)
 }
 
 func (p *Publisher) enqueue(ctx context.Context, it item) error {
@@ -130,18 +227,8 @@ func (p *Publisher) enqueue(ctx context.Context, it item) error {
 	}
 }
 
-// Flushed is the WAL position up to which every event is in the stream.
-func (p *Publisher) Flushed() uint64 { return p.flushed.Load() }
-
-// Close waits for the acknowledgements of everything published, or for ctx,
-// and returns the first failure.
-func (p *Publisher) Close(ctx context.Context) error {
-	close(p.items)
-	select {
-	case <-p.done:
-	case <-ctx.Done():
-		return fmt.Errorf("wait for publish acknowledgements: %w", ctx.Err())
-	}
+// Err is the first failure of a publish, or nil.
+func (p *Publisher) Err() error {
 	select {
 	case <-p.failed:
 		return p.err
@@ -150,13 +237,32 @@ func (p *Publisher) Close(ctx context.Context) error {
 	}
 }
 
+// Flushed is the WAL position up to which every event is in the stream.
+func (p *Publisher) Flushed() uint64 { return p.flushed.Load() }
+
+// Close publishes what waits, waits for the acknowledgements of everything
+// published, or for ctx, and returns the first failure.
+func (p *Publisher) Close(ctx context.Context) error {
+	ferr := p.Flush(ctx)
+	close(p.items)
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+		return fmt.Errorf("wait for publish acknowledgements: %w", ctx.Err())
+	}
+	if err := p.Err(); err != nil {
+		return err
+	}
+	return ferr
+}
+
 // track resolves acknowledgements in publish order. After a failure it only
 // drains, so that Flushed never passes an event that is not stored.
 func (p *Publisher) track() {
 	defer close(p.done)
 	for it := range p.items {
 		if it.fut == nil {
-			if !p.ok() {
+			if p.Err() != nil {
 				continue
 			}
 			if it.lsn > p.flushed.Load() {
@@ -170,21 +276,12 @@ func (p *Publisher) track() {
 		}
 		select {
 		case <-it.fut.Ok():
-			published.Inc()
+			published.Add(float64(it.events))
 			publishSeconds.Observe(time.Since(it.sent).Seconds())
 		case err := <-it.fut.Err():
-			p.fail(fmt.Errorf("publish change %s: %w", it.fut.Msg().Header.Get(jetstream.MsgIDHeader), err))
+			p.fail(fmt.Errorf("publish changes %s: %w", it.fut.Msg().Header.Get(jetstream.MsgIDHeader), err))
 		}
-		inFlight.Dec()
-	}
-}
-
-func (p *Publisher) ok() bool {
-	select {
-	case <-p.failed:
-		return false
-	default:
-		return true
+		inFlight.Sub(float64(it.events))
 	}
 }
 

@@ -2,13 +2,13 @@ package publisher
 
 import (
 	"context"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/sluicehq/sluice/pkg/testenv"
 	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
@@ -30,10 +30,11 @@ func setup(t *testing.T, maxMsgs int64) jetstream.JetStream {
 	return js
 }
 
-func event(lsn uint64, idx uint32) []byte {
-	b, _ := proto.Marshal(&sluicev1.ChangeEvent{CommitLsn: lsn, CommitIdx: idx})
-	return b
+func event(lsn uint64, idx uint32) *sluicev1.ChangeEvent {
+	return &sluicev1.ChangeEvent{CommitLsn: lsn, CommitIdx: idx}
 }
+
+func subject(p int) string { return "S.changes." + strconv.Itoa(p) }
 
 func waitFlushed(t *testing.T, p *Publisher, want uint64) {
 	t.Helper()
@@ -49,19 +50,27 @@ func waitFlushed(t *testing.T, p *Publisher, want uint64) {
 func TestPublishAndResume(t *testing.T) {
 	ctx := context.Background()
 	js := setup(t, -1)
-	p, pos, err := Open(ctx, js, "S", 2)
+	p, resume, err := Open(ctx, js, "S", 2, subject, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pos.Valid {
-		t.Fatalf("empty stream gave position %+v", pos)
+	if len(resume) != 0 {
+		t.Fatalf("empty stream gave positions %+v", resume)
 	}
 	for i := range uint32(3) {
-		if err := p.Publish(ctx, "S.changes.1", "id-"+string(rune('a'+i)), event(10, i)); err != nil {
+		if err := p.Add(ctx, int(i%2), "S.changes."+string(rune('0'+i%2)), event(10, i)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if err := p.Commit(ctx, 100); err != nil {
+		t.Fatal(err)
+	}
+	// The commit waits for the batches before it.
+	time.Sleep(50 * time.Millisecond)
+	if p.Flushed() != 0 || !p.Pending() {
+		t.Fatalf("flushed %d before the batches were published", p.Flushed())
+	}
+	if err := p.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
 	waitFlushed(t, p, 100)
@@ -69,19 +78,21 @@ func TestPublishAndResume(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	p2, pos, err := Open(ctx, js, "S", 2)
+	p2, resume, err := Open(ctx, js, "S", 2, subject, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer p2.Close(ctx)
-	if pos != (Position{LSN: 10, Idx: 2, Valid: true}) || !pos.Covers(10, 2) || !pos.Covers(9, 7) || pos.Covers(10, 3) || pos.Covers(11, 0) {
-		t.Fatalf("position after 3 events: %+v", pos)
+	// Partition 0 got events 0 and 2, partition 1 event 1.
+	if !resume.Covers(0, 10, 2) || resume.Covers(0, 10, 3) || !resume.Covers(1, 10, 1) || resume.Covers(1, 10, 2) || resume.Covers(2, 1, 0) {
+		t.Fatalf("positions after 3 events: %+v", resume)
 	}
 	// The chain continues after the stream's last sequence.
-	if err := p2.Publish(ctx, "S.changes.0", "id-d", event(11, 0)); err != nil {
+	if err := p2.Add(ctx, 0, "S.changes.0", event(11, 0)); err != nil {
 		t.Fatal(err)
 	}
 	p2.Commit(ctx, 200)
+	p2.Flush(ctx)
 	waitFlushed(t, p2, 200)
 }
 
@@ -90,14 +101,17 @@ func TestPublishAndResume(t *testing.T) {
 func TestFailureStopsTheChain(t *testing.T) {
 	ctx := context.Background()
 	js := setup(t, 5) // the sixth message is refused
-	p, _, err := Open(ctx, js, "S", 100)
+	p, _, err := Open(ctx, js, "S", 1, subject, 100)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var pubErr error
 	for i := uint64(1); i <= 8 && pubErr == nil; i++ {
-		if pubErr = p.Publish(ctx, "S.changes.0", "m"+string(rune('0'+i)), event(i, 0)); pubErr == nil {
+		if pubErr = p.Add(ctx, 0, "S.changes.0", event(i, 0)); pubErr == nil {
 			pubErr = p.Commit(ctx, i*10)
+		}
+		if pubErr == nil {
+			pubErr = p.Flush(ctx) // one message per event
 		}
 		time.Sleep(10 * time.Millisecond) // let acks arrive, so failure is seen
 	}
@@ -115,15 +129,85 @@ func TestFailureStopsTheChain(t *testing.T) {
 func TestExpectedSequence(t *testing.T) {
 	ctx := context.Background()
 	js := setup(t, -1)
-	p, _, err := Open(ctx, js, "S", 10)
+	p, _, err := Open(ctx, js, "S", 4, subject, 10)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := js.Publish(ctx, "S.changes.0", []byte("intruder")); err != nil {
 		t.Fatal(err)
 	}
-	p.Publish(ctx, "S.changes.0", "x", event(1, 0))
+	p.Add(ctx, 0, "S.changes.0", event(1, 0))
 	if err := p.Close(ctx); err == nil || !strings.Contains(err.Error(), "wrong last sequence") {
 		t.Fatalf("Close = %v", err)
+	}
+}
+
+// A partition's batch goes out when full, before any Flush.
+func TestFullBatch(t *testing.T) {
+	ctx := context.Background()
+	js := setup(t, -1)
+	p, _, err := Open(ctx, js, "S", 4, subject, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range uint32(maxBatchEvents + 1) {
+		if err := p.Add(ctx, 3, "S.changes.3", event(5, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.Commit(ctx, 99)
+	st, _ := js.Stream(ctx, "S")
+	deadline := time.Now().Add(5 * time.Second)
+	for st.CachedInfo().State.Msgs != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("stream holds %d messages, want the one full batch", st.CachedInfo().State.Msgs)
+		}
+		time.Sleep(10 * time.Millisecond)
+		st.Info(ctx)
+	}
+	if p.Flushed() != 0 {
+		t.Fatal("the commit passed an event still in a batch")
+	}
+	if err := p.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if p.Flushed() != 99 {
+		t.Fatalf("flushed %d after Close", p.Flushed())
+	}
+}
+
+// A crash while a partition's older events still wait in its batch, after
+// a fuller partition's newer events went out: on restart, the waiting
+// events are not taken for published.
+func TestResumeIsPerPartition(t *testing.T) {
+	ctx := context.Background()
+	js := setup(t, -1)
+	p, _, err := Open(ctx, js, "S", 2, subject, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Add(ctx, 0, subject(0), event(10, 0)) // waits in partition 0's batch
+	for i := range uint32(maxBatchEvents) {
+		p.Add(ctx, 1, subject(1), event(10, 1+i)) // fills partition 1's: published
+	}
+	st, _ := js.Stream(ctx, "S")
+	deadline := time.Now().Add(5 * time.Second)
+	for st.CachedInfo().State.Msgs != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the full batch was not published")
+		}
+		time.Sleep(10 * time.Millisecond)
+		st.Info(ctx)
+	}
+	// The process dies here, without Flush.
+	_, resume, err := Open(ctx, js, "S", 2, subject, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resume.Covers(0, 10, 0) {
+		t.Fatal("an event that never left its batch counts as published")
+	}
+	if !resume.Covers(1, 10, maxBatchEvents) || resume.Covers(1, 11, 0) {
+		t.Fatalf("partition 1 resumes at %+v", resume[1])
 	}
 }
