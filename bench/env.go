@@ -157,23 +157,6 @@ func (e *env) close() {
 	}
 }
 
-// streamMsgs is how many events the change stream holds; 0 before capture
-// created it.
-func (e *env) streamMsgs(ctx context.Context) (uint64, error) {
-	st, err := e.js.Stream(ctx, streamName)
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, err
-	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		return 0, err
-	}
-	return info.State.Msgs, nil
-}
-
 // sinkPending is how many events the sink's writers have not acknowledged
 // yet, over every partition; ok is false while a partition's consumer does
 // not exist yet.

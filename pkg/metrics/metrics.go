@@ -1,6 +1,6 @@
 // Package metrics serves what an operator's tools read of a service:
-// Prometheus metrics on /metrics, liveness on /healthz and readiness on
-// /readyz. Services define their metrics with promauto on the default
+// Prometheus metrics on /metrics, liveness on /healthz, readiness on
+// /readyz, and Go's profiles on /debug/pprof/. Services define their metrics with promauto on the default
 // registry and report readiness through Ready.
 package metrics
 
@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sort"
 	"sync"
 	"time"
@@ -46,6 +47,9 @@ func readiness() []string {
 func Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.Handler())
+	// Profiles, for finding where a live service spends its time or memory.
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if failing := readiness(); len(failing) > 0 {

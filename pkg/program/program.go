@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"runtime/debug"
 	"runtime/pprof"
 
 	"go.uber.org/zap"
@@ -43,12 +42,6 @@ func Main(name string, fs *flag.FlagSet, args []string, run Run) {
 		Exit(name, err)
 	}
 	log = log.Named(name)
-	if os.Getenv("GOMEMLIMIT") == "" {
-		// The services hold little for long (batches in flight); a soft
-		// limit keeps the heap's growth between collections from taking
-		// them past 100 MiB. GOMEMLIMIT overrides it.
-		debug.SetMemoryLimit(memoryLimit)
-	}
 	ctx, cancel := shutdown.Context(context.Background())
 	if path := os.Getenv("SLUICE_CPUPROFILE"); path != "" {
 		stop, err := cpuProfile(path)
@@ -88,9 +81,6 @@ func cpuProfile(path string) (stop func(), err error) {
 	}
 	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
-
-// memoryLimit is the services' soft memory limit.
-const memoryLimit = 64 << 20
 
 // Exit prints "name: err" on one line and exits with status 1.
 func Exit(name string, err error) {

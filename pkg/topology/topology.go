@@ -19,6 +19,10 @@ import (
 	"github.com/sluicehq/sluice/pkg/config"
 )
 
+// MaxAckPending bounds the messages of a partition delivered to writers
+// and not yet acknowledged.
+const MaxAckPending = 8
+
 // PriorityGroup is the priority group of every partition consumer: the
 // server delivers a partition to one pinned writer at a time.
 const PriorityGroup = "writers"
@@ -98,9 +102,12 @@ func (t Topology) ConsumerConfig(sink config.Sink, partition int) jetstream.Cons
 		AckWait:       sink.AckWait,
 		// Dead letters are the writer's decision, after sink.MaxDeliver.
 		MaxDeliver: -1,
-		// Room for a dead writer's unacknowledged messages and its
-		// successor's, so a takeover need not wait for AckWait.
-		MaxAckPending:  8 * sink.BatchSize,
+		// Messages are batches of changes: a few in flight keep a writer
+		// busy, and bound what it holds (the client pulls more whenever a
+		// pull expires, whether or not it kept up). Room for a dead
+		// writer's unacknowledged ones and its successor's, so that a
+		// takeover need not wait for AckWait.
+		MaxAckPending:  MaxAckPending,
 		Replicas:       t.Replicas,
 		PriorityGroups: []string{PriorityGroup},
 		PriorityPolicy: jetstream.PriorityPolicyPinned,

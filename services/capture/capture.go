@@ -31,9 +31,12 @@ const (
 	// maxInFlight bounds the messages (batches of events) published but
 	// not yet acknowledged.
 	maxInFlight = 256
-	// flushDelay is the longest an event waits in a batch: the price in
-	// latency of sending many changes per message.
-	flushDelay = 5 * time.Millisecond
+	// An event waits in its batch at most flushDelay, the price in latency
+	// of sending many changes per message; quickFlush after a flush that
+	// found few events, so that a light load pays little of it.
+	flushDelay, quickFlush = 5 * time.Millisecond, time.Millisecond
+	// fewEvents is a flush too small to be worth waiting for.
+	fewEvents = 64
 	// drainTimeout bounds the wait for acknowledgements at shutdown.
 	drainTimeout = 30 * time.Second
 	maxBackoff   = 30 * time.Second
@@ -102,11 +105,14 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	defer bsrc.Close(context.Background())
 	worker := backfiller.NewWorker(s.cfg, jobs, bsrc, s.chunks, s.log.Named("backfill"))
+	workerDone := make(chan struct{})
 	go func() {
+		defer close(workerDone)
 		if err := worker.Run(ctx); err != nil && ctx.Err() == nil {
 			s.log.Error("backfills stopped", zap.Error(err))
 		}
 	}()
+	defer func() { <-workerDone }() // before its connection closes
 
 	metrics.Ready("capture", func() error {
 		if !s.streaming.Load() {
@@ -181,6 +187,7 @@ type session struct {
 	// flushAt is when the events waiting in batches must be published;
 	// zero while none waits.
 	flushAt time.Time
+	delay   time.Duration // the next flush's, from the last one's size
 }
 
 // errRearm ends a receive whose deadline must move earlier: events wait
@@ -201,10 +208,14 @@ func (ss *session) run(ctx context.Context, stream *source.Stream) error {
 			lastBeat = now
 		}
 		if !ss.flushAt.IsZero() && !now.Before(ss.flushAt) {
-			if err := ss.pub.Flush(ctx); err != nil {
+			n, err := ss.pub.Flush(ctx)
+			if err != nil {
 				return err
 			}
-			ss.flushAt = time.Time{}
+			ss.flushAt, ss.delay = time.Time{}, flushDelay
+			if n < fewEvents {
+				ss.delay = quickFlush
+			}
 		}
 		if !now.Before(nextStatus) {
 			if err := stream.SendStatus(pgoutput.LSN(ss.pub.Flushed())); err != nil {
@@ -259,7 +270,7 @@ func (ss *session) receive(ctx, rctx context.Context, stream *source.Stream) err
 			}
 		}
 		if ss.flushAt.IsZero() && ss.pub.Pending() {
-			ss.flushAt = time.Now().Add(flushDelay)
+			ss.flushAt = time.Now().Add(max(ss.delay, quickFlush))
 			return errRearm
 		}
 	}

@@ -116,6 +116,9 @@ func (w *Worker) next(ctx context.Context) (*backfill.Job, error) {
 
 // run carries one job on from its cursor until it is done or cancelled.
 func (w *Worker) run(ctx context.Context, id string) error {
+	if err := w.src.Reconnect(ctx); err != nil { // Postgres may have restarted
+		return err
+	}
 	job, rev, err := w.jobs.Get(ctx, id)
 	if err != nil || !job.State.Active() {
 		return err

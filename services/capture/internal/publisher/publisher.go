@@ -28,9 +28,11 @@ import (
 )
 
 const (
-	// A batch is published once it holds this many events or bytes.
-	maxBatchEvents = 512
-	maxBatchBytes  = 128 << 10
+	// A batch is published once it holds this many events or bytes: enough
+	// to spread a message's costs, little enough that what a writer holds
+	// (16 partitions × topology.MaxAckPending messages) stays small.
+	maxBatchEvents = 256
+	maxBatchBytes  = 64 << 10
 )
 
 // Position is the last event of a partition in the stream.
@@ -169,22 +171,24 @@ func (p *Publisher) buffered() bool {
 }
 
 // Flush publishes every batch, then queues the commits that waited for
-// them.
-func (p *Publisher) Flush(ctx context.Context) error {
+// them. It returns how many events it published.
+func (p *Publisher) Flush(ctx context.Context) (int, error) {
+	n := 0
 	for _, b := range p.batches {
 		if b.events > 0 {
+			n += b.events
 			if err := p.publish(ctx, b); err != nil {
-				return err
+				return n, err
 			}
 		}
 	}
 	for len(p.markers) > 0 {
 		if err := p.enqueue(ctx, p.markers[0]); err != nil {
-			return err
+			return n, err
 		}
 		p.markers = p.markers[1:]
 	}
-	return nil
+	return n, nil
 }
 
 func (p *Publisher) publish(ctx context.Context, b *batch) error {
@@ -243,7 +247,7 @@ func (p *Publisher) Flushed() uint64 { return p.flushed.Load() }
 // Close publishes what waits, waits for the acknowledgements of everything
 // published, or for ctx, and returns the first failure.
 func (p *Publisher) Close(ctx context.Context) error {
-	ferr := p.Flush(ctx)
+	_, ferr := p.Flush(ctx)
 	close(p.items)
 	select {
 	case <-p.done:

@@ -70,8 +70,8 @@ func TestPublishAndResume(t *testing.T) {
 	if p.Flushed() != 0 || !p.Pending() {
 		t.Fatalf("flushed %d before the batches were published", p.Flushed())
 	}
-	if err := p.Flush(ctx); err != nil {
-		t.Fatal(err)
+	if n, err := p.Flush(ctx); err != nil || n != 3 {
+		t.Fatalf("Flush = %d, %v", n, err)
 	}
 	waitFlushed(t, p, 100)
 	if err := p.Close(ctx); err != nil {
@@ -111,7 +111,7 @@ func TestFailureStopsTheChain(t *testing.T) {
 			pubErr = p.Commit(ctx, i*10)
 		}
 		if pubErr == nil {
-			pubErr = p.Flush(ctx) // one message per event
+			_, pubErr = p.Flush(ctx) // one message per event
 		}
 		time.Sleep(10 * time.Millisecond) // let acks arrive, so failure is seen
 	}
