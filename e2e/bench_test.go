@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"strconv"
@@ -11,8 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
+	"github.com/sluicehq/sluice/pkg/testenv"
 )
 
 // BenchmarkCapture measures capture alone, from the WAL to JetStream's
@@ -40,8 +41,8 @@ func BenchmarkCapture(b *testing.B) {
 	recvRate := float64(changes) / time.Since(began).Seconds()
 
 	began = time.Now()
-	capture := start(b, "sluice-capture", "--config", cfg)
-	waitStream(b, e, changes)
+	capture, addr := startCapture(b, cfg)
+	waitStream(b, addr, changes)
 	rate := float64(changes) / time.Since(began).Seconds()
 	b.StopTimer()
 	rss := peakRSS(b, capture.Pid())
@@ -67,8 +68,8 @@ func BenchmarkCaptureBigTransaction(b *testing.B) {
 	e.exec(`INSERT INTO items SELECT g, g % 100, md5(g::text) FROM generate_series(1, $1) g`, b.N)
 	b.ResetTimer()
 	began := time.Now()
-	capture := start(b, "sluice-capture", "--config", cfg)
-	waitStream(b, e, b.N)
+	capture, addr := startCapture(b, cfg)
+	waitStream(b, addr, b.N)
 	b.ReportMetric(float64(b.N)/time.Since(began).Seconds(), "changes/s")
 	b.StopTimer()
 	b.ReportMetric(float64(peakRSS(b, capture.Pid()))/(1<<20), "peak-RSS-MiB")
@@ -124,23 +125,33 @@ func (e *env) walLSN() string {
 	return lsn
 }
 
-// waitStream waits until the stream holds n events.
-func waitStream(b *testing.B, e *env, n int) {
+// startCapture runs capture with its metrics on a free port.
+func startCapture(b *testing.B, cfg string) (*proc, string) {
 	b.Helper()
-	nc, err := nats.Connect(e.nats.URL())
+	port, err := testenv.FreePort()
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	ctx := context.Background()
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	return start(b, "sluice-capture", "--config", cfg, "--http", addr), addr
+}
+
+// waitStream waits until capture has n events in the stream, as its
+// metrics count them: a stream message holds several.
+func waitStream(b *testing.B, addr string, n int) {
+	b.Helper()
 	for {
-		st, err := js.Stream(ctx, "SLUICE")
-		if err != nil {
-			b.Fatal(err)
-		}
-		if int(st.CachedInfo().State.Msgs) >= n {
-			return
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			for _, line := range strings.Split(string(body), "\n") {
+				if v, ok := strings.CutPrefix(line, "sluice_capture_events_published_total "); ok {
+					if f, _ := strconv.ParseFloat(v, 64); int(f) >= n {
+						return
+					}
+				}
+			}
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
