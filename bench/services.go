@@ -197,10 +197,21 @@ func startMetered(dir, name string, env []string, bin string, args ...string) (*
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(port)
 	s, err := startService(dir, name, env, bin, append(args, "--http", addr)...)
-	if s != nil {
-		s.http = addr
+	if err != nil {
+		return nil, err
 	}
-	return s, err
+	s.http = addr
+	// The endpoint comes up before the service's work begins.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		resp, err := metricsClient.Get("http://" + addr + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			return s, nil
+		}
+		if s.exited() || time.Now().After(deadline) {
+			return s, fmt.Errorf("%s: no metrics endpoint: %v: %s", name, err, s.tail())
+		}
+	}
 }
 
 var metricsClient = &http.Client{Timeout: 2 * time.Second}

@@ -5,22 +5,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/sluicehq/sluice/pkg/testenv"
 	"github.com/sluicehq/sluice/pkg/topology"
 )
 
 func TestStore(t *testing.T) {
 	ctx := context.Background()
-	srv := testenv.NewNATS(t)
-	nc, err := nats.Connect(srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js := testenv.NewNATS(t).JetStream(t)
 	s, err := Open(ctx, js, topology.Topology{Stream: "S", Replicas: 1})
 	if err != nil {
 		t.Fatal(err)

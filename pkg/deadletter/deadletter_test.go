@@ -5,9 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/sluicehq/sluice/pkg/testenv"
 	"github.com/sluicehq/sluice/pkg/topology"
 )
@@ -15,12 +12,7 @@ import (
 func TestBox(t *testing.T) {
 	ctx := context.Background()
 	srv := testenv.NewNATS(t)
-	nc, err := nats.Connect(srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js := srv.JetStream(t)
 	box, err := Open(ctx, js, topology.Topology{Stream: "S", Replicas: 1, MaxAge: time.Hour})
 	if err != nil {
 		t.Fatal(err)
@@ -31,10 +23,7 @@ func TestBox(t *testing.T) {
 		}
 	}
 	// Another process's box, on the existing stream.
-	nc2, _ := nats.Connect(srv.URL())
-	defer nc2.Close()
-	js2, _ := jetstream.New(nc2)
-	box, err = Open(ctx, js2, topology.Topology{Stream: "S", Replicas: 1, MaxAge: time.Hour})
+	box, err = Open(ctx, srv.JetStream(t), topology.Topology{Stream: "S", Replicas: 1, MaxAge: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime/debug"
 	"runtime/pprof"
 
 	"go.uber.org/zap"
@@ -42,6 +43,12 @@ func Main(name string, fs *flag.FlagSet, args []string, run Run) {
 		Exit(name, err)
 	}
 	log = log.Named(name)
+	if os.Getenv("GOMEMLIMIT") == "" {
+		// A safety net under 100 MiB: the services' live heap is a few tens
+		// of MiB (bounded by what they hold in flight), and the collector
+		// would otherwise let garbage double it. GOMEMLIMIT overrides it.
+		debug.SetMemoryLimit(memoryLimit)
+	}
 	ctx, cancel := shutdown.Context(context.Background())
 	if path := os.Getenv("SLUICE_CPUPROFILE"); path != "" {
 		stop, err := cpuProfile(path)
@@ -81,6 +88,9 @@ func cpuProfile(path string) (stop func(), err error) {
 	}
 	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
+
+// memoryLimit is the services' soft memory limit.
+const memoryLimit = 80 << 20
 
 // Exit prints "name: err" on one line and exits with status 1.
 func Exit(name string, err error) {

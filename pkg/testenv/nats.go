@@ -3,6 +3,9 @@ package testenv
 import (
 	"os"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/sluicehq/sluice/pkg/broker"
 )
 
@@ -47,4 +50,20 @@ func (n *NATS) Restart() error {
 	}
 	n.Server = s
 	return nil
+}
+
+// JetStream connects a client to the server for a test and closes it when
+// the test ends.
+func (n *NATS) JetStream(t TB) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(n.URL())
+	if err != nil {
+		t.Fatalf("connect to nats: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatalf("jetstream: %v", err)
+	}
+	return js
 }

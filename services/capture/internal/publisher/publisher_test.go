@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sluicehq/sluice/pkg/testenv"
@@ -16,14 +15,8 @@ import (
 
 func setup(t *testing.T, maxMsgs int64) jetstream.JetStream {
 	t.Helper()
-	srv := testenv.NewNATS(t)
-	nc, err := nats.Connect(srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
-	_, err = js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "S", Subjects: []string{"S.changes.*"}, MaxMsgs: maxMsgs, Discard: jetstream.DiscardNew})
+	js := testenv.NewNATS(t).JetStream(t)
+	_, err := js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "S", Subjects: []string{"S.changes.*"}, MaxMsgs: maxMsgs, Discard: jetstream.DiscardNew})
 	if err != nil {
 		t.Fatal(err)
 	}

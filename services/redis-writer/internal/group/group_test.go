@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
 	"github.com/sluicehq/sluice/pkg/testenv"
@@ -24,13 +22,7 @@ func (v *view) set(m []string) { v.mu.Lock(); v.members = m; v.mu.Unlock() }
 func (v *view) get() []string  { v.mu.Lock(); defer v.mu.Unlock(); return v.members }
 
 func TestMembership(t *testing.T) {
-	srv := testenv.NewNATS(t)
-	nc, err := nats.Connect(srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js := testenv.NewNATS(t).JetStream(t)
 	ctx := context.Background()
 	const ttl = 3 * time.Second
 

@@ -60,40 +60,47 @@ func open(ctx context.Context, cfg *config.Config, log *zap.Logger) (*deadletter
 	return box, nc.Close, nil
 }
 
-func list(ctx context.Context, out io.Writer, cfg *config.Config, log *zap.Logger, sink string) error {
+// letters returns a sink's letters, and a function that closes the
+// connection.
+func letters(ctx context.Context, cfg *config.Config, log *zap.Logger, sink string) (*deadletter.Box, []deadletter.Letter, func(), error) {
 	box, closeFn, err := open(ctx, cfg, log)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ls, err := box.List(ctx, sink)
+	if err != nil {
+		closeFn()
+		return nil, nil, nil, err
+	}
+	return box, ls, closeFn, nil
+}
+
+func list(ctx context.Context, out io.Writer, cfg *config.Config, log *zap.Logger, sink string) error {
+	_, ls, closeFn, err := letters(ctx, cfg, log, sink)
 	if err != nil {
 		return err
 	}
 	defer closeFn()
-	letters, err := box.List(ctx, sink)
-	if err != nil {
-		return err
-	}
-	if len(letters) == 0 {
+	if len(ls) == 0 {
 		fmt.Fprintf(out, "sink %s has no dead letters\n", sink)
 		return nil
 	}
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "SEQ\tTIME\tATTEMPTS\tKEY\tERROR")
-	for _, l := range letters {
+	for _, l := range ls {
 		fmt.Fprintf(w, "%d\t%s\t%d\t%s\t%s\n", l.Seq, l.Time.UTC().Format(time.RFC3339), l.Attempts, l.Key, strings.ReplaceAll(l.Error, "\n", " "))
 	}
 	return w.Flush()
 }
 
 func drop(ctx context.Context, out io.Writer, cfg *config.Config, log *zap.Logger, sink string, seqs []uint64) error {
-	box, closeFn, err := open(ctx, cfg, log)
+	box, ls, closeFn, err := letters(ctx, cfg, log, sink)
 	if err != nil {
 		return err
 	}
 	defer closeFn()
-	letters, err := box.List(ctx, sink)
-	if err != nil {
-		return err
-	}
 	n := 0
-	for _, l := range letters {
+	for _, l := range ls {
 		if len(seqs) > 0 && !slices.Contains(seqs, l.Seq) {
 			continue
 		}
