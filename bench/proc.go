@@ -134,7 +134,7 @@ func (e *env) sampleCPU(ctx context.Context, p *pipeline) cpuSample {
 		s.seconds[name] = sec
 	}
 	for _, svc := range p.services() {
-		add(svc.name, cpuSeconds(svc.pid()))
+		add(svc.name, cpuSeconds(svc.Pid()))
 	}
 	if pid, err := e.postgresPID(); err == nil {
 		add("postgres", treeCPUSeconds(pid))

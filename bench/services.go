@@ -97,10 +97,8 @@ func (b *binaries) cleanup() {
 // service is a Sluice program running as a child process, with its pid at
 // hand for /proc.
 type service struct {
+	*testenv.Process
 	name string
-	log  string
-	cmd  *exec.Cmd
-	done chan struct{}
 	http string // the address of its /metrics
 }
 
@@ -108,59 +106,18 @@ type service struct {
 // environment variables env. The child dies with the benchmark
 // (parent-death signal).
 func startService(dir, name string, env []string, bin string, args ...string) (*service, error) {
-	logPath := filepath.Join(dir, name+".log")
-	f, err := os.Create(logPath)
+	p, err := testenv.StartProcessEnv(name, filepath.Join(dir, name+".log"), env, nil, bin, args...)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.Env = append(os.Environ(), env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	s := &service{name: name, log: logPath, cmd: cmd, done: make(chan struct{})}
-	go func() {
-		_ = cmd.Wait()
-		close(s.done)
-	}()
-	return s, nil
-}
-
-func (s *service) pid() int { return s.cmd.Process.Pid }
-
-func (s *service) exited() bool {
-	select {
-	case <-s.done:
-		return true
-	default:
-		return false
-	}
+	return &service{Process: p, name: name}, nil
 }
 
 // stop drains the service with SIGTERM, and kills it after grace.
 func (s *service) stop(grace time.Duration) {
-	if s.exited() {
-		return
+	if !s.Exited() {
+		s.Stop(syscall.SIGTERM, grace)
 	}
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.done:
-	case <-time.After(grace):
-		_ = syscall.Kill(-s.pid(), syscall.SIGKILL)
-		<-s.done
-	}
-}
-
-// tail is the end of the service's output, for error messages.
-func (s *service) tail() string {
-	b, _ := os.ReadFile(s.log)
-	if len(b) > 2000 {
-		b = b[len(b)-2000:]
-	}
-	return string(b)
 }
 
 // pipeline is capture and the writers of one sink.
@@ -208,8 +165,8 @@ func startMetered(dir, name string, env []string, bin string, args ...string) (*
 			resp.Body.Close()
 			return s, nil
 		}
-		if s.exited() || time.Now().After(deadline) {
-			return s, fmt.Errorf("%s: no metrics endpoint: %v: %s", name, err, s.tail())
+		if s.Exited() || time.Now().After(deadline) {
+			return s, fmt.Errorf("%s: no metrics endpoint: %v: %s", name, err, s.Tail(2000))
 		}
 	}
 }
@@ -287,8 +244,8 @@ func (p *pipeline) services() []*service { return append([]*service{p.capture}, 
 // check fails when a service has exited.
 func (p *pipeline) check() error {
 	for _, s := range p.services() {
-		if s.exited() {
-			return fmt.Errorf("%s exited: %s", s.name, s.tail())
+		if s.Exited() {
+			return fmt.Errorf("%s exited: %s", s.name, s.Tail(2000))
 		}
 	}
 	return nil
@@ -308,7 +265,7 @@ func (p *pipeline) stop() {
 func (p *pipeline) peaks() []peak {
 	var out []peak
 	for _, s := range p.services() {
-		hwm, _ := peakRSS(s.pid())
+		hwm, _ := peakRSS(s.Pid())
 		out = append(out, peak{Process: s.name, PeakRSSMiB: mib(hwm)})
 	}
 	return out

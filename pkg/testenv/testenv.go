@@ -50,6 +50,11 @@ type Process struct {
 // StartProcess starts bin with args, as the user of cred when it is not nil,
 // appending its output to logPath.
 func StartProcess(name, logPath string, cred *syscall.Credential, bin string, args ...string) (*Process, error) {
+	return StartProcessEnv(name, logPath, nil, cred, bin, args...)
+}
+
+// StartProcessEnv is StartProcess with extra environment variables.
+func StartProcessEnv(name, logPath string, env []string, cred *syscall.Credential, bin string, args ...string) (*Process, error) {
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
@@ -57,6 +62,9 @@ func StartProcess(name, logPath string, cred *syscall.Credential, bin string, ar
 	defer logf.Close()
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Credential: cred}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
