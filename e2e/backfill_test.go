@@ -30,9 +30,7 @@ func TestBackfill(t *testing.T) {
 	e := newEnv(t)
 	fill(e, 200000)
 	cfg := e.config([]string{"accounts"}, true)
-	capture := start(t, "sluice-capture", "--config", cfg)
-	e.waitStreaming(capture)
-	start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
+	e.runPipeline(cfg, "cache")
 	obs := observe(t, e.redis, "sequin:accounts:*")
 
 	stop := make(chan struct{})
@@ -72,9 +70,7 @@ func TestBackfillSurvivesCaptureKill(t *testing.T) {
 	e := newEnv(t)
 	fill(e, 150000)
 	cfg := e.config([]string{"accounts"}, true)
-	capture := start(t, "sluice-capture", "--config", cfg)
-	e.waitStreaming(capture)
-	start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
+	capture := e.runPipeline(cfg, "cache")
 
 	bf := start(t, "sluice", "backfill", "--config", cfg, "--sink", "cache", "--table", "accounts", "--detach")
 	if code := bf.wait(30 * time.Second); code != 0 {
@@ -98,7 +94,7 @@ func TestBackfillSurvivesCaptureKill(t *testing.T) {
 	capture.wait(10 * time.Second)
 	before := job().Done
 	e.exec(`UPDATE accounts SET n = n + 100 WHERE id % 1000 = 0`) // changes while capture is down
-	capture = start(t, "sluice-capture", "--config", cfg)
+	start(t, "sluice-capture", "--config", cfg)
 	eventually(t, 2*time.Minute, func() string {
 		if j := job(); j.State != jobs.Done {
 			return "backfill " + string(j.State)
@@ -125,9 +121,7 @@ func TestInitialBackfill(t *testing.T) {
 	fill(e, 5000)
 	doc := strings.Replace(e.configText([]string{"accounts"}, true), "  - name: cache\n", "  - name: cache\n    initial_backfill: true\n", 1)
 	cfg := e.writeConfig(doc)
-	capture := start(t, "sluice-capture", "--config", cfg)
-	e.waitStreaming(capture)
-	start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
+	capture := e.runPipeline(cfg, "cache")
 	e.waitMatch(time.Minute, accounts)
 
 	// A restart does not backfill again.
@@ -161,9 +155,7 @@ func TestBackfillCancel(t *testing.T) {
 	e := newEnv(t)
 	fill(e, 300000)
 	cfg := e.config([]string{"accounts"}, true)
-	capture := start(t, "sluice-capture", "--config", cfg)
-	e.waitStreaming(capture)
-	start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
+	e.runPipeline(cfg, "cache")
 	follower := start(t, "sluice", "backfill", "--config", cfg, "--sink", "cache", "--table", "accounts")
 	store := openJobs(t, e)
 	eventually(t, time.Minute, func() string {

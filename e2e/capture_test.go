@@ -20,9 +20,7 @@ func TestCaptureReconnects(t *testing.T) {
 	e := newEnv(t)
 	e.exec(accountsSchema)
 	cfg := e.config([]string{"accounts"}, true)
-	capture := start(t, "sluice-capture", "--config", cfg)
-	e.waitStreaming(capture)
-	start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
+	capture := e.runPipeline(cfg, "cache")
 
 	var total int
 	run := func(seed uint64, d time.Duration) { total += workload(t, e.pg.URL, 300, seed, after(d)) }
@@ -71,8 +69,7 @@ func TestHeartbeatBoundsSlot(t *testing.T) {
 	}
 	doc := strings.Replace(e.configText([]string{"accounts"}, true), "status_interval: 200ms", "status_interval: 200ms\n  heartbeat_interval: 300ms", 1)
 	cfg := e.writeConfig(doc)
-	capture := start(t, "sluice-capture", "--config", cfg)
-	e.waitStreaming(capture)
+	e.runPipeline(cfg)
 
 	ctx := context.Background()
 	sampler, err := pgx.Connect(ctx, e.pg.URL)
@@ -159,10 +156,7 @@ sinks:
   - name: keep
     destination: {type: redis_string, host: 127.0.0.1, port: %d}
 `, e.pg.URL, e.nats.URL(), e.redis.Port, ignored.Port))
-	capture := start(t, "sluice-capture", "--config", cfg)
-	e.waitStreaming(capture)
-	start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
-	start(t, "sluice-redis-writer", "--config", cfg, "--sink", "keep")
+	e.runPipeline(cfg, "cache", "keep")
 	e.exec(`INSERT INTO accounts (id) SELECT generate_series(1, 300); INSERT INTO users VALUES (1), (2)`)
 	e.waitMatch(30*time.Second, accounts, users)
 	// Truncated, then refilled in part, in one transaction.

@@ -97,8 +97,7 @@ func TestCaptureKilled(t *testing.T) {
 	e.exec(accountsSchema)
 	cfg := e.config([]string{"accounts"}, true)
 	start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
-	capture := start(t, "sluice-capture", "--config", cfg)
-	e.waitStreaming(capture)
+	capture := e.runPipeline(cfg)
 
 	// Each restart waits for the killed one's slot to be released, then
 	// streams for a random while before the next kill.
@@ -211,8 +210,7 @@ func TestWriterKilled(t *testing.T) {
 	e := newEnv(t)
 	e.exec(accountsSchema)
 	cfg := e.config([]string{"accounts"}, true)
-	capture := start(t, "sluice-capture", "--config", cfg)
-	e.waitStreaming(capture)
+	e.runPipeline(cfg)
 	steady := start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
 	victim := start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
 

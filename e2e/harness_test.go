@@ -204,6 +204,18 @@ func (e *env) waitMatch(timeout time.Duration, tables ...testenv.Table) {
 	})
 }
 
+// runPipeline starts capture, waits until it streams from the slot, and
+// starts a writer of each of sinks. It returns capture.
+func (e *env) runPipeline(cfg string, sinks ...string) *proc {
+	e.t.Helper()
+	capture := start(e.t, "sluice-capture", "--config", cfg)
+	e.waitStreaming(capture)
+	for _, s := range sinks {
+		start(e.t, "sluice-redis-writer", "--config", cfg, "--sink", s)
+	}
+	return capture
+}
+
 // waitStreaming waits until capture holds the replication slot.
 func (e *env) waitStreaming(p *proc) {
 	e.t.Helper()

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"os"
 	"regexp"
 	"strings"
 	"syscall"
@@ -149,14 +150,14 @@ func TestStartupErrors(t *testing.T) {
 	good := e.config([]string{"users"}, true)
 	write := func(name, doc string) string {
 		path := e.dir + "/" + name
-		if err := writeFile(path, doc); err != nil {
+		if err := os.WriteFile(path, []byte(doc), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		return path
 	}
 	withBody := func(old, new string) string {
-		doc, _ := readFile(good)
-		return strings.Replace(doc, old, new, 1)
+		doc, _ := os.ReadFile(good)
+		return strings.Replace(string(doc), old, new, 1)
 	}
 	free, _ := testenv.FreePort()
 	cases := []struct {

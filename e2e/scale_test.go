@@ -170,8 +170,7 @@ sinks:
     max_deliver: 1000
     destination: {type: redis_string, host: 127.0.0.1, port: %d}
 `, e.pg.URL, e.nats.URL(), partitions, failover, e.redis.Port))
-	capture := start(t, "sluice-capture", "--config", cfg)
-	e.waitStreaming(capture)
+	e.runPipeline(cfg)
 	obs := observe(t, e.redis, "sequin:accounts:*")
 
 	w1 := startWriter(t, cfg)

@@ -103,10 +103,7 @@ sinks:
     routing: '"app:" + metadata.table_name + ":" + string(record.id)'
     destination: {type: redis_string, addresses: [%s]}
 `, e.pg.URL, e.nats.URL(), a.Port, strings.Join(cluster.Addrs(), ", ")))
-	capture := start(t, "sluice-capture", "--config", cfg)
-	e.waitStreaming(capture)
-	start(t, "sluice-redis-writer", "--config", cfg, "--sink", "plain")
-	start(t, "sluice-redis-writer", "--config", cfg, "--sink", "routed")
+	e.runPipeline(cfg, "plain", "routed")
 	rcA := a.Client()
 	defer rcA.Close()
 	rcB := cluster.Client()
@@ -150,9 +147,7 @@ sinks:
     failover: 3s
     destination: {type: redis_string, host: 127.0.0.1, port: %d}
 `, e.pg.URL, e.nats.URL(), e.redis.Port))
-	capture := start(t, "sluice-capture", "--config", cfg)
-	e.waitStreaming(capture)
-	start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
+	e.runPipeline(cfg, "cache")
 	ctx := context.Background()
 	// The version record of key 13 is not a string: its writes fail (WRONGTYPE).
 	if err := e.rc.HSet(ctx, "sluice:v:{sequin:accounts:13}", "x", "y").Err(); err != nil {
@@ -221,9 +216,7 @@ sinks:
     actions: [insert, update]
     destination: {type: redis_string, host: 127.0.0.1, port: %d}
 `, e.pg.URL, e.nats.URL(), e.redis.Port))
-	capture := start(t, "sluice-capture", "--config", cfg)
-	e.waitStreaming(capture)
-	start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
+	e.runPipeline(cfg, "cache")
 	e.exec(`INSERT INTO users VALUES (1); INSERT INTO accounts (id) VALUES (1), (2)`)
 	e.exec(`DELETE FROM accounts WHERE id = 1`)
 	e.exec(`UPDATE accounts SET n = 5 WHERE id = 2`)

@@ -9,7 +9,6 @@ package topology
 import (
 	"context"
 	"fmt"
-	"hash/fnv"
 	"slices"
 	"strconv"
 	"time"
@@ -53,15 +52,22 @@ func (t Topology) Subjects() string { return t.Stream + ".changes.*" }
 // every change of one row travels on one subject. The hash (FNV-1a, 32 bit)
 // is part of the contract: changing it would reorder keys across a restart.
 func (t Topology) Partition(schema, table string, pk []string) int {
-	h := fnv.New32a()
-	h.Write([]byte(schema))
-	h.Write([]byte{0})
-	h.Write([]byte(table))
-	for _, v := range pk {
-		h.Write([]byte{0})
-		h.Write([]byte(v))
+	// FNV-1a written out: hash/fnv through its interface allocates, and this
+	// runs for every change.
+	h := uint32(2166136261)
+	add := func(s string) {
+		for i := 0; i < len(s); i++ {
+			h = (h ^ uint32(s[i])) * 16777619
+		}
 	}
-	return int(h.Sum32() % uint32(t.Partitions))
+	add(schema)
+	add("\x00")
+	add(table)
+	for _, v := range pk {
+		add("\x00")
+		add(v)
+	}
+	return int(h % uint32(t.Partitions))
 }
 
 // StreamConfig is the change stream. It keeps messages by limits, not by

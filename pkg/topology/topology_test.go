@@ -68,3 +68,12 @@ func TestAssign(t *testing.T) {
 		t.Fatal("a non-member got partitions")
 	}
 }
+
+func BenchmarkPartition(b *testing.B) {
+	top := Topology{Partitions: 16}
+	pk := []string{"acme", "12345"}
+	b.ReportAllocs()
+	for b.Loop() {
+		top.Partition("public", "orders", pk)
+	}
+}

@@ -353,5 +353,5 @@ func (ss *session) publish(ctx context.Context, ev *sluicev1.ChangeEvent, partit
 	if ss.resume.Covers(partition, ev.CommitLsn, ev.CommitIdx) {
 		return nil // published before a restart
 	}
-	return ss.pub.Add(ctx, partition, ss.topo.Subject(partition), ev)
+	return ss.pub.Add(ctx, partition, ev)
 }

@@ -20,6 +20,7 @@ type applier struct {
 	*Service
 	store *store.Store
 	box   *deadletter.Box
+	m     *sinkMetrics
 }
 
 // item is one change of a message.
@@ -55,7 +56,7 @@ func (a *applier) apply(ctx context.Context, msgs []jetstream.Msg) (failed int) 
 			truncate := ev.Action == sluicev1.Action_ACTION_TRUNCATE
 			otherSink := ev.BackfillSink != "" && ev.BackfillSink != sink
 			if otherSink || !a.tables[ev.Schema+"."+ev.Table] || !truncate && !a.actions[change.Action(ev.Action)] {
-				changes.WithLabelValues(sink, "filtered").Inc()
+				a.m.filtered.Inc()
 				continue
 			}
 			it := item{ev: ev, from: len(cmds)}
@@ -72,9 +73,9 @@ func (a *applier) apply(ctx context.Context, msgs []jetstream.Msg) (failed int) 
 		began := time.Now()
 		var stale int
 		errs, stale = a.store.Apply(ctx, cmds)
-		redisSeconds.WithLabelValues(sink).Observe(time.Since(began).Seconds())
-		batchSize.WithLabelValues(sink).Observe(float64(len(cmds)))
-		changes.WithLabelValues(sink, "stale").Add(float64(stale))
+		a.m.redis.Observe(time.Since(began).Seconds())
+		a.m.batch.Observe(float64(len(cmds)))
+		a.m.stale.Add(float64(stale))
 	}
 	now := time.Now()
 	for i, m := range msgs {
@@ -90,10 +91,10 @@ func (a *applier) apply(ctx context.Context, msgs []jetstream.Msg) (failed int) 
 			case it.err != nil:
 				bad = append(bad, it)
 			case it.from == it.to:
-				changes.WithLabelValues(sink, "filtered").Inc()
+				a.m.filtered.Inc()
 			default:
-				changes.WithLabelValues(sink, "applied").Inc()
-				commitToRedis.WithLabelValues(sink).Observe(now.Sub(time.UnixMicro(it.ev.CommitTimestampUs)).Seconds())
+				a.m.applied.Inc()
+				a.m.commitToRedis.Observe(now.Sub(time.UnixMicro(it.ev.CommitTimestampUs)).Seconds())
 			}
 		}
 		if len(bad) == 0 {
@@ -106,7 +107,7 @@ func (a *applier) apply(ctx context.Context, msgs []jetstream.Msg) (failed int) 
 			attempts = int(md.NumDelivered)
 		}
 		if attempts < a.sink.MaxDeliver {
-			changes.WithLabelValues(sink, "failed").Add(float64(len(bad)))
+			a.m.failed.Add(float64(len(bad)))
 			a.warn.log(a.log, "write to redis", bad[0].err)
 			// The whole message comes back; its changes that succeeded are
 			// then older than their keys, and skipped.
@@ -143,7 +144,7 @@ func (a *applier) deadLetter(ctx context.Context, m jetstream.Msg, data []byte, 
 		a.warn.log(a.log, "dead-letter a change", err)
 		return false
 	}
-	changes.WithLabelValues(a.sink.Name, "dead_lettered").Inc()
+	a.m.deadLettered.Inc()
 	a.log.Error("change dead-lettered", zap.String("key", key), zap.Int("attempts", attempts), zap.Uint64("stream_seq", l.StreamSeq), zap.Error(cause))
 	return true
 }

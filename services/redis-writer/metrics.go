@@ -34,3 +34,23 @@ var (
 		Help: "Messages of an owned partition not yet acknowledged (waiting or in flight).",
 	}, []string{"sink", "partition"})
 )
+
+// sinkMetrics are one sink's series, their labels resolved once: the
+// writer updates them for every change.
+type sinkMetrics struct {
+	applied, stale, filtered, failed, deadLettered prometheus.Counter
+	batch, redis, commitToRedis                    prometheus.Observer
+}
+
+func newSinkMetrics(sink string) *sinkMetrics {
+	return &sinkMetrics{
+		applied:       changes.WithLabelValues(sink, "applied"),
+		stale:         changes.WithLabelValues(sink, "stale"),
+		filtered:      changes.WithLabelValues(sink, "filtered"),
+		failed:        changes.WithLabelValues(sink, "failed"),
+		deadLettered:  changes.WithLabelValues(sink, "dead_lettered"),
+		batch:         batchSize.WithLabelValues(sink),
+		redis:         redisSeconds.WithLabelValues(sink),
+		commitToRedis: commitToRedis.WithLabelValues(sink),
+	}
+}

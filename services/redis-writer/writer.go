@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -124,16 +125,16 @@ func (s *Service) Run(ctx context.Context) error {
 			assigned <- mine
 		})
 	}()
-	ready := true
+	var stopping atomic.Bool // read by the /readyz handler's goroutine
 	metrics.Ready("redis writer "+s.sink.Name, func() error {
-		if !ready {
+		if stopping.Load() {
 			return errors.New("stopping")
 		}
 		return nil
 	})
 	s.log.Info("writing", zap.String("redis", st.Addr()))
 
-	a := applier{Service: s, store: st, box: box}
+	a := applier{Service: s, store: st, box: box, m: newSinkMetrics(s.sink.Name)}
 	var batch []jetstream.Msg
 	pause := time.Duration(0)
 	tick := time.NewTicker(5 * time.Second)
@@ -141,7 +142,7 @@ func (s *Service) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			ready = false
+			stopping.Store(true)
 			cons.stopAll()
 			handBack(msgs)
 			leave()

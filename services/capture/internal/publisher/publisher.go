@@ -82,6 +82,7 @@ type batch struct {
 // except Flushed.
 type Publisher struct {
 	js      jetstream.JetStream
+	subject func(partition int) string
 	items   chan item
 	lastSeq uint64
 	batches map[int]*batch
@@ -123,6 +124,7 @@ func Open(ctx context.Context, js jetstream.JetStream, stream string, partitions
 	}
 	p := &Publisher{
 		js:      js,
+		subject: subject,
 		items:   make(chan item, maxInFlight),
 		lastSeq: info.State.LastSeq,
 		batches: map[int]*batch{},
@@ -135,13 +137,13 @@ func Open(ctx context.Context, js jetstream.JetStream, stream string, partitions
 
 // Add puts ev into its partition's batch, publishing the batch when full.
 // It returns the first failure of any earlier publish.
-func (p *Publisher) Add(ctx context.Context, partition int, subject string, ev *sluicev1.ChangeEvent) error {
+func (p *Publisher) Add(ctx context.Context, partition int, ev *sluicev1.ChangeEvent) error {
 	if err := p.Err(); err != nil {
 		return err
 	}
 	b := p.batches[partition]
 	if b == nil {
-		b = &batch{subject: subject}
+		b = &batch{subject: p.subject(partition)}
 		p.batches[partition] = b
 	}
 	if b.events == 0 {

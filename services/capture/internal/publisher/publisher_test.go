@@ -51,7 +51,7 @@ func TestPublishAndResume(t *testing.T) {
 		t.Fatalf("empty stream gave positions %+v", resume)
 	}
 	for i := range uint32(3) {
-		if err := p.Add(ctx, int(i%2), "S.changes."+string(rune('0'+i%2)), event(10, i)); err != nil {
+		if err := p.Add(ctx, int(i%2), event(10, i)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -81,7 +81,7 @@ func TestPublishAndResume(t *testing.T) {
 		t.Fatalf("positions after 3 events: %+v", resume)
 	}
 	// The chain continues after the stream's last sequence.
-	if err := p2.Add(ctx, 0, "S.changes.0", event(11, 0)); err != nil {
+	if err := p2.Add(ctx, 0, event(11, 0)); err != nil {
 		t.Fatal(err)
 	}
 	p2.Commit(ctx, 200)
@@ -100,7 +100,7 @@ func TestFailureStopsTheChain(t *testing.T) {
 	}
 	var pubErr error
 	for i := uint64(1); i <= 8 && pubErr == nil; i++ {
-		if pubErr = p.Add(ctx, 0, "S.changes.0", event(i, 0)); pubErr == nil {
+		if pubErr = p.Add(ctx, 0, event(i, 0)); pubErr == nil {
 			pubErr = p.Commit(ctx, i*10)
 		}
 		if pubErr == nil {
@@ -129,7 +129,7 @@ func TestExpectedSequence(t *testing.T) {
 	if _, err := js.Publish(ctx, "S.changes.0", []byte("intruder")); err != nil {
 		t.Fatal(err)
 	}
-	p.Add(ctx, 0, "S.changes.0", event(1, 0))
+	p.Add(ctx, 0, event(1, 0))
 	if err := p.Close(ctx); err == nil || !strings.Contains(err.Error(), "wrong last sequence") {
 		t.Fatalf("Close = %v", err)
 	}
@@ -144,7 +144,7 @@ func TestFullBatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range uint32(maxBatchEvents + 1) {
-		if err := p.Add(ctx, 3, "S.changes.3", event(5, i)); err != nil {
+		if err := p.Add(ctx, 3, event(5, i)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -179,9 +179,9 @@ func TestResumeIsPerPartition(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.Add(ctx, 0, subject(0), event(10, 0)) // waits in partition 0's batch
+	p.Add(ctx, 0, event(10, 0)) // waits in partition 0's batch
 	for i := range uint32(maxBatchEvents) {
-		p.Add(ctx, 1, subject(1), event(10, 1+i)) // fills partition 1's: published
+		p.Add(ctx, 1, event(10, 1+i)) // fills partition 1's: published
 	}
 	st, _ := js.Stream(ctx, "S")
 	deadline := time.Now().Add(5 * time.Second)
