@@ -111,6 +111,14 @@ func tlsConfig(d config.Destination) (*tls.Config, error) {
 // Addr is the destination's address.
 func (s *Store) Addr() string { return s.addr }
 
+// Ping checks that the server answers.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.client.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("ping redis at %s: %w", s.addr, err)
+	}
+	return nil
+}
+
 // Close closes the connections.
 func (s *Store) Close() error { return s.client.Close() }
 
@@ -190,8 +198,9 @@ func slotTag(slot int) string {
 }
 
 // Apply writes cmds, in order, pipelined, and returns each command's error
-// (nil when the write was applied or was older than the key's version) and
-// how many writes were skipped as older.
+// (nil when the write was applied or was older than the key's version; an
+// *Error otherwise, see Unavailable) and how many writes were skipped as
+// older.
 func (s *Store) Apply(ctx context.Context, cmds []command.Command) (errs []error, stale int) {
 	errs = make([]error, len(cmds))
 	from := 0
@@ -288,29 +297,90 @@ func (s *Store) apply(ctx context.Context, cmds []command.Command, errs []error)
 	for g, r := range results {
 		replies, err := r.Slice()
 		for j, i := range groups[g] {
-			var n int64
-			switch {
-			case err != nil:
-			case j >= len(replies):
+			c := &cmds[i]
+			if err == nil && j >= len(replies) {
 				err = fmt.Errorf("script returned %d replies for %d changes", len(replies), len(groups[g]))
-			default:
-				switch v := replies[j].(type) {
-				case int64:
-					n = v
-				case error:
-					errs[i] = fmt.Errorf("%s %s: %w", verb(cmds[i]), cmds[i].Key, v)
-					continue
-				}
 			}
-			switch {
-			case err != nil:
-				errs[i] = fmt.Errorf("%s %s: %w", verb(cmds[i]), cmds[i].Key, err)
-			case n == 0:
-				stale++
+			if err != nil {
+				errs[i] = &Error{Command: verb(c), Key: c.Key, Err: err}
+				continue
+			}
+			switch v := replies[j].(type) {
+			case int64:
+				if v == 0 {
+					stale++
+				}
+			case string:
+				errs[i] = stepError(c, v)
+			default:
+				errs[i] = &Error{Command: verb(c), Key: c.Key, Err: fmt.Errorf("script returned %T for a change", v)}
 			}
 		}
 	}
 	return stale
+}
+
+// Error is the failure of one change's command, or of the round trip that
+// carried it.
+type Error struct {
+	Command string // GET, SET or DEL
+	Key     string
+	Err     error // Redis's reply, or what failed the connection
+}
+
+func (e *Error) Error() string { return e.Command + " " + e.Key + ": " + e.Err.Error() }
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// replyError is an error Redis replied to a command inside the script.
+type replyError string
+
+func (e replyError) Error() string { return string(e) }
+
+// stepError is the error the script reported for c: "<step> <reply>".
+func stepError(c *command.Command, s string) error {
+	step, reply, _ := strings.Cut(s, " ")
+	e := &Error{Command: verb(c), Key: c.Key, Err: replyError(reply)}
+	switch step {
+	case "v":
+		e.Command, e.Key = "GET", VersionKey(c.Key)
+	case "w":
+		e.Command, e.Key = "SET", VersionKey(c.Key)
+	}
+	return e
+}
+
+// unavailable are the replies that say the server, or the user's
+// permissions, cannot take writes now, whatever the key.
+var unavailable = []string{"LOADING", "READONLY", "OOM", "NOPERM", "NOAUTH", "WRONGPASS", "MASTERDOWN", "CLUSTERDOWN",
+	"TRYAGAIN", "BUSY", "MISCONF", "NOREPLICAS", "NOSCRIPT", "ERR max number of clients reached"}
+
+// Unavailable reports whether err is a condition of the server or of the
+// credentials, which fails every key alike (unreachable, loading, read-only,
+// out of memory, a user no longer allowed to write, …), rather than a
+// failure of the change itself (WRONGTYPE on its key, a value Redis
+// refuses). The first is waited out; the second is the change's own.
+func Unavailable(err error) bool {
+	if err == nil {
+		return false
+	}
+	var re redis.Error
+	var rep replyError
+	var msg string
+	switch {
+	case errors.As(err, &rep):
+		msg = string(rep)
+	case errors.As(err, &re):
+		msg = re.Error()
+	default:
+		return true // no reply at all: the connection, a timeout
+	}
+	for _, p := range unavailable {
+		if strings.HasPrefix(msg, p) && (len(msg) == len(p) || msg[len(p)] == ' ') {
+			return true
+		}
+	}
+	return false
 }
 
 // perCall bounds the changes one script call writes: enough to spread the
@@ -380,7 +450,7 @@ func isReplyError(err error) bool {
 	return errors.As(err, &re)
 }
 
-func verb(c command.Command) string {
+func verb(c *command.Command) string {
 	if c.Del {
 		return "DEL"
 	}

@@ -101,10 +101,11 @@ func TestApplyReportsEachFailure(t *testing.T) {
 	s := open(t, r)
 	rc := s.Client()
 	// The version record of "bad" is not a string: its command fails with
-	// WRONGTYPE, the others of the same pipeline succeed.
+	// WRONGTYPE, the others of the same pipeline succeed. The error names
+	// the command that failed, and is the change's own.
 	rc.HSet(ctx, VersionKey("bad"), "f", "v")
 	errs, _ := s.Apply(ctx, []command.Command{set("a", "1", 1, 0), set("bad", "2", 1, 1), set("c", "3", 1, 2)})
-	if errs[0] != nil || errs[2] != nil || errs[1] == nil || !strings.Contains(errs[1].Error(), "WRONGTYPE") || !strings.Contains(errs[1].Error(), "SET bad") {
+	if errs[0] != nil || errs[2] != nil || errs[1] == nil || !strings.HasPrefix(errs[1].Error(), "GET sluice:v:{bad}: WRONGTYPE ") || Unavailable(errs[1]) {
 		t.Fatalf("errs = %v", errs)
 	}
 	if rc.Get(ctx, "a").Val() != "1" || rc.Get(ctx, "c").Val() != "3" {
@@ -120,11 +121,85 @@ func TestApplyReportsEachFailure(t *testing.T) {
 		t.Fatal("not applied after NOSCRIPT")
 	}
 
-	// Server gone: every command fails.
+	// Server gone: every command fails, and that is the server's condition.
 	r.Stop()
 	errs, _ = s.Apply(ctx, []command.Command{set("a", "3", 3, 0), set("b", "3", 3, 1)})
-	if errs[0] == nil || errs[1] == nil {
+	if errs[0] == nil || errs[1] == nil || !Unavailable(errs[0]) || !Unavailable(errs[1]) {
 		t.Fatalf("errs with redis down = %v", errs)
+	}
+}
+
+// Out of memory, Redis refuses a script's SETs until the script has
+// written something (a DEL, which it allows), then lets the script finish.
+// In a pipeline of many calls mixing both, every reply is matched to its
+// own command: what each one reports is what happened to its key (a reply
+// read out of step would report another command's outcome). The refusals
+// are the server's condition.
+func TestRepliesInStepUnderOOM(t *testing.T) {
+	ctx := context.Background()
+	r := testenv.NewRedis(t)
+	s := open(t, r)
+	rc := s.Client()
+	if err := rc.ConfigSet(ctx, "maxmemory", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	failed, applied := 0, 0
+	for round := range 3 {
+		var cmds []command.Command
+		for i := range 1000 {
+			key := fmt.Sprintf("k%d:%d", round, i)
+			if i%7 == 3 {
+				cmds = append(cmds, del(key, 2, uint32(i)))
+			} else {
+				cmds = append(cmds, set(key, "v"+key, 2, uint32(i)))
+			}
+		}
+		errs, _ := s.Apply(ctx, cmds)
+		for i, err := range errs {
+			c := cmds[i]
+			written := rc.Get(ctx, VersionKey(c.Key)).Val() == c.Version
+			if !c.Del {
+				written = written && rc.Get(ctx, c.Key).Val() == string(c.Value)
+			}
+			switch {
+			case err == nil && !written:
+				t.Fatalf("round %d: %s %s reported applied, but Redis does not hold it", round, verb(&c), c.Key)
+			case err != nil && written:
+				t.Fatalf("round %d: %s %s reported %v, but Redis holds it", round, verb(&c), c.Key, err)
+			case err != nil && (!strings.Contains(err.Error(), "OOM") || !Unavailable(err)):
+				t.Fatalf("round %d: %s %s: %v, want OOM, the server's condition", round, verb(&c), c.Key, err)
+			case err != nil:
+				failed++
+			default:
+				applied++
+			}
+		}
+	}
+	if failed == 0 || applied == 0 {
+		t.Fatalf("%d failed, %d applied: the test did not mix both", failed, applied)
+	}
+}
+
+// A user whose permissions were revoked gets NOPERM for every key: the
+// server's condition, not the changes'.
+func TestNoPermIsUnavailable(t *testing.T) {
+	ctx := context.Background()
+	r := testenv.NewRedis(t, "--user", "app", "on", ">pw", "~*", "&*", "+@all")
+	s, err := Open(ctx, config.Destination{Host: "127.0.0.1", Port: r.Port, Username: "app", Password: "pw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	admin := r.Client()
+	defer admin.Close()
+	if err := admin.Do(ctx, "ACL", "SETUSER", "app", "resetkeys").Err(); err != nil {
+		t.Fatal(err)
+	}
+	errs, _ := s.Apply(ctx, []command.Command{set("a", "1", 1, 0), del("b", 1, 1)})
+	for _, err := range errs {
+		if err == nil || !strings.Contains(err.Error(), "NOPERM") || !Unavailable(err) {
+			t.Fatalf("errs = %v", errs)
+		}
 	}
 }
 
