@@ -86,9 +86,13 @@ type Sink struct {
 	Filter    string `yaml:"filter"`
 	Transform string `yaml:"transform"`
 	Routing   string `yaml:"routing"`
-	// MaxDeliver is how many times a change is tried before it goes to the
-	// dead-letter stream.
+	// MaxDeliver is how many times a change that fails on its own is tried
+	// before it goes to the dead-letter stream.
 	MaxDeliver int `yaml:"max_deliver"`
+	// Backoff is the wait before a failed change's second attempt; each
+	// later one waits twice as long, up to MaxBackoff.
+	Backoff    time.Duration `yaml:"backoff"`
+	MaxBackoff time.Duration `yaml:"max_backoff"`
 	// OnTruncate is what a TRUNCATE of a table does to its keys: "ignore"
 	// (as Sequin) or "delete".
 	OnTruncate string `yaml:"on_truncate"`
@@ -153,6 +157,8 @@ const (
 	DefaultTombstoneTTL   = time.Hour
 	DefaultAckWait        = 10 * time.Second
 	DefaultMaxDeliver     = 10
+	DefaultBackoff        = time.Second
+	DefaultMaxBackoff     = time.Minute
 	DefaultFailover       = 10 * time.Second
 	DefaultKeyPrefix      = "sequin"
 	DefaultStatusInterval = time.Second
@@ -266,6 +272,12 @@ func (c *Config) SetDefaults() {
 		}
 		if s.MaxDeliver == 0 {
 			s.MaxDeliver = DefaultMaxDeliver
+		}
+		if s.Backoff == 0 {
+			s.Backoff = DefaultBackoff
+		}
+		if s.MaxBackoff == 0 {
+			s.MaxBackoff = max(DefaultMaxBackoff, s.Backoff)
 		}
 		if s.Failover == 0 {
 			s.Failover = DefaultFailover
@@ -397,6 +409,12 @@ func (c *Config) validateSink(i int, errs *fieldErrors) {
 	}
 	if s.MaxDeliver < 1 {
 		errs.add(at+".max_deliver", "must be at least 1")
+	}
+	if s.Backoff < 10*time.Millisecond {
+		errs.add(at+".backoff", "must be at least 10ms")
+	}
+	if s.MaxBackoff < s.Backoff {
+		errs.add(at+".max_backoff", "must be at least backoff")
 	}
 	switch {
 	case s.OnTruncate != "ignore" && s.OnTruncate != "delete":

@@ -101,6 +101,8 @@ func TestParseErrors(t *testing.T) {
 		{"on_truncate", base("  - {name: b, on_truncate: drop, destination: {type: redis_string, host: h, port: 1}}"), `sinks[1].on_truncate: "drop" is not ignore or delete`},
 		{"truncate routed", base("  - {name: b, on_truncate: delete, routing: 'record.id', destination: {type: redis_string, host: h, port: 1}}"), "sinks[1].on_truncate: delete finds a table's keys by the default key format"},
 		{"max deliver", base("  - {name: b, max_deliver: -1, destination: {type: redis_string, host: h, port: 1}}"), "sinks[1].max_deliver: must be at least 1"},
+		{"backoff", base("  - {name: b, backoff: 5ms, destination: {type: redis_string, host: h, port: 1}}"), "sinks[1].backoff: must be at least 10ms"},
+		{"max backoff", base("  - {name: b, backoff: 2s, max_backoff: 1s, destination: {type: redis_string, host: h, port: 1}}"), "sinks[1].max_backoff: must be at least backoff"},
 		{"syntax", "postgres: [", "yaml:"},
 	}
 	for _, c := range cases {

@@ -48,6 +48,12 @@ func (t Topology) Subject(partition int) string {
 // Subjects matches the subjects of every partition.
 func (t Topology) Subjects() string { return t.Stream + ".changes.*" }
 
+// FragmentSubject is where the fragments of a partition's events too large
+// for one message are stored (package fragment); no consumer reads it.
+func (t Topology) FragmentSubject(partition int) string {
+	return t.Stream + ".fragments." + strconv.Itoa(partition)
+}
+
 // Partition hashes a row's table and primary key into a partition, so that
 // every change of one row travels on one subject. The hash (FNV-1a, 32 bit)
 // is part of the contract: changing it would reorder keys across a restart.
@@ -78,7 +84,7 @@ func (t Topology) StreamConfig() jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:        t.Stream,
 		Description: "Sluice change events",
-		Subjects:    []string{t.Subjects()},
+		Subjects:    []string{t.Subjects(), t.Stream + ".fragments.*"},
 		Retention:   jetstream.LimitsPolicy,
 		Discard:     jetstream.DiscardNew,
 		MaxAge:      t.MaxAge,
@@ -119,6 +125,50 @@ func (t Topology) ConsumerConfig(sink config.Sink, partition int) jetstream.Cons
 		PriorityPolicy: jetstream.PriorityPolicyPinned,
 		PinnedTTL:      sink.Failover,
 	}
+}
+
+// RetryStream holds, for every sink, references to the changes that failed
+// on their own (not because Redis was unavailable) and wait for their next
+// attempt, so that they do not hold back the partition they came from. A
+// work queue: a reference is removed once its change is applied or
+// dead-lettered.
+func (t Topology) RetryStream() string { return t.Stream + "_RETRY" }
+
+// RetrySubject is where a sink's changes wait for their next attempt.
+func (t Topology) RetrySubject(sink string) string { return t.Stream + ".retry." + sink }
+
+// retryPending bounds the retries of a sink in flight at once.
+const retryPending = 64
+
+// EnsureRetries creates the retry stream and the sink's consumer of it,
+// which every writer of the sink pulls from.
+func (t Topology) EnsureRetries(ctx context.Context, js jetstream.JetStream, sink config.Sink) (jetstream.Consumer, error) {
+	st, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        t.RetryStream(),
+		Description: "Sluice changes waiting for another attempt",
+		Subjects:    []string{t.Stream + ".retry.*"},
+		Retention:   jetstream.WorkQueuePolicy,
+		MaxAge:      t.MaxAge,
+		Storage:     jetstream.FileStorage,
+		Replicas:    t.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create retry stream %s: %w", t.RetryStream(), err)
+	}
+	c, err := st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable:       "retry-" + sink.Name,
+		Description:   fmt.Sprintf("Sluice sink %s, changes to retry", sink.Name),
+		FilterSubject: t.RetrySubject(sink.Name),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       sink.AckWait,
+		MaxDeliver:    -1, // the writer counts attempts
+		MaxAckPending: retryPending,
+		Replicas:      t.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create the retry consumer of sink %s: %w", sink.Name, err)
+	}
+	return c, nil
 }
 
 // MembersBucket is the key-value bucket where a sink's live writers

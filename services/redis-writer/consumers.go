@@ -16,12 +16,13 @@ import (
 // every partition, a writer holds at most 16 times this in waiting batches.
 const prefetchBytes = 1 << 20
 
-// consumers runs the partition consumers a writer owns; all of them feed
-// one channel, from which the writer builds its batches.
+// consumers runs the partition consumers a writer owns; all of them hand
+// their messages to one function, which queues them for the writer's
+// batches.
 type consumers struct {
 	stream   jetstream.Stream
 	sink     string
-	msgs     chan<- jetstream.Msg
+	receive  func(jetstream.Msg)
 	expiry   time.Duration
 	log      *zap.Logger
 	warn     *throttle
@@ -50,7 +51,7 @@ func (c *consumers) set(ctx context.Context, partitions []int) error {
 		if err != nil {
 			return err
 		}
-		cc, err := cons.Consume(func(m jetstream.Msg) { c.msgs <- m },
+		cc, err := cons.Consume(c.receive,
 			jetstream.PullPriorityGroup(topology.PriorityGroup),
 			jetstream.PullExpiry(c.expiry),
 			jetstream.PullMaxBytes(prefetchBytes),

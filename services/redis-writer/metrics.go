@@ -29,6 +29,10 @@ var (
 		Name: "sluice_writer_partitions",
 		Help: "Partitions this writer owns.",
 	}, []string{"sink"})
+	redisUp = promauto.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "sluice_writer_redis_up",
+		Help: "1 while the sink's Redis takes writes; 0 while it is unavailable and the writer holds its partitions.",
+	}, []string{"sink"})
 	pending = promauto.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "sluice_writer_pending",
 		Help: "Messages of an owned partition not yet acknowledged (waiting or in flight).",

@@ -63,7 +63,7 @@ func Replay(ctx context.Context, cfg *config.Config, sinkName string, seqs []uin
 			res.Failed = append(res.Failed, fmt.Errorf("letter %d: %w", l.Seq, err))
 			continue
 		}
-		if err := box.Delete(ctx, l.Seq); err != nil {
+		if err := box.Delete(ctx, l); err != nil {
 			return res, err
 		}
 		res.Applied++

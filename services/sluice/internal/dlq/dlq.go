@@ -104,7 +104,7 @@ func drop(ctx context.Context, out io.Writer, cfg *config.Config, log *zap.Logge
 		if len(seqs) > 0 && !slices.Contains(seqs, l.Seq) {
 			continue
 		}
-		if err := box.Delete(ctx, l.Seq); err != nil {
+		if err := box.Delete(ctx, l); err != nil {
 			return err
 		}
 		n++
