@@ -158,7 +158,7 @@ func waitStream(b *testing.B, addr string, n int) {
 }
 
 // peakRSS reads a process's peak resident set (VmHWM) in bytes.
-func peakRSS(b *testing.B, pid int) int64 {
+func peakRSS(b testing.TB, pid int) int64 {
 	b.Helper()
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sluicehq/sluice/pkg/change"
+	"github.com/sluicehq/sluice/pkg/fragment"
 	"github.com/sluicehq/sluice/pkg/testenv"
 )
 
@@ -148,7 +149,11 @@ func checkStream(t testing.TB, url string, want int) {
 	}
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
-	cons, err := js.OrderedConsumer(ctx, "SLUICE", jetstream.OrderedConsumerConfig{})
+	st, err := js.Stream(ctx, "SLUICE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{"SLUICE.changes.*"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +172,11 @@ func checkStream(t testing.TB, url string, want int) {
 		n := 0
 		for m := range batch.Messages() {
 			n++
-			evs, err := change.Events(m.Data())
+			data, err := fragment.Payload(ctx, st, m.Headers(), m.Data())
+			if err != nil {
+				t.Fatal(err)
+			}
+			evs, err := change.Events(data)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -49,8 +49,6 @@ func Start(o Options) (*Server, error) {
 		StoreDir:   s.dir,
 		NoSigs:     true,
 		NoLog:      true,
-		// Wide rows make large events; the default 1 MiB is too small.
-		MaxPayload: 8 << 20,
 	})
 	if err != nil {
 		s.removeDir()

@@ -29,7 +29,7 @@ import (
 
 const (
 	// maxInFlight bounds the messages (batches of events) published but
-	// not yet acknowledged.
+	// not yet acknowledged, and their size in units of 64 KiB.
 	maxInFlight = 256
 	// An event waits in its batch at most flushDelay, the price in latency
 	// of sending many changes per message; quickFlush after a flush that
@@ -147,7 +147,8 @@ func (s *Service) session(ctx context.Context, src *source.Source, js jetstream.
 	if err := src.Reconnect(ctx); err != nil {
 		return err
 	}
-	pub, resume, err := publisher.Open(ctx, js, s.topo.Stream, s.topo.Partitions, s.topo.Subject, maxInFlight)
+	pub, resume, err := publisher.Open(ctx, js, publisher.Options{Stream: s.topo.Stream, Partitions: s.topo.Partitions,
+		Subject: s.topo.Subject, FragmentSubject: s.topo.FragmentSubject, MaxInFlight: maxInFlight})
 	if err != nil {
 		return err
 	}

@@ -10,6 +10,11 @@
 // follow (Nats-Expected-Last-Sequence). If one publish fails, every later one
 // fails too, so the stream never holds an event whose predecessor is missing,
 // and a restart can resume right after the stream's last event.
+//
+// Size: no message is larger than the server's max_payload allows. An
+// event too large for a batch of its own travels as fragments (package
+// fragment) on its partition's fragment subject, followed by the message
+// that names them on the partition's subject, in order with the others.
 package publisher
 
 import (
@@ -22,17 +27,24 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/sluicehq/sluice/pkg/change"
+	"github.com/sluicehq/sluice/pkg/fragment"
 	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
 )
 
 const (
 	// A batch is published once it holds this many events or bytes: enough
 	// to spread a message's costs, little enough that what a writer holds
-	// (16 partitions × topology.MaxAckPending messages) stays small.
+	// (16 partitions × topology.MaxAckPending messages) stays small. An
+	// event that does not fit a batch of this size alone is fragmented.
 	maxBatchEvents = 256
 	maxBatchBytes  = 64 << 10
+	// unit is the share of the in-flight budget one token stands for: a
+	// message takes a token per unit of its size, at least one.
+	unit = 64 << 10
 )
 
 // Position is the last event of a partition in the stream.
@@ -65,6 +77,7 @@ func (r Resume) Covers(partition int, lsn uint64, idx uint32) bool {
 type item struct {
 	fut    jetstream.PubAckFuture // nil for a WAL position marker
 	events int
+	tokens int // of the in-flight budget, returned once resolved
 	lsn    uint64
 	sent   time.Time
 	notify []chan struct{} // closed once the marker is passed
@@ -72,79 +85,111 @@ type item struct {
 
 // batch is a partition's events not yet published.
 type batch struct {
-	subject string
-	id      string // the message id: its first event's position
-	data    []byte
-	events  int
+	partition int
+	id        string // the message id: its first event's position
+	data      []byte
+	events    int
+}
+
+// Options configure a publisher.
+type Options struct {
+	Stream     string
+	Partitions int
+	// Subject names a partition's subject; FragmentSubject the subject of
+	// its fragments, which no consumer reads.
+	Subject, FragmentSubject func(partition int) string
+	// MaxInFlight bounds the messages published and not yet acknowledged,
+	// and, in units of 64 KiB, their size.
+	MaxInFlight int
 }
 
 // Publisher is one session's publisher. It is not safe for concurrent use,
 // except Flushed.
 type Publisher struct {
-	js      jetstream.JetStream
-	subject func(partition int) string
-	items   chan item
-	lastSeq uint64
-	batches map[int]*batch
-	markers []item // commits waiting for the batches before them
-	flushed atomic.Uint64
-	failed  chan struct{}
-	errOnce sync.Once
-	err     error
-	done    chan struct{}
+	js       jetstream.JetStream
+	opts     Options
+	maxBatch int // bytes, within the server's max_payload
+	fragment int // the size of a large event's fragments
+	items    chan item
+	tokens   chan struct{}
+	lastSeq  uint64
+	batches  map[int]*batch
+	markers  []item // commits waiting for the batches before them
+	flushed  atomic.Uint64
+	failed   chan struct{}
+	errOnce  sync.Once
+	err      error
+	done     chan struct{}
 }
 
-// Open reads where each partition's events end in the stream (subject
-// names the partitions' subjects) and starts a publisher that keeps at
-// most maxInFlight messages unacknowledged.
-func Open(ctx context.Context, js jetstream.JetStream, stream string, partitions int, subject func(int) string, maxInFlight int) (*Publisher, Resume, error) {
-	st, err := js.Stream(ctx, stream)
+// Open reads where each partition's events end in the stream and starts a
+// publisher.
+func Open(ctx context.Context, js jetstream.JetStream, o Options) (*Publisher, Resume, error) {
+	st, err := js.Stream(ctx, o.Stream)
 	if err != nil {
-		return nil, nil, fmt.Errorf("open stream %s: %w", stream, err)
+		return nil, nil, fmt.Errorf("open stream %s: %w", o.Stream, err)
 	}
 	info, err := st.Info(ctx)
 	if err != nil {
-		return nil, nil, fmt.Errorf("read stream %s: %w", stream, err)
+		return nil, nil, fmt.Errorf("read stream %s: %w", o.Stream, err)
 	}
 	resume := Resume{}
-	for p := range partitions {
-		msg, err := st.GetLastMsgForSubject(ctx, subject(p))
+	for p := range o.Partitions {
+		subject := o.Subject(p)
+		msg, err := st.GetLastMsgForSubject(ctx, subject)
 		switch {
 		case errors.Is(err, jetstream.ErrMsgNotFound): // none yet, or expired
 			continue
 		case err != nil:
-			return nil, nil, fmt.Errorf("read the last message of %s: %w", subject(p), err)
+			return nil, nil, fmt.Errorf("read the last message of %s: %w", subject, err)
 		}
-		evs, err := change.Events(msg.Data)
+		data, err := fragment.Payload(ctx, st, msg.Header, msg.Data)
+		if err != nil {
+			return nil, nil, fmt.Errorf("read the last message of %s (seq %d): %w", subject, msg.Sequence, err)
+		}
+		evs, err := change.Events(data)
 		if err != nil || len(evs) == 0 {
-			return nil, nil, fmt.Errorf("read the last message of %s (seq %d): %v", subject(p), msg.Sequence, err)
+			return nil, nil, fmt.Errorf("read the last message of %s (seq %d): %v", subject, msg.Sequence, err)
 		}
 		ev := evs[len(evs)-1]
 		resume[p] = Position{LSN: ev.CommitLsn, Idx: ev.CommitIdx, Valid: true}
 	}
+	maxPayload := js.Conn().MaxPayload()
 	p := &Publisher{
-		js:      js,
-		subject: subject,
-		items:   make(chan item, maxInFlight),
-		lastSeq: info.State.LastSeq,
-		batches: map[int]*batch{},
-		failed:  make(chan struct{}),
-		done:    make(chan struct{}),
+		js:       js,
+		opts:     o,
+		maxBatch: min(maxBatchBytes, fragment.Room(maxPayload)),
+		fragment: fragment.Size(maxPayload),
+		items:    make(chan item, o.MaxInFlight),
+		tokens:   make(chan struct{}, o.MaxInFlight),
+		lastSeq:  info.State.LastSeq,
+		batches:  map[int]*batch{},
+		failed:   make(chan struct{}),
+		done:     make(chan struct{}),
 	}
 	go p.track()
 	return p, resume, nil
 }
 
-// Add puts ev into its partition's batch, publishing the batch when full.
-// It returns the first failure of any earlier publish.
+// Add puts ev into its partition's batch, publishing the batch first when
+// ev would not fit, and after when it is full. An event too large for a
+// batch of its own is published at once, in fragments. Add returns the
+// first failure of any earlier publish.
 func (p *Publisher) Add(ctx context.Context, partition int, ev *sluicev1.ChangeEvent) error {
 	if err := p.Err(); err != nil {
 		return err
 	}
 	b := p.batches[partition]
 	if b == nil {
-		b = &batch{subject: p.subject(partition)}
+		b = &batch{partition: partition}
 		p.batches[partition] = b
+	}
+	size := proto.Size(ev)
+	encoded := protowire.SizeTag(1) + protowire.SizeBytes(size)
+	if b.events > 0 && len(b.data)+encoded > p.maxBatch {
+		if err := p.publish(ctx, b); err != nil {
+			return err
+		}
 	}
 	if b.events == 0 {
 		b.id = change.IdempotencyKey(ev.CommitLsn, ev.CommitIdx)
@@ -154,7 +199,10 @@ func (p *Publisher) Add(ctx context.Context, partition int, ev *sluicev1.ChangeE
 		return err
 	}
 	b.events++
-	if b.events >= maxBatchEvents || len(b.data) >= maxBatchBytes {
+	switch {
+	case encoded > p.maxBatch:
+		return p.publishFragments(ctx, b)
+	case b.events >= maxBatchEvents || len(b.data) >= p.maxBatch:
 		return p.publish(ctx, b)
 	}
 	return nil
@@ -195,18 +243,55 @@ func (p *Publisher) Flush(ctx context.Context) (int, error) {
 
 func (p *Publisher) publish(ctx context.Context, b *batch) error {
 	// The message keeps the batch's buffer: the NATS client may resend it.
-	msg := &nats.Msg{Subject: b.subject, Data: b.data, Header: nats.Header{}}
+	msg := &nats.Msg{Subject: p.opts.Subject(b.partition), Data: b.data, Header: nats.Header{}}
 	events := b.events
 	b.data, b.events = nil, 0
-	fut, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(b.id), jetstream.WithExpectLastSequence(p.lastSeq))
+	return p.send(ctx, msg, events, jetstream.WithMsgID(b.id))
+}
+
+// publishFragments publishes the one event of b as fragments, then the
+// message that names them.
+func (p *Publisher) publishFragments(ctx context.Context, b *batch) error {
+	parts := fragment.Split(b.data, p.fragment)
+	seqs := make([]uint64, len(parts))
+	for i, part := range parts {
+		seqs[i] = p.lastSeq + 1 // the expected last sequence makes it so
+		if err := p.send(ctx, &nats.Msg{Subject: p.opts.FragmentSubject(b.partition), Data: part}, 0); err != nil {
+			return err
+		}
+	}
+	msg := &nats.Msg{Subject: p.opts.Subject(b.partition), Header: nats.Header{}}
+	fragment.SetHeader(msg.Header, seqs)
+	b.data, b.events = nil, 0
+	return p.send(ctx, msg, 1, jetstream.WithMsgID(b.id))
+}
+
+// send publishes msg as the stream's next message once the in-flight
+// budget has room for it.
+func (p *Publisher) send(ctx context.Context, msg *nats.Msg, events int, opts ...jetstream.PublishOpt) error {
+	tokens := min(max(1, len(msg.Data)/unit), p.opts.MaxInFlight)
+	for range tokens {
+		select {
+		case p.tokens <- struct{}{}:
+		case <-p.failed:
+			return p.err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	opts = append(opts, jetstream.WithExpectLastSequence(p.lastSeq))
+	fut, err := p.js.PublishMsgAsync(msg, opts...)
 	if err != nil {
-		err = fmt.Errorf("publish %d changes (%d bytes) to %s: %w", events, len(msg.Data), b.subject, err)
+		for range tokens {
+			<-p.tokens
+		}
+		err = fmt.Errorf("publish %d changes (%d bytes) to %s: %w", events, len(msg.Data), msg.Subject, err)
 		p.fail(err)
 		return err
 	}
 	p.lastSeq++
 	inFlight.Add(float64(events))
-	return p.enqueue(ctx, item{fut: fut, events: events, sent: time.Now()})
+	return p.enqueue(ctx, item{fut: fut, events: events, tokens: tokens, sent: time.Now()})
 }
 
 // Commit marks lsn as safely delivered once every event added before the
@@ -285,9 +370,12 @@ func (p *Publisher) track() {
 			published.Add(float64(it.events))
 			publishSeconds.Observe(time.Since(it.sent).Seconds())
 		case err := <-it.fut.Err():
-			p.fail(fmt.Errorf("publish changes %s: %w", it.fut.Msg().Header.Get(jetstream.MsgIDHeader), err))
+			p.fail(fmt.Errorf("publish to %s (message %s): %w", it.fut.Msg().Subject, it.fut.Msg().Header.Get(jetstream.MsgIDHeader), err))
 		}
 		inFlight.Sub(float64(it.events))
+		for range it.tokens {
+			<-p.tokens
+		}
 	}
 }
 

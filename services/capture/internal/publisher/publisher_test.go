@@ -1,6 +1,7 @@
 package publisher
 
 import (
+	"bytes"
 	"context"
 	"strconv"
 	"strings"
@@ -9,6 +10,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/sluicehq/sluice/pkg/change"
+	"github.com/sluicehq/sluice/pkg/fragment"
 	"github.com/sluicehq/sluice/pkg/testenv"
 	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
 )
@@ -16,7 +19,7 @@ import (
 func setup(t *testing.T, maxMsgs int64) jetstream.JetStream {
 	t.Helper()
 	js := testenv.NewNATS(t).JetStream(t)
-	_, err := js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "S", Subjects: []string{"S.changes.*"}, MaxMsgs: maxMsgs, Discard: jetstream.DiscardNew})
+	_, err := js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "S", Subjects: []string{"S.changes.*", "S.fragments.*"}, MaxMsgs: maxMsgs, Discard: jetstream.DiscardNew})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,6 +31,11 @@ func event(lsn uint64, idx uint32) *sluicev1.ChangeEvent {
 }
 
 func subject(p int) string { return "S.changes." + strconv.Itoa(p) }
+
+func options(partitions, maxInFlight int) Options {
+	return Options{Stream: "S", Partitions: partitions, MaxInFlight: maxInFlight, Subject: subject,
+		FragmentSubject: func(p int) string { return "S.fragments." + strconv.Itoa(p) }}
+}
 
 func waitFlushed(t *testing.T, p *Publisher, want uint64) {
 	t.Helper()
@@ -43,7 +51,7 @@ func waitFlushed(t *testing.T, p *Publisher, want uint64) {
 func TestPublishAndResume(t *testing.T) {
 	ctx := context.Background()
 	js := setup(t, -1)
-	p, resume, err := Open(ctx, js, "S", 2, subject, 2)
+	p, resume, err := Open(ctx, js, options(2, 2))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +79,7 @@ func TestPublishAndResume(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	p2, resume, err := Open(ctx, js, "S", 2, subject, 2)
+	p2, resume, err := Open(ctx, js, options(2, 2))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +102,7 @@ func TestPublishAndResume(t *testing.T) {
 func TestFailureStopsTheChain(t *testing.T) {
 	ctx := context.Background()
 	js := setup(t, 5) // the sixth message is refused
-	p, _, err := Open(ctx, js, "S", 1, subject, 100)
+	p, _, err := Open(ctx, js, options(1, 100))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +130,7 @@ func TestFailureStopsTheChain(t *testing.T) {
 func TestExpectedSequence(t *testing.T) {
 	ctx := context.Background()
 	js := setup(t, -1)
-	p, _, err := Open(ctx, js, "S", 4, subject, 10)
+	p, _, err := Open(ctx, js, options(4, 10))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +147,7 @@ func TestExpectedSequence(t *testing.T) {
 func TestFullBatch(t *testing.T) {
 	ctx := context.Background()
 	js := setup(t, -1)
-	p, _, err := Open(ctx, js, "S", 4, subject, 10)
+	p, _, err := Open(ctx, js, options(4, 10))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +183,7 @@ func TestFullBatch(t *testing.T) {
 func TestResumeIsPerPartition(t *testing.T) {
 	ctx := context.Background()
 	js := setup(t, -1)
-	p, _, err := Open(ctx, js, "S", 2, subject, 10)
+	p, _, err := Open(ctx, js, options(2, 10))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,7 +201,7 @@ func TestResumeIsPerPartition(t *testing.T) {
 		st.Info(ctx)
 	}
 	// The process dies here, without Flush.
-	_, resume, err := Open(ctx, js, "S", 2, subject, 10)
+	_, resume, err := Open(ctx, js, options(2, 10))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,5 +210,75 @@ func TestResumeIsPerPartition(t *testing.T) {
 	}
 	if !resume.Covers(1, 10, maxBatchEvents) || resume.Covers(1, 11, 0) {
 		t.Fatalf("partition 1 resumes at %+v", resume[1])
+	}
+}
+
+// Every message fits the server's max_payload (1 MiB, the default): a
+// batch is published before an event would overflow it, and an event too
+// large for a batch of its own travels in fragments, in order with its
+// partition's other events, also across a restart.
+func TestLargeEvents(t *testing.T) {
+	ctx := context.Background()
+	js := setup(t, -1)
+	p, _, err := Open(ctx, js, options(1, 4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sizes := []int{40 << 10, 40 << 10, 900 << 10, 10, 3 << 20, 40 << 10, 20 << 20}
+	for i, n := range sizes {
+		ev := event(7, uint32(i))
+		ev.Record = bytes.Repeat([]byte{'a' + byte(i)}, n)
+		if err := p.Add(ctx, 0, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.Commit(ctx, 8)
+	if err := p.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if p.Flushed() != 8 {
+		t.Fatalf("flushed %d", p.Flushed())
+	}
+
+	st, _ := js.Stream(ctx, "S")
+	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	limit := int(js.Conn().MaxPayload())
+	next := 0
+	for next < len(sizes) {
+		m, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+		if err != nil {
+			t.Fatalf("after %d events: %v", next, err)
+		}
+		if n := len(m.Data()); n > limit || strings.Contains(m.Subject(), "changes") && n > maxBatchBytes {
+			t.Fatalf("message on %s holds %d bytes", m.Subject(), n)
+		}
+		if strings.Contains(m.Subject(), "fragments") {
+			continue
+		}
+		data, err := fragment.Payload(ctx, st, m.Headers(), m.Data())
+		if err != nil {
+			t.Fatal(err)
+		}
+		evs, err := change.Events(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ev := range evs {
+			if int(ev.CommitIdx) != next || len(ev.Record) != sizes[next] || ev.Record[0] != 'a'+byte(next) {
+				t.Fatalf("event %d of %d bytes, want event %d of %d", ev.CommitIdx, len(ev.Record), next, sizes[next])
+			}
+			next++
+		}
+	}
+	// The last message names fragments: a restart reads them to resume.
+	_, resume, err := Open(ctx, js, options(1, 4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !resume.Covers(0, 7, uint32(len(sizes)-1)) || resume.Covers(0, 8, 0) {
+		t.Fatalf("resumes at %+v", resume[0])
 	}
 }
