@@ -127,14 +127,16 @@ func (s *Store) Client() redis.UniversalClient { return s.client }
 
 // VersionKey is the version record of key. It is in key's hash slot, so
 // that the script touches one slot in a Redis Cluster: a key without braces
-// becomes the record's hash tag, a key with a hash tag lends it, and any
-// other key gets a tag that hashes to its slot.
+// becomes the record's hash tag ("{key}"), a key with a hash tag lends it
+// ("=key"), and any other key gets a tag that hashes to its slot
+// ("{tag}key", the key holding a brace). The three forms cannot be taken
+// for one another, so no two keys share a record.
 func VersionKey(key string) string {
 	if !strings.ContainsAny(key, "{}") {
 		return VersionPrefix + "{" + key + "}"
 	}
 	if _, ok := hashTag(key); ok {
-		return VersionPrefix + key
+		return VersionPrefix + "=" + key
 	}
 	return VersionPrefix + "{" + slotTag(Slot(key)) + "}" + key
 }

@@ -210,6 +210,15 @@ func TestVersionKeySharesSlot(t *testing.T) {
 			t.Errorf("VersionKey(%q) = %q: slot %d, key's %d", key, vk, Slot(vk), Slot(key))
 		}
 	}
+	// No two keys share a record.
+	seen := map[string]string{}
+	for _, key := range []string{"k", "{k}", "=k", "={k}", "{k}}", "{}k", "k{", "{0}k{", "a{b}", "{a}{b}", "{x}a}b"} {
+		vk := VersionKey(key)
+		if other, ok := seen[vk]; ok {
+			t.Errorf("%q and %q share the record %q", key, other, vk)
+		}
+		seen[vk] = key
+	}
 	// The known slot of a known key (CLUSTER KEYSLOT foo = 12182).
 	if Slot("foo") != 12182 || Slot("{foo}bar") != 12182 {
 		t.Errorf("Slot(foo) = %d", Slot("foo"))
