@@ -388,6 +388,19 @@ func (c *Config) validateSink(i int, errs *fieldErrors) {
 			errs.add(fmt.Sprintf("%s.tables[%d]", at, j), fmt.Sprintf("%s is not in postgres.tables", t))
 		}
 	}
+	if s.Routing == "" {
+		// The default key names the table, not its schema.
+		seen := map[string]string{}
+		for _, t := range s.Tables {
+			_, name := SplitTable(t)
+			if other, ok := seen[name]; ok && other != t {
+				errs.add(at+".tables", fmt.Sprintf("%s and %s would both write the keys %s:%s:<pk> (and on_truncate: delete would delete both); "+
+					"capture them into separate sinks with different destination.key_prefix, or give this sink a routing expression that tells them apart",
+					other, t, s.Destination.KeyPrefix, name))
+			}
+			seen[name] = t
+		}
+	}
 	for j, a := range s.Actions {
 		if !slices.Contains(Actions, a) {
 			errs.add(fmt.Sprintf("%s.actions[%d]", at, j), fmt.Sprintf("%q is not one of insert, update, delete, read", a))

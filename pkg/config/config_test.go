@@ -66,6 +66,20 @@ func TestParseFull(t *testing.T) {
 	}
 }
 
+// Tables of the same name in different schemas are fine in separate sinks,
+// or in one whose routing tells them apart.
+func TestSameTableNames(t *testing.T) {
+	doc := `postgres: {url: u, tables: [a.users, b.users]}
+sinks:
+  - {name: a, tables: [a.users], destination: {type: redis_string, host: h, port: 1}}
+  - {name: b, tables: [b.users], destination: {type: redis_string, host: h, port: 1, key_prefix: b}}
+  - {name: routed, routing: 'metadata.table_schema + ":" + string(record.id)', destination: {type: redis_string, host: h, port: 1}}
+`
+	if _, err := Parse([]byte(doc), env(nil)); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestParseErrors(t *testing.T) {
 	base := func(sink string) string {
 		return "postgres: {url: x, tables: [users]}\nsinks:\n  - {name: a, destination: {type: redis_string, host: h, port: 1}}\n" + sink
@@ -103,6 +117,8 @@ func TestParseErrors(t *testing.T) {
 		{"max deliver", base("  - {name: b, max_deliver: -1, destination: {type: redis_string, host: h, port: 1}}"), "sinks[1].max_deliver: must be at least 1"},
 		{"backoff", base("  - {name: b, backoff: 5ms, destination: {type: redis_string, host: h, port: 1}}"), "sinks[1].backoff: must be at least 10ms"},
 		{"max backoff", base("  - {name: b, backoff: 2s, max_backoff: 1s, destination: {type: redis_string, host: h, port: 1}}"), "sinks[1].max_backoff: must be at least backoff"},
+		{"same table name", `postgres: {url: u, tables: [a.users, b.users]}
+sinks: [{name: s, destination: {type: redis_string, host: h, port: 1}}]`, "sinks[0].tables: a.users and b.users would both write the keys sequin:users:<pk>"},
 		{"syntax", "postgres: [", "yaml:"},
 	}
 	for _, c := range cases {
