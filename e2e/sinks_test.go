@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -233,4 +234,62 @@ sinks:
 	if e.rc.Exists(ctx, "sequin:users:1").Val() != 0 {
 		t.Error("a table outside the sink's tables reached it")
 	}
+}
+
+// A filtered sink holds exactly the rows that match: a row leaves it when
+// an update makes it stop matching and when it is deleted. A routed sink
+// whose routing gives a row the same key after its primary key changed
+// holds the new row.
+func TestFilterAndRoutingLeaveNoStaleRow(t *testing.T) {
+	e := newEnv(t)
+	e.exec(`CREATE TABLE members (id int PRIMARY KEY, email text NOT NULL, active bool NOT NULL)`)
+	routed := testenv.NewRedis(t)
+	cfg := e.writeConfig(fmt.Sprintf(`postgres: {url: %q, tables: [members], status_interval: 200ms}
+nats: {url: %q, partitions: 2}
+sinks:
+  - name: active
+    filter: 'record.active == true'
+    destination: {type: redis_string, host: 127.0.0.1, port: %d}
+  - name: by-email
+    transform: record
+    routing: '"members:" + record.email'
+    destination: {type: redis_string, host: 127.0.0.1, port: %d}
+`, e.pg.URL, e.nats.URL(), e.redis.Port, routed.Port))
+	e.runPipeline(cfg, "active", "by-email")
+	e.exec(`INSERT INTO members SELECT g, 'm' || g || '@x', g % 2 = 0 FROM generate_series(1, 40) g`)
+	e.exec(`UPDATE members SET active = false WHERE id <= 10`)            // stop matching
+	e.exec(`UPDATE members SET active = true WHERE id BETWEEN 11 AND 15`) // start matching
+	e.exec(`DELETE FROM members WHERE id BETWEEN 16 AND 25`)
+	e.exec(`UPDATE members SET id = id + 100 WHERE id BETWEEN 30 AND 33`) // same email: same routed key
+	ctx := context.Background()
+	eventually(t, 30*time.Second, func() string {
+		var want []string
+		rows, err := e.conn.Query(ctx, `SELECT id FROM members WHERE active ORDER BY id`)
+		if err != nil {
+			return err.Error()
+		}
+		for rows.Next() {
+			var id int
+			rows.Scan(&id)
+			want = append(want, fmt.Sprintf("sequin:members:%d", id))
+		}
+		got, _ := e.rc.Keys(ctx, "sequin:members:*").Result()
+		slices.Sort(got)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			return fmt.Sprintf("filtered sink holds %v, want %v", got, want)
+		}
+		rc := routed.Client()
+		defer rc.Close()
+		for id := 30; id <= 33; id++ {
+			v := rc.Get(ctx, fmt.Sprintf("members:m%d@x", id)).Val()
+			if !strings.Contains(v, fmt.Sprintf(`"id":%d`, id+100)) {
+				return fmt.Sprintf("members:m%d@x = %q, want the row with id %d", id, v, id+100)
+			}
+		}
+		if n, _ := rc.DBSize(ctx).Result(); n < 30 {
+			return fmt.Sprintf("routed sink holds %d keys", n)
+		}
+		return ""
+	})
 }

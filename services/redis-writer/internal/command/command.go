@@ -5,6 +5,7 @@
 package command
 
 import (
+	"slices"
 	"strings"
 
 	"github.com/sluicehq/sluice/pkg/change"
@@ -37,6 +38,7 @@ type Renderer struct {
 	expireMS    int64
 	tombstoneMS int64
 	truncate    bool
+	deletes     bool // the sink applies deletes
 	filter      *expression.Filter
 	transform   *expression.Transform
 	routing     *expression.Routing
@@ -49,6 +51,7 @@ func NewRenderer(s *config.Sink) (*Renderer, error) {
 		consumer:    change.NewConsumer(s.Name),
 		tombstoneMS: s.TombstoneTTL.Milliseconds(),
 		truncate:    s.OnTruncate == "delete",
+		deletes:     slices.Contains(s.Actions, "delete"),
 	}
 	if s.Destination.ExpireMS != nil {
 		r.expireMS = *s.Destination.ExpireMS // 0 means no expiry: Redis refuses PX 0
@@ -72,9 +75,15 @@ func NewRenderer(s *config.Sink) (*Renderer, error) {
 	return r, nil
 }
 
-// Append appends the commands of ev: none when the filter rejects it; one;
-// or, for an UPDATE that changed the primary key, a DEL of the old key and
-// a SET of the new one. An error is an expression that failed on ev.
+// Append appends the commands of ev: none when the filter rejects an
+// insert or a read; one; or, for an UPDATE that changed the key, a DEL of
+// the old key and a SET of the new one. An error is an expression that
+// failed on ev.
+//
+// A row leaves the cache when it is deleted or when an update makes it
+// stop matching the filter (a DEL, unless actions leave out delete): the
+// filter is not asked about a delete, whose record under REPLICA IDENTITY
+// DEFAULT holds only the key.
 func (r *Renderer) Append(cmds []Command, ev *sluicev1.ChangeEvent) ([]Command, error) {
 	if ev.Action == sluicev1.Action_ACTION_TRUNCATE {
 		if !r.truncate {
@@ -90,43 +99,54 @@ func (r *Renderer) Append(cmds []Command, ev *sluicev1.ChangeEvent) ([]Command, 
 			return cmds, err
 		}
 	}
-	if r.filter != nil {
-		if ok, err := r.filter.Match(in); err != nil || !ok {
+	del := ev.Action == sluicev1.Action_ACTION_DELETE
+	rejected := false
+	if r.filter != nil && !del {
+		ok, err := r.filter.Match(in)
+		if err != nil {
 			return cmds, err
 		}
+		if !ok && (ev.Action != sluicev1.Action_ACTION_UPDATE || !r.deletes) {
+			return cmds, nil
+		}
+		rejected = !ok
 	}
 	version := string(change.AppendVersion(make([]byte, 0, change.VersionLen), ev.CommitLsn, ev.CommitIdx))
-	if len(ev.OldPkValues) > 0 {
-		key := r.Key(ev.Table, ev.OldPkValues)
-		if r.routing != nil {
-			old, err := r.oldInput(in, ev)
-			if err != nil {
-				return cmds, err
-			}
-			rt, err := r.routing.Route(old)
-			if err != nil {
-				return cmds, err
-			}
-			key = rt.Key
-		}
-		cmds = append(cmds, Command{Del: true, Key: key, Version: version, VersionExpireMS: r.tombstoneMS})
-	}
-
-	c := Command{Key: r.Key(ev.Table, ev.PkValues), Del: ev.Action == sluicev1.Action_ACTION_DELETE, Version: version, ExpireMS: r.expireMS}
+	c := Command{Key: r.Key(ev.Table, ev.PkValues), Del: del || rejected, Version: version, ExpireMS: r.expireMS}
 	if r.routing != nil {
 		rt, err := r.routing.Route(in)
 		if err != nil {
 			return cmds, err
 		}
 		c.Key = rt.Key
-		switch rt.Action {
-		case "del":
+		switch {
+		case rejected:
+		case rt.Action == "del":
 			c.Del = true
-		case "set":
+		case rt.Action == "set":
 			c.Del = false
 		}
 		if rt.ExpireMS > 0 {
 			c.ExpireMS = rt.ExpireMS
+		}
+	}
+	if len(ev.OldPkValues) > 0 {
+		old := r.Key(ev.Table, ev.OldPkValues)
+		if r.routing != nil {
+			oin, err := r.oldInput(in, ev)
+			if err != nil {
+				return cmds, err
+			}
+			rt, err := r.routing.Route(oin)
+			if err != nil {
+				return cmds, err
+			}
+			old = rt.Key
+		}
+		// The old key goes, unless routing gives the row the same key
+		// again: the one write below then holds the new row.
+		if old != c.Key {
+			cmds = append(cmds, Command{Del: true, Key: old, Version: version, VersionExpireMS: r.tombstoneMS})
 		}
 	}
 	if c.Del {

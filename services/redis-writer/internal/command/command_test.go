@@ -111,3 +111,49 @@ func TestTruncate(t *testing.T) {
 		t.Fatalf("truncate: %+v", cmds)
 	}
 }
+
+// A row leaves the cache when an update makes it stop matching the filter,
+// and when it is deleted, whatever its key-only record says; unless the
+// sink's actions leave deletes out. An insert that does not match was
+// never there: nothing to do.
+func TestFilterLeavesNoStaleRow(t *testing.T) {
+	s := sink(nil)
+	s.Filter = `record.active == true`
+	s.Actions = config.Actions
+	ev := func(a sluicev1.Action, record string) *sluicev1.ChangeEvent {
+		return &sluicev1.ChangeEvent{Action: a, Schema: "public", Table: "users", PkColumns: []string{"id"}, PkValues: []string{"7"}, Record: []byte(record), CommitLsn: 9}
+	}
+	if cmds := render(t, s, ev(sluicev1.Action_ACTION_UPDATE, `{"id":7,"active":true}`)); len(cmds) != 1 || cmds[0].Del {
+		t.Fatalf("matching update: %+v", cmds)
+	}
+	if cmds := render(t, s, ev(sluicev1.Action_ACTION_UPDATE, `{"id":7,"active":false}`)); len(cmds) != 1 || !cmds[0].Del || cmds[0].Key != "sequin:users:7" {
+		t.Fatalf("update that stops matching: %+v", cmds)
+	}
+	if cmds := render(t, s, ev(sluicev1.Action_ACTION_DELETE, `{"id":7,"active":null}`)); len(cmds) != 1 || !cmds[0].Del {
+		t.Fatalf("delete with a key-only record: %+v", cmds)
+	}
+	if cmds := render(t, s, ev(sluicev1.Action_ACTION_INSERT, `{"id":7,"active":false}`)); len(cmds) != 0 {
+		t.Fatalf("insert that does not match: %+v", cmds)
+	}
+	s.Routing = `"u:" + string(record.id)`
+	if cmds := render(t, s, ev(sluicev1.Action_ACTION_UPDATE, `{"id":7,"active":false}`)); len(cmds) != 1 || !cmds[0].Del || cmds[0].Key != "u:7" {
+		t.Fatalf("routed update that stops matching: %+v", cmds)
+	}
+	s.Actions = []string{"insert", "update"}
+	if cmds := render(t, s, ev(sluicev1.Action_ACTION_UPDATE, `{"id":7,"active":false}`)); len(cmds) != 0 {
+		t.Fatalf("without deletes, an update that stops matching: %+v", cmds)
+	}
+}
+
+// An update that changes the key, where routing gives the old and the new
+// row the same key: the key holds the new row, with no DEL of it at the
+// same version (which would make the SET look stale).
+func TestKeyChangeToTheSameRoutedKey(t *testing.T) {
+	s := sink(nil)
+	s.Routing = `"users:" + record.email`
+	ev := &sluicev1.ChangeEvent{Action: sluicev1.Action_ACTION_UPDATE, Table: "users", PkColumns: []string{"id"}, PkValues: []string{"8"},
+		OldPkValues: []string{"7"}, Record: []byte(`{"id":8,"email":"a@x"}`), Changes: []byte(`{}`), CommitLsn: 9}
+	if cmds := render(t, s, ev); len(cmds) != 1 || cmds[0].Del || cmds[0].Key != "users:a@x" {
+		t.Fatalf("cmds: %+v", cmds)
+	}
+}
