@@ -32,6 +32,7 @@ fuzz:
 	go test -run '^$$' -fuzz '^FuzzRecord$$' -fuzztime $(FUZZTIME) ./services/capture/internal/event
 	go test -run '^$$' -fuzz '^FuzzAppendString$$' -fuzztime $(FUZZTIME) ./pkg/change
 	go test -run '^$$' -fuzz '^FuzzExpand$$' -fuzztime $(FUZZTIME) ./pkg/config
+	go test -run '^$$' -fuzz '^FuzzCheckWhere$$' -fuzztime $(FUZZTIME) ./pkg/backfill
 
 # Benchmarks of the stages on real servers, then the whole pipeline (see
 # BENCHMARKS.md; BENCH_FLAGS sizes it, e.g. BENCH_FLAGS='-changes 100000

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"syscall"
@@ -181,5 +182,40 @@ func TestBackfillCancel(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	if list, _ = store.List(context.Background()); list[0].Done != done {
 		t.Fatalf("a cancelled backfill went on: %d, then %d rows", done, list[0].Done)
+	}
+}
+
+// --where is a condition, not a statement: what would run anything else is
+// refused by `sluice backfill`, and by capture for a job written straight
+// into the bucket; the table is untouched either way.
+func TestBackfillWhereInjection(t *testing.T) {
+	e := newEnv(t)
+	fill(e, 100)
+	cfg := e.config([]string{"accounts"}, true)
+	e.runPipeline(cfg, "cache")
+	for where, want := range map[string]string{
+		`x); DELETE FROM accounts; --`:                                     "must be one condition",
+		`(SELECT pg_terminate_backend(pid) FROM pg_stat_activity) IS NULL`: "pg_terminate_backend is volatile",
+	} {
+		p := start(t, "sluice", "backfill", "--config", cfg, "--sink", "cache", "--table", "accounts", "--where", where)
+		if code := p.wait(30 * time.Second); code == 0 || !strings.Contains(p.Output(), want) {
+			t.Errorf("--where %q: exit %d: %s", where, code, p.Output())
+		}
+	}
+	store := openJobs(t, e)
+	j, err := store.Create(context.Background(), "cache", "public.accounts", `true) OR (SELECT count(*) FROM pg_stat_activity WHERE pg_cancel_backend(pid)) > 0 OR (true`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, func() string {
+		got, _, err := store.Get(context.Background(), j.ID)
+		if err != nil || got.State != jobs.Failed || !strings.Contains(got.Error, "must be one condition") {
+			return fmt.Sprintf("job: %+v %v", got, err)
+		}
+		return ""
+	})
+	var n int
+	if err := e.conn.QueryRow(context.Background(), `SELECT count(*) FROM accounts`).Scan(&n); err != nil || n != 100 {
+		t.Fatalf("accounts holds %d rows (%v)", n, err)
 	}
 }

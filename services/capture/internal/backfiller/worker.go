@@ -125,6 +125,18 @@ func (w *Worker) run(ctx context.Context, id string) error {
 	}
 	schema, table := config.SplitTable(job.Table)
 	if job.State == backfill.Pending {
+		if job.Where != "" {
+			// Jobs come from the bucket, which anyone with NATS access
+			// can write: the condition is checked here too.
+			var invalid *backfill.InvalidWhereError
+			if err := w.src.CheckWhere(ctx, job.Table, job.Where); errors.As(err, &invalid) {
+				w.finish(ctx, job.ID, backfill.Failed, err.Error())
+				w.log.Error("backfill refused", zap.String("backfill", job.ID), zap.String("table", job.Table), zap.Error(err))
+				return nil
+			} else if err != nil {
+				return err
+			}
+		}
 		sh, err := w.src.Shape(ctx, schema, table)
 		if err != nil {
 			return err

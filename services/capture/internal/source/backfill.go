@@ -10,6 +10,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	jobs "github.com/sluicehq/sluice/pkg/backfill"
+
 	"github.com/sluicehq/sluice/services/capture/internal/pgoutput"
 )
 
@@ -73,10 +75,31 @@ func (s *Source) Estimate(ctx context.Context, sh *Shape, where string) (int64, 
 	if where != "" {
 		q += " WHERE (" + where + ")"
 	}
-	if err := s.conn.QueryRow(ctx, q).Scan(&n); err != nil {
+	err := s.readOnly(ctx, func() error { return s.conn.QueryRow(ctx, q, pgx.QueryExecModeExec).Scan(&n) })
+	if err != nil {
 		return 0, fmt.Errorf("count rows of %s: %w", name, err)
 	}
 	return n, nil
+}
+
+// CheckWhere checks a backfill's condition before it runs (see
+// backfill.CheckWhereIn).
+func (s *Source) CheckWhere(ctx context.Context, table, where string) error {
+	return jobs.CheckWhereIn(ctx, s.conn, table, where)
+}
+
+// readOnly runs fn in a read-only transaction: a backfill's reads, whose
+// condition comes from an operator's command line, can change nothing.
+func (s *Source) readOnly(ctx context.Context, fn func() error) error {
+	if _, err := s.conn.Exec(ctx, "BEGIN READ ONLY"); err != nil {
+		return err
+	}
+	if err := fn(); err != nil {
+		_, _ = s.conn.Exec(ctx, "ROLLBACK")
+		return err
+	}
+	_, err := s.conn.Exec(ctx, "COMMIT")
+	return err
 }
 
 // maxChunkBytes bounds a chunk's memory whatever its rows' sizes.
@@ -122,26 +145,30 @@ func (s *Source) Chunk(ctx context.Context, sh *Shape, where string, after []str
 	for i, c := range sh.Order {
 		idx[i] = slices.IndexFunc(sh.Relation.Columns, func(col pgoutput.Column) bool { return col.Name == c })
 	}
-	rr := s.conn.PgConn().ExecParams(ctx, q.String(), params, nil, nil, nil)
 	var rows []pgoutput.Tuple
-	size := 0
-	for rr.NextRow() {
-		vals := rr.Values()
-		row := make(pgoutput.Tuple, len(vals))
-		for i, v := range vals {
-			if v == nil {
-				row[i] = pgoutput.Value{Kind: pgoutput.Null}
-				continue
+	err := s.readOnly(ctx, func() error {
+		rr := s.conn.PgConn().ExecParams(ctx, q.String(), params, nil, nil, nil)
+		size := 0
+		for rr.NextRow() {
+			vals := rr.Values()
+			row := make(pgoutput.Tuple, len(vals))
+			for i, v := range vals {
+				if v == nil {
+					row[i] = pgoutput.Value{Kind: pgoutput.Null}
+					continue
+				}
+				row[i] = pgoutput.Value{Kind: pgoutput.Text, Data: slices.Clone(v)}
+				size += len(v)
 			}
-			row[i] = pgoutput.Value{Kind: pgoutput.Text, Data: slices.Clone(v)}
-			size += len(v)
+			rows = append(rows, row)
+			if size > maxChunkBytes {
+				break
+			}
 		}
-		rows = append(rows, row)
-		if size > maxChunkBytes {
-			break
-		}
-	}
-	if _, err := rr.Close(); err != nil {
+		_, err := rr.Close()
+		return err
+	})
+	if err != nil {
 		return nil, nil, fmt.Errorf("read a chunk of %s.%s: %w", sh.Relation.Namespace, sh.Relation.Name, err)
 	}
 	if len(rows) == 0 {

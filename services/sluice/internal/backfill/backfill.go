@@ -78,16 +78,15 @@ func Run(ctx context.Context, out io.Writer, cfg *config.Config, log *zap.Logger
 // checkWhere has Postgres plan the condition, so a mistake is an error
 // now rather than a failed backfill later.
 func checkWhere(ctx context.Context, url, table, where string) error {
+	if _, err := jobs.CheckWhere(where); err != nil {
+		return err // before connecting: nothing of it reaches Postgres
+	}
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
 		return fmt.Errorf("connect to postgres: %w", err)
 	}
 	defer conn.Close(ctx)
-	schema, name := config.SplitTable(table)
-	if _, err := conn.Exec(ctx, "EXPLAIN SELECT 1 FROM "+pgx.Identifier{schema, name}.Sanitize()+" WHERE ("+where+")"); err != nil {
-		return fmt.Errorf("--where: %w", err)
-	}
-	return nil
+	return jobs.CheckWhereIn(ctx, conn, table, where)
 }
 
 // follow shows the job's progress until it ends: a bar redrawn in place on
