@@ -17,6 +17,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -26,10 +27,16 @@ import (
 
 // Group is one writer's membership.
 type Group struct {
+	js  jetstream.JetStream
+	cfg jetstream.KeyValueConfig
 	kv  jetstream.KeyValue
 	id  string
 	ttl time.Duration
 	log *zap.Logger
+	// The lease: until when the member's key lives (its last refresh was
+	// sent then less ttl), and how many times it ran out.
+	until  atomic.Int64
+	lapses atomic.Uint64
 }
 
 // NewID returns a member id that tells an operator where the writer runs.
@@ -46,7 +53,7 @@ func NewID() string {
 
 // Join announces member id in bucket, creating the bucket when missing.
 func Join(ctx context.Context, js jetstream.JetStream, bucket, id string, ttl time.Duration, replicas int, log *zap.Logger) (*Group, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	g := &Group{js: js, id: id, ttl: ttl, log: log, cfg: jetstream.KeyValueConfig{
 		Bucket:         bucket,
 		Description:    "Sluice writers of one sink",
 		TTL:            ttl,
@@ -54,15 +61,46 @@ func Join(ctx context.Context, js jetstream.JetStream, bucket, id string, ttl ti
 		History:        1,
 		Storage:        jetstream.MemoryStorage,
 		Replicas:       replicas,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("open writer group %s: %w", bucket, err)
+	}}
+	if err := g.open(ctx); err != nil {
+		return nil, err
 	}
-	g := &Group{kv: kv, id: id, ttl: ttl, log: log}
-	if _, err := kv.Put(ctx, id, nil); err != nil {
+	if _, err := g.refresh(ctx); err != nil {
 		return nil, fmt.Errorf("join writer group %s: %w", bucket, err)
 	}
 	return g, nil
+}
+
+// open creates the bucket when missing: also after a NATS restart, which
+// loses it (membership is kept in memory: it only says who is alive now).
+func (g *Group) open(ctx context.Context) error {
+	kv, err := g.js.CreateOrUpdateKeyValue(ctx, g.cfg)
+	if err != nil {
+		return fmt.Errorf("open writer group %s: %w", g.cfg.Bucket, err)
+	}
+	g.kv = kv
+	return nil
+}
+
+// refresh puts the member's key, which lives ttl from the server's receipt
+// of it: no other member takes this one's partitions before then.
+func (g *Group) refresh(ctx context.Context) (revision uint64, err error) {
+	sent := time.Now()
+	if revision, err = g.kv.Put(ctx, g.id, nil); err != nil {
+		return 0, err
+	}
+	if until := g.until.Load(); until != 0 && sent.UnixNano() > until {
+		g.lapses.Add(1) // the key may have expired meanwhile, and others taken over
+	}
+	g.until.Store(sent.Add(g.ttl).UnixNano())
+	return revision, nil
+}
+
+// Lease returns until when this member surely owns its partitions, and how
+// many times the lease ran out before: a writer that sees the count change,
+// or the time pass, may have been replaced, and gives up what it holds.
+func (g *Group) Lease() (until time.Time, lapses uint64) {
+	return time.Unix(0, g.until.Load()), g.lapses.Load()
 }
 
 // ID is this member's id.
@@ -82,11 +120,15 @@ func (g *Group) Run(ctx context.Context, changed func(members []string)) error {
 		if ctx.Err() != nil {
 			break
 		}
-		// The watch ended (a NATS outage, say): start over after a pause.
+		// The watch ended (a NATS outage, say): start over after a pause,
+		// with the bucket created again if NATS lost it.
 		g.log.Warn("writer group membership interrupted; rejoining", zap.Error(err))
 		select {
 		case <-ctx.Done():
 		case <-time.After(g.ttl / 3):
+		}
+		if err := g.open(ctx); err == nil {
+			_, _ = g.refresh(ctx)
 		}
 	}
 	return nil
@@ -114,15 +156,23 @@ func (g *Group) watch(ctx context.Context, changed func(members []string)) error
 	heartbeat := time.NewTicker(g.ttl / 3)
 	defer heartbeat.Stop()
 	initial := true
+	var echo uint64 // the revision of our last refresh, until the watch shows it
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-heartbeat.C:
+			if echo != 0 {
+				// A watch that did not show our own refresh is dead: the
+				// bucket was lost and made again (a NATS restart), say.
+				return fmt.Errorf("watch of %s stalled", g.kv.Bucket())
+			}
 			// Put also brings the member back after a pause made it expire.
-			if _, err := g.kv.Put(ctx, g.id, nil); err != nil && ctx.Err() == nil {
+			rev, err := g.refresh(ctx)
+			if err != nil && ctx.Err() == nil {
 				return fmt.Errorf("refresh membership: %w", err)
 			}
+			echo = rev
 		case e, ok := <-w.Updates():
 			if !ok {
 				return fmt.Errorf("watch of %s ended", g.kv.Bucket())
@@ -131,6 +181,9 @@ func (g *Group) watch(ctx context.Context, changed func(members []string)) error
 				initial = false
 				report()
 				continue
+			}
+			if e.Revision() >= echo {
+				echo = 0
 			}
 			if e.Operation() == jetstream.KeyValuePut {
 				live[e.Key()] = true

@@ -69,3 +69,63 @@ func TestMembership(t *testing.T) {
 	}
 	stopA()
 }
+
+// A NATS restart loses the membership bucket (it lives in memory): the
+// members create it again, see a writer that joins after the restart, and
+// see it leave.
+func TestMembershipSurvivesNATSRestart(t *testing.T) {
+	srv := testenv.NewNATS(t)
+	js := srv.JetStream(t)
+	ctx := context.Background()
+	const ttl = 3 * time.Second
+	join := func(id string) (*view, context.CancelFunc) {
+		g, err := Join(ctx, js, "S_writers_x", id, ttl, 1, zap.NewNop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		v := &view{}
+		rctx, cancel := context.WithCancel(ctx)
+		go g.Run(rctx, v.set)
+		return v, cancel
+	}
+	wait := func(v *view, want ...string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * ttl)
+		for !slices.Equal(v.get(), want) {
+			if time.Now().After(deadline) {
+				t.Fatalf("view %v, want %v", v.get(), want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	a, stopA := join("a")
+	b, stopB := join("b")
+	wait(a, "a", "b")
+	if err := srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	var c *view
+	var stopC context.CancelFunc
+	deadline := time.Now().Add(5 * ttl)
+	for c == nil {
+		g, err := Join(ctx, js, "S_writers_x", "c", ttl, 1, zap.NewNop())
+		if err != nil {
+			if time.Now().After(deadline) {
+				t.Fatal(err)
+			}
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		c = &view{}
+		var rctx context.Context
+		rctx, stopC = context.WithCancel(ctx)
+		go g.Run(rctx, c.set)
+	}
+	wait(a, "a", "b", "c")
+	wait(b, "a", "b", "c")
+	stopC()
+	wait(a, "a", "b")
+	stopB()
+	wait(a, "a")
+	stopA()
+}
