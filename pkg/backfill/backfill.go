@@ -40,7 +40,11 @@ type Job struct {
 	Sink  string `json:"sink"`
 	Table string `json:"table"` // schema.table
 	Where string `json:"where,omitempty"`
-	State State  `json:"state"`
+	// Keys, when set, are the rows to read (each its primary-key values,
+	// as text, in column order) instead of the whole table: a row that is
+	// gone is deleted from the sink. `sluice dlq replay` asks for these.
+	Keys  [][]string `json:"keys,omitempty"`
+	State State      `json:"state"`
 	// Cursor holds the primary-key values (text) of the last row sent;
 	// the next chunk starts after it. Empty: from the start.
 	Cursor  []string  `json:"cursor,omitempty"`
@@ -90,6 +94,18 @@ func jobKey(id string) string { return "job." + id }
 func (s *Store) Create(ctx context.Context, sink, table, where string) (Job, error) {
 	now := time.Now().UTC()
 	j := Job{ID: strings.ToLower(nuid.Next()), Sink: sink, Table: table, Where: where, State: Pending, Created: now, Updated: now}
+	b, _ := json.Marshal(j)
+	if _, err := s.kv.Create(ctx, jobKey(j.ID), b); err != nil {
+		return Job{}, fmt.Errorf("create backfill: %w", err)
+	}
+	return j, nil
+}
+
+// CreateKeys stores a new pending job that reads the rows of table with
+// the given primary keys into sink, and deletes the keys of those gone.
+func (s *Store) CreateKeys(ctx context.Context, sink, table string, keys [][]string) (Job, error) {
+	now := time.Now().UTC()
+	j := Job{ID: strings.ToLower(nuid.Next()), Sink: sink, Table: table, Keys: keys, State: Pending, Created: now, Updated: now, Total: int64(len(keys))}
 	b, _ := json.Marshal(j)
 	if _, err := s.kv.Create(ctx, jobKey(j.ID), b); err != nil {
 		return Job{}, fmt.Errorf("create backfill: %w", err)
@@ -212,4 +228,53 @@ func (s *Store) Watch(ctx context.Context) (<-chan struct{}, error) {
 		}
 	}()
 	return ch, nil
+}
+
+// Marker is what the writers of a sink know of its Redis: the marker it
+// holds (a key written once, gone when Redis loses its data) and its
+// replication id (which changes when it restarts or a replica takes over),
+// and how many times they found it reset.
+type Marker struct {
+	Value         string    `json:"value"`
+	ReplicationID string    `json:"replication_id,omitempty"`
+	Resets        int       `json:"resets"`
+	LastReset     time.Time `json:"last_reset,omitzero"`
+}
+
+func markerKey(sink string) string { return "marker." + sink }
+
+// Marker returns a sink's marker record and its revision; revision 0 when
+// there is none yet.
+func (s *Store) Marker(ctx context.Context, sink string) (Marker, uint64, error) {
+	var m Marker
+	e, err := s.kv.Get(ctx, markerKey(sink))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return m, 0, nil
+	}
+	if err != nil {
+		return m, 0, fmt.Errorf("read the redis marker of sink %s: %w", sink, err)
+	}
+	if err := json.Unmarshal(e.Value(), &m); err != nil {
+		return m, 0, fmt.Errorf("read the redis marker of sink %s: %w", sink, err)
+	}
+	return m, e.Revision(), nil
+}
+
+// PutMarker stores a sink's marker record if it is still at revision rev
+// (0: there was none); ErrChanged when another writer stored one first.
+func (s *Store) PutMarker(ctx context.Context, sink string, m Marker, rev uint64) error {
+	b, _ := json.Marshal(m)
+	var err error
+	if rev == 0 {
+		_, err = s.kv.Create(ctx, markerKey(sink), b)
+	} else {
+		_, err = s.kv.Update(ctx, markerKey(sink), b, rev)
+	}
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return ErrChanged
+	}
+	if err != nil {
+		return fmt.Errorf("store the redis marker of sink %s: %w", sink, err)
+	}
+	return nil
 }

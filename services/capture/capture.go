@@ -323,7 +323,8 @@ func (ss *session) handle(ctx context.Context, m pgoutput.Message) error {
 
 // chunk handles a backfill watermark: at a high one, it publishes the
 // chunk's rows that did not change since its low one, as READ events at
-// this transaction's position.
+// this transaction's position, and for the keys a backfill by key found
+// gone, DELETE events for its sink alone.
 func (ss *session) chunk(ctx context.Context, m *pgoutput.LogicalMessage) error {
 	ch, skip := ss.marks.Mark(m)
 	if ch == nil {
@@ -339,6 +340,18 @@ func (ss *session) chunk(ctx context.Context, m *pgoutput.LogicalMessage) error 
 			continue // its change, between the watermarks, is as new or newer
 		}
 		ev, err := ch.Rel.Read(tx, row, ch.Job, ch.Sink)
+		if err != nil {
+			return err
+		}
+		if err := ss.publish(ctx, ev, ss.topo.Partition(ev.Schema, ev.Table, ev.PkValues)); err != nil {
+			return err
+		}
+	}
+	for _, pk := range ch.Missing {
+		if skip(pk) {
+			continue // inserted again between the watermarks: that change is newer
+		}
+		ev, err := ch.Rel.Gone(tx, pk, ch.Job, ch.Sink)
 		if err != nil {
 			return err
 		}

@@ -29,6 +29,9 @@ type Chunk struct {
 	Table string // schema.table
 	Rel   *event.Relation
 	Rows  []pgoutput.Tuple
+	// Missing are the keys a backfill by key found no row for: their
+	// keys are deleted from the sink.
+	Missing [][]string
 	// Acked is closed once the chunk's READ events are in the stream.
 	Acked chan struct{}
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nuid"
@@ -12,6 +14,7 @@ import (
 	"github.com/sluicehq/sluice/pkg/backfill"
 	"github.com/sluicehq/sluice/pkg/config"
 	"github.com/sluicehq/sluice/services/capture/internal/event"
+	"github.com/sluicehq/sluice/services/capture/internal/pgoutput"
 	"github.com/sluicehq/sluice/services/capture/internal/pgvalue"
 	"github.com/sluicehq/sluice/services/capture/internal/source"
 )
@@ -141,8 +144,10 @@ func (w *Worker) run(ctx context.Context, id string) error {
 		if err != nil {
 			return err
 		}
-		if job.Total, err = w.src.Estimate(ctx, sh, job.Where); err != nil {
-			return err
+		if len(job.Keys) == 0 {
+			if job.Total, err = w.src.Estimate(ctx, sh, job.Where); err != nil {
+				return err
+			}
 		}
 		job.State = backfill.Running
 		if rev, err = w.jobs.Update(ctx, job, rev); err != nil {
@@ -166,12 +171,21 @@ func (w *Worker) run(ctx context.Context, id string) error {
 			return err
 		}
 		began := time.Now()
-		rows, cursor, err := w.src.Chunk(ctx, sh, job.Where, job.Cursor, size)
+		var rows []pgoutput.Tuple
+		var cursor []string
+		var read int
+		if len(job.Keys) > 0 {
+			rows, ch.Missing, cursor, err = w.byKey(ctx, sh, job)
+			read = len(rows) + len(ch.Missing)
+		} else {
+			rows, cursor, err = w.src.Chunk(ctx, sh, job.Where, job.Cursor, size)
+			read = len(rows)
+		}
 		took := time.Since(began)
 		if err != nil {
 			return err
 		}
-		if len(rows) == 0 {
+		if read == 0 {
 			// Close the window the low watermark opened.
 			if err := w.src.Watermark(ctx, highMark(ch.ID)); err != nil {
 				return err
@@ -197,8 +211,8 @@ func (w *Worker) run(ctx context.Context, id string) error {
 
 		// Progress, saved only now that the chunk is in the stream.
 		job.Cursor = cursor
-		job.Done += int64(len(rows))
-		rate := float64(len(rows)) / time.Since(began).Seconds()
+		job.Done += int64(read)
+		rate := float64(read) / time.Since(began).Seconds()
 		if job.Rate == 0 {
 			job.Rate = rate
 		} else {
@@ -229,6 +243,46 @@ func (w *Worker) run(ctx context.Context, id string) error {
 			size = max(size/2, minChunk)
 		}
 	}
+}
+
+// keysPerChunk bounds the rows a backfill by key reads at once.
+const keysPerChunk = 500
+
+// byKey reads the next chunk of a backfill by key: the rows found, the
+// keys of those gone, and the cursor after them (the index of the next
+// key).
+func (w *Worker) byKey(ctx context.Context, sh *source.Shape, job backfill.Job) (rows []pgoutput.Tuple, missing [][]string, cursor []string, err error) {
+	from := 0
+	if len(job.Cursor) == 1 {
+		if from, err = strconv.Atoi(job.Cursor[0]); err != nil {
+			return nil, nil, nil, fmt.Errorf("backfill %s: cursor %q", job.ID, job.Cursor)
+		}
+	}
+	if from >= len(job.Keys) {
+		return nil, nil, nil, nil
+	}
+	keys := job.Keys[from:min(from+keysPerChunk, len(job.Keys))]
+	if rows, err = w.src.Rows(ctx, sh, keys); err != nil {
+		return nil, nil, nil, err
+	}
+	cols := make([]int, len(sh.PK))
+	for i, c := range sh.PK {
+		cols[i] = slices.IndexFunc(sh.Relation.Columns, func(col pgoutput.Column) bool { return col.Name == c })
+	}
+	found := map[string]bool{}
+	for _, row := range rows {
+		pk := make([]string, len(cols))
+		for i, c := range cols {
+			pk[i] = string(row[c].Data)
+		}
+		found[Key(pk)] = true
+	}
+	for _, k := range keys {
+		if !found[Key(k)] {
+			missing = append(missing, k)
+		}
+	}
+	return rows, missing, []string{strconv.Itoa(from + len(keys))}, nil
 }
 
 var errNotConfirmed = errors.New("chunk not confirmed")

@@ -79,6 +79,27 @@ type Relation struct {
 	pkNames       []string
 }
 
+// Gone returns the event of a row that a backfill by key found missing: a
+// DELETE of its key for one sink, ordered like a READ at tx.
+func (r *Relation) Gone(tx *Tx, pk []string, id, sink string) (*sluicev1.ChangeEvent, error) {
+	if len(pk) != len(r.pk) {
+		return nil, fmt.Errorf("table %s.%s: a key of %d values for a primary key of %d", r.Schema, r.Table, len(pk), len(r.pk))
+	}
+	row := make(pgoutput.Tuple, len(r.columns))
+	for i := range row {
+		row[i] = pgoutput.Value{Kind: pgoutput.Null}
+	}
+	for i, c := range r.pk {
+		row[c] = pgoutput.Value{Kind: pgoutput.Text, Data: []byte(pk[i])}
+	}
+	ev, err := r.event(tx, sluicev1.Action_ACTION_DELETE, row, nil)
+	if err != nil {
+		return nil, err
+	}
+	ev.BackfillId, ev.BackfillSink = id, sink
+	return ev, nil
+}
+
 // NewRelation pairs a relation message with the table's primary-key column
 // names and the Type of each column. Every key column must be in the
 // relation.

@@ -193,3 +193,62 @@ func (s *Source) Watermark(ctx context.Context, payload string) error {
 	}
 	return nil
 }
+
+// Rows reads the rows of the table whose primary keys (values in PK, as
+// text) are keys, with their values in the text format of the replication
+// stream. Rows that no longer exist are left out.
+func (s *Source) Rows(ctx context.Context, sh *Shape, keys [][]string) ([]pgoutput.Tuple, error) {
+	var q strings.Builder
+	q.WriteString("SELECT ")
+	for i, c := range sh.Relation.Columns {
+		if i > 0 {
+			q.WriteString(", ")
+		}
+		q.WriteString(pgx.Identifier{c.Name}.Sanitize())
+	}
+	pk := make([]string, len(sh.PK))
+	for i, c := range sh.PK {
+		pk[i] = pgx.Identifier{c}.Sanitize()
+	}
+	q.WriteString(" FROM " + ident2(sh.Relation.Namespace, sh.Relation.Name) + " WHERE (" + strings.Join(pk, ", ") + ") IN (")
+	params := make([][]byte, 0, len(keys)*len(pk))
+	for i, key := range keys {
+		if len(key) != len(pk) {
+			return nil, fmt.Errorf("a key of %s.%s has %d values, its primary key %d", sh.Relation.Namespace, sh.Relation.Name, len(key), len(pk))
+		}
+		if i > 0 {
+			q.WriteString(", ")
+		}
+		q.WriteByte('(')
+		for j, v := range key {
+			if j > 0 {
+				q.WriteString(", ")
+			}
+			params = append(params, []byte(v))
+			q.WriteString("$" + strconv.Itoa(len(params)))
+		}
+		q.WriteByte(')')
+	}
+	q.WriteByte(')')
+	var rows []pgoutput.Tuple
+	err := s.readOnly(ctx, func() error {
+		rr := s.conn.PgConn().ExecParams(ctx, q.String(), params, nil, nil, nil)
+		for rr.NextRow() {
+			vals := rr.Values()
+			row := make(pgoutput.Tuple, len(vals))
+			for i, v := range vals {
+				row[i] = pgoutput.Value{Kind: pgoutput.Null}
+				if v != nil {
+					row[i] = pgoutput.Value{Kind: pgoutput.Text, Data: slices.Clone(v)}
+				}
+			}
+			rows = append(rows, row)
+		}
+		_, err := rr.Close()
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read rows of %s.%s by key: %w", sh.Relation.Namespace, sh.Relation.Name, err)
+	}
+	return rows, nil
+}
