@@ -165,7 +165,7 @@ nats: {url: %q, partitions: %d}
 sinks:
   - name: cache
     batch_size: 50
-    ack_wait: 3s
+    ack_wait: 1s
     failover: %s
     max_deliver: 1000
     destination: {type: redis_string, host: 127.0.0.1, port: %d}

@@ -94,11 +94,11 @@ func TestFanOut(t *testing.T) {
 nats: {url: %q, partitions: 4}
 sinks:
   - name: plain
-    ack_wait: 2s
+    ack_wait: 1s
     failover: 3s
     destination: {type: redis_string, host: 127.0.0.1, port: %d}
   - name: routed
-    ack_wait: 2s
+    ack_wait: 1s
     failover: 3s
     transform: record
     routing: '"app:" + metadata.table_name + ":" + string(record.id)'
@@ -144,7 +144,7 @@ nats: {url: %q, partitions: 4}
 sinks:
   - name: cache
     max_deliver: 2
-    ack_wait: 2s
+    ack_wait: 1s
     failover: 3s
     destination: {type: redis_string, host: 127.0.0.1, port: %d}
 `, e.pg.URL, e.nats.URL(), e.redis.Port))
@@ -186,8 +186,10 @@ sinks:
 		t.Fatalf("after replay: %s", out)
 	}
 
-	e.rc.Del(ctx, "sluice:v:{sequin:accounts:5}")
-	if err := e.rc.HSet(ctx, "sluice:v:{sequin:accounts:5}", "x", "y").Err(); err != nil {
+	// The key itself is not a string now: the version its value carries
+	// cannot be read (WRONGTYPE).
+	e.rc.Del(ctx, "sequin:accounts:5")
+	if err := e.rc.HSet(ctx, "sequin:accounts:5", "x", "y").Err(); err != nil {
 		t.Fatal(err)
 	}
 	e.exec(`UPDATE accounts SET n = 1 WHERE id = 5`)
@@ -292,4 +294,38 @@ sinks:
 		}
 		return ""
 	})
+}
+
+// A Redis that forbids scripts: a versioned sink says so at start, naming
+// the way out; an unversioned sink writes plain SET and DEL commands.
+func TestUnversionedSink(t *testing.T) {
+	e := newEnv(t)
+	e.exec(accountsSchema)
+	r := testenv.NewRedis(t, "--rename-command", "EVALSHA", "", "--rename-command", "EVAL", "", "--rename-command", "SCRIPT", "")
+	doc := fmt.Sprintf(`postgres: {url: %q, tables: [accounts], status_interval: 200ms}
+nats: {url: %q, partitions: 2}
+sinks:
+  - name: cache
+    destination: {type: redis_string, host: 127.0.0.1, port: %d%s}
+`, e.pg.URL, e.nats.URL(), r.Port, "%s")
+	versioned := e.writeConfig(fmt.Sprintf(doc, ""))
+	w := start(t, "sluice-redis-writer", "--config", versioned, "--sink", "cache")
+	if code := w.wait(30 * time.Second); code == 0 || !strings.Contains(w.Output(), "set destination.unversioned if scripts are forbidden") {
+		t.Fatalf("versioned sink on a Redis without scripts: exit %d: %s", code, w.Output())
+	}
+	cfg := e.writeConfig(fmt.Sprintf(doc, ", unversioned: true"))
+	e.runPipeline(cfg, "cache")
+	workload(t, e.pg.URL, 100, 21, after(2*time.Second))
+	rc := r.Client()
+	defer rc.Close()
+	eventually(t, 30*time.Second, func() string {
+		diffs, err := testenv.TableDiff(context.Background(), e.conn, rc, accounts)
+		if err != nil {
+			return err.Error()
+		}
+		return strings.Join(diffs[:min(len(diffs), 5)], "; ")
+	})
+	if keys := rc.Keys(context.Background(), "sluice:v:*").Val(); len(keys) != 0 {
+		t.Fatalf("an unversioned sink wrote %v", keys)
+	}
 }

@@ -126,7 +126,9 @@ func dollarTag(s string) (string, bool) {
 	return "", false
 }
 
-func identStart(c byte) bool { return c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= 0x80 }
+func identStart(c byte) bool {
+	return c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= 0x80
+}
 
 func identChar(c byte) bool { return identStart(c) || c >= '0' && c <= '9' || c == '$' }
 

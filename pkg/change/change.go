@@ -39,20 +39,24 @@ func IdempotencyKey(lsn uint64, idx uint32) string {
 }
 
 // VersionLen is the length of a version string.
-const VersionLen = 24
+const VersionLen = 30
 
-// AppendVersion appends the event's position as 24 lower-case hex digits
-// (16 of commit LSN, 8 of commit index). Versions of one database compare as
-// strings in the order the changes were committed.
+// AppendVersion appends the event's position as 30 decimal digits (20 of
+// commit LSN, 10 of commit index). Versions of one database compare as
+// strings in the order the changes were committed; Redis reads a message
+// value's version from its commit_lsn and commit_idx in the same form.
 func AppendVersion(dst []byte, lsn uint64, idx uint32) []byte {
-	const digits = "0123456789abcdef"
-	for shift := 60; shift >= 0; shift -= 4 {
-		dst = append(dst, digits[lsn>>uint(shift)&0xf])
+	var b [20]byte
+	n := strconv.AppendUint(b[:0], lsn, 10)
+	for range 20 - len(n) {
+		dst = append(dst, '0')
 	}
-	for shift := 28; shift >= 0; shift -= 4 {
-		dst = append(dst, digits[idx>>uint(shift)&0xf])
+	dst = append(dst, n...)
+	n = strconv.AppendUint(b[:0], uint64(idx), 10)
+	for range 10 - len(n) {
+		dst = append(dst, '0')
 	}
-	return dst
+	return append(dst, n...)
 }
 
 // Consumer names the sink in the message metadata.

@@ -24,10 +24,9 @@ func TestAppendMessage(t *testing.T) {
 	}
 	c := Consumer{ID: "5f0c1a2e-0000-5000-8000-000000000000", Name: "cache-eu"}
 	got := string(AppendMessage(nil, ev, c))
-	want := `{"record":{"id":42,"name":"Ann"},"changes":null,"action":"insert","metadata":{"table_schema":"public","table_name":"users",` +
-		`"commit_timestamp":"2026-11-25T20:00:00.123456Z","commit_lsn":23456789,"commit_idx":0,"database_name":"app",` +
-		`"transaction_annotations":null,"idempotency_key":"MjM0NTY3ODk6MA==","record_pks":["42"],` +
-		`"consumer":{"id":"5f0c1a2e-0000-5000-8000-000000000000","name":"cache-eu"}}}`
+	want := `{"action":"insert","changes":null,"metadata":{"commit_idx":0,"commit_lsn":23456789,"commit_timestamp":"2026-11-25T20:00:00.123456Z",` +
+		`"consumer":{"id":"5f0c1a2e-0000-5000-8000-000000000000","name":"cache-eu"},"database_name":"app","idempotency_key":"MjM0NTY3ODk6MA==",` +
+		`"record_pks":["42"],"table_name":"users","table_schema":"public","transaction_annotations":null},"record":{"id":42,"name":"Ann"}}`
 	if got != want {
 		t.Fatalf("got  %s\nwant %s", got, want)
 	}

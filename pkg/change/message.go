@@ -9,31 +9,33 @@ import (
 	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
 )
 
-// AppendMessage appends the event as Sequin's message JSON:
+// AppendMessage appends the event as Sequin's message JSON, with the keys
+// in the order Sequin's encoder writes them (sorted, as Erlang orders the
+// keys of a small map):
 //
-//	{"record":{...},"changes":{...}|null,"action":"insert","metadata":{...}}
+//	{"action":"insert","changes":{...}|null,"metadata":{"commit_idx":0,"commit_lsn":…,…},"record":{...}}
 //
-// record and changes are embedded as capture rendered them.
+// record and changes are embedded as capture rendered them. The version of
+// the change (commit_lsn, commit_idx) thus comes within the first bytes of
+// the value, where Redis reads it back (see VersionOf).
 func AppendMessage(dst []byte, ev *sluicev1.ChangeEvent, c Consumer) []byte {
-	dst = append(dst, `{"record":`...)
-	dst = appendRaw(dst, ev.Record, "{}")
-	dst = append(dst, `,"changes":`...)
-	dst = appendRaw(dst, ev.Changes, "null")
-	dst = append(dst, `,"action":"`...)
+	dst = append(dst, `{"action":"`...)
 	dst = append(dst, Action(ev.Action)...)
-	dst = append(dst, `","metadata":{"table_schema":`...)
-	dst = AppendString(dst, ev.Schema)
-	dst = append(dst, `,"table_name":`...)
-	dst = AppendString(dst, ev.Table)
+	dst = append(dst, `","changes":`...)
+	dst = appendRaw(dst, ev.Changes, "null")
+	dst = append(dst, `,"metadata":{"commit_idx":`...)
+	dst = strconv.AppendUint(dst, uint64(ev.CommitIdx), 10)
+	dst = append(dst, `,"commit_lsn":`...)
+	dst = strconv.AppendUint(dst, ev.CommitLsn, 10)
 	dst = append(dst, `,"commit_timestamp":"`...)
 	dst = AppendTimestamp(dst, ev.CommitTimestampUs)
-	dst = append(dst, `","commit_lsn":`...)
-	dst = strconv.AppendUint(dst, ev.CommitLsn, 10)
-	dst = append(dst, `,"commit_idx":`...)
-	dst = strconv.AppendUint(dst, uint64(ev.CommitIdx), 10)
-	dst = append(dst, `,"database_name":`...)
+	dst = append(dst, `","consumer":{"id":`...)
+	dst = AppendString(dst, c.ID)
+	dst = append(dst, `,"name":`...)
+	dst = AppendString(dst, c.Name)
+	dst = append(dst, `},"database_name":`...)
 	dst = AppendString(dst, ev.Database)
-	dst = append(dst, `,"transaction_annotations":null,"idempotency_key":`...)
+	dst = append(dst, `,"idempotency_key":`...)
 	dst = AppendString(dst, ev.IdempotencyKey)
 	dst = append(dst, `,"record_pks":[`...)
 	for i, v := range ev.PkValues {
@@ -42,11 +44,13 @@ func AppendMessage(dst []byte, ev *sluicev1.ChangeEvent, c Consumer) []byte {
 		}
 		dst = AppendString(dst, v)
 	}
-	dst = append(dst, `],"consumer":{"id":`...)
-	dst = AppendString(dst, c.ID)
-	dst = append(dst, `,"name":`...)
-	dst = AppendString(dst, c.Name)
-	return append(dst, "}}}"...)
+	dst = append(dst, `],"table_name":`...)
+	dst = AppendString(dst, ev.Table)
+	dst = append(dst, `,"table_schema":`...)
+	dst = AppendString(dst, ev.Schema)
+	dst = append(dst, `,"transaction_annotations":null},"record":`...)
+	dst = appendRaw(dst, ev.Record, "{}")
+	return append(dst, '}')
 }
 
 func appendRaw(dst, raw []byte, empty string) []byte {

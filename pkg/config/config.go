@@ -101,8 +101,9 @@ type Sink struct {
 	InitialBackfill bool `yaml:"initial_backfill"`
 	// BatchSize is the most commands the writer pipelines in one round trip.
 	BatchSize int `yaml:"batch_size"`
-	// AckWait is how long a writer may hold a message before JetStream
-	// hands it to another writer (after a crash, say).
+	// AckWait is how long a writer may hold a message without telling
+	// JetStream it still works on it, before JetStream hands it to another
+	// writer (after a crash, say). At most half of Failover; by default half.
 	AckWait time.Duration `yaml:"ack_wait"`
 	// Failover is how soon a writer that stopped (crashed, paused, cut off)
 	// is replaced: its partitions go to the sink's other writers.
@@ -110,7 +111,11 @@ type Sink struct {
 	// TombstoneTTL is how long a deleted key's version is remembered, so that
 	// an older change delivered late cannot bring the key back.
 	TombstoneTTL time.Duration `yaml:"tombstone_ttl"`
-	Destination  Destination   `yaml:"destination"`
+	// OnReset is what the sink's writers do when they find that Redis lost
+	// its data (flushed, restarted empty, failed over): "backfill" its
+	// tables into it, or "ignore" (only report it).
+	OnReset     string      `yaml:"on_reset"`
+	Destination Destination `yaml:"destination"`
 }
 
 // Destination is a Redis String sink, with the parameters of Sequin's.
@@ -136,6 +141,14 @@ type Destination struct {
 	ExpireMS *int64 `yaml:"expire_ms"`
 	// KeyPrefix is the first part of the default key "<prefix>:<table>:<pk>".
 	KeyPrefix string `yaml:"key_prefix"`
+	// Unversioned writes plain SET and DEL commands, without scripts, for a
+	// Redis that forbids them; per-key order then rests on delivery order
+	// alone (see the README).
+	Unversioned bool `yaml:"unversioned"`
+	// WaitReplicas makes a writer acknowledge a batch only once that many
+	// replicas confirmed it (Redis WAIT), within WaitTimeout.
+	WaitReplicas int           `yaml:"wait_replicas"`
+	WaitTimeout  time.Duration `yaml:"wait_timeout"`
 }
 
 // Log configures the services' logs.
@@ -155,7 +168,6 @@ const (
 	DefaultMaxAge         = 7 * 24 * time.Hour
 	DefaultBatchSize      = 500
 	DefaultTombstoneTTL   = time.Hour
-	DefaultAckWait        = 10 * time.Second
 	DefaultMaxDeliver     = 10
 	DefaultBackoff        = time.Second
 	DefaultMaxBackoff     = time.Minute
@@ -267,9 +279,7 @@ func (c *Config) SetDefaults() {
 		if s.TombstoneTTL == 0 {
 			s.TombstoneTTL = DefaultTombstoneTTL
 		}
-		if s.AckWait == 0 {
-			s.AckWait = DefaultAckWait
-		}
+
 		if s.MaxDeliver == 0 {
 			s.MaxDeliver = DefaultMaxDeliver
 		}
@@ -282,8 +292,17 @@ func (c *Config) SetDefaults() {
 		if s.Failover == 0 {
 			s.Failover = DefaultFailover
 		}
+		if s.AckWait == 0 {
+			s.AckWait = max(time.Second, s.Failover/2)
+		}
 		if s.OnTruncate == "" {
 			s.OnTruncate = "ignore"
+		}
+		if s.OnReset == "" {
+			s.OnReset = "backfill"
+		}
+		if s.Destination.WaitReplicas > 0 && s.Destination.WaitTimeout == 0 {
+			s.Destination.WaitTimeout = time.Second
 		}
 		if len(s.Destination.Addresses) > 0 {
 			s.Destination.Cluster = true
@@ -435,6 +454,12 @@ func (c *Config) validateSink(i int, errs *fieldErrors) {
 	case s.OnTruncate == "delete" && s.Routing != "":
 		errs.add(at+".on_truncate", "delete finds a table's keys by the default key format, which routing replaces; use ignore")
 	}
+	if s.OnReset != "backfill" && s.OnReset != "ignore" {
+		errs.add(at+".on_reset", fmt.Sprintf("%q is not backfill or ignore", s.OnReset))
+	}
+	if s.OnTruncate == "delete" && s.Destination.Unversioned {
+		errs.add(at+".on_truncate", "delete needs versioned writes, to keep the keys written after the TRUNCATE; use ignore, or drop destination.unversioned")
+	}
 	if s.BatchSize < 1 || s.BatchSize > 100000 {
 		errs.add(at+".batch_size", "must be 1-100000")
 	}
@@ -443,6 +468,11 @@ func (c *Config) validateSink(i int, errs *fieldErrors) {
 	}
 	if s.AckWait < time.Second {
 		errs.add(at+".ack_wait", "must be at least 1s")
+	}
+	if s.AckWait > s.Failover/2 && s.Failover >= 3*time.Second {
+		// A failed writer's messages must come back before its partitions
+		// go to another writer, which then gets them first, in order.
+		errs.add(at+".ack_wait", fmt.Sprintf("must be at most half of failover (%s)", s.Failover))
 	}
 	if s.Failover < 3*time.Second {
 		errs.add(at+".failover", "must be at least 3s")
@@ -485,6 +515,15 @@ func (c *Config) validateSink(i int, errs *fieldErrors) {
 	}
 	if d.ExpireMS != nil && *d.ExpireMS < 0 {
 		errs.add(at+".expire_ms", "must be 0 or more")
+	}
+	if d.WaitReplicas < 0 {
+		errs.add(at+".wait_replicas", "must be 0 or more")
+	}
+	if d.WaitReplicas > 0 && d.Cluster {
+		errs.add(at+".wait_replicas", "is not supported with a Redis Cluster")
+	}
+	if d.WaitTimeout < 0 {
+		errs.add(at+".wait_timeout", "must be positive")
 	}
 	if d.KeyPrefix == "" || strings.ContainsAny(d.KeyPrefix, " \t\r\n") {
 		errs.add(at+".key_prefix", "must be non-empty with no whitespace")

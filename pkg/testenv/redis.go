@@ -102,6 +102,13 @@ func (r *Redis) Stop() {
 	}
 }
 
+// Kill kills the server with SIGKILL, as a crash would.
+func (r *Redis) Kill() {
+	if r.proc != nil {
+		r.proc.Stop(syscall.SIGKILL, time.Second)
+	}
+}
+
 // Restart starts the server again on the same port after Stop. Redis keeps
 // nothing on disk, so it comes back empty.
 func (r *Redis) Restart(ctx context.Context) error {

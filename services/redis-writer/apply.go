@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -68,6 +69,7 @@ const (
 	applied                  // written, older than its key, or filtered out
 	failed                   // failed on its own: to be parked or dead-lettered
 	settled                  // parked or dead-lettered
+	fenced                   // refused: another writer owns its partition now
 )
 
 // apply writes the changes of msgs, in order, and settles their messages.
@@ -137,6 +139,8 @@ func (a *applier) retry(ctx context.Context) (unavailable error) {
 				it.state = applied
 				a.m.applied.Inc()
 				a.m.commitToRedis.Observe(now.Sub(time.UnixMicro(it.ev.CommitTimestampUs)).Seconds())
+			case errors.Is(it.err, store.ErrFenced):
+				it.state = fenced
 			case store.Unavailable(it.err):
 				unavailable = cmp(unavailable, it.err)
 			default:
@@ -202,6 +206,7 @@ func (a *applier) read(ctx context.Context, w *work) error {
 		return nil
 	}
 	var buf []command.Command
+	p := partition(w.msg)
 	for i, ev := range evs {
 		it := &item{ev: ev, index: i, state: applied}
 		if w.ref != nil {
@@ -227,6 +232,9 @@ func (a *applier) read(ctx context.Context, w *work) error {
 			a.m.filtered.Inc()
 		default:
 			it.cmds, it.state = buf[from:len(buf):len(buf)], toWrite
+			for j := range it.cmds {
+				it.cmds[j].Partition, it.cmds[j].Retried = p, w.ref != nil
+			}
 		}
 	}
 	w.read = true
@@ -287,6 +295,13 @@ func (a *applier) finish(ctx context.Context, w *work) (bool, error) {
 		}
 	}
 	for _, it := range w.items {
+		if it.state == fenced {
+			// Its partition's new owner has, or will get, the message.
+			a.settle(w.msg, w.msg.Nak)
+			return true, nil
+		}
+	}
+	for _, it := range w.items {
 		if it.state != failed {
 			continue
 		}
@@ -318,7 +333,10 @@ func (a *applier) fail(ctx context.Context, w *work, it *item, attempts int) err
 	if w.ref != nil {
 		streamSeq = w.ref.StreamSeq
 	}
-	if attempts < a.sink.MaxDeliver {
+	// Unversioned writes would let a retry overtake a newer change of its
+	// key: such a sink does not retry.
+	again := attempts < a.sink.MaxDeliver && !a.sink.Destination.Unversioned
+	if again && !errors.Is(it.err, store.ErrUnknownVersion) {
 		a.warn.log(a.log, "write to redis", it.err)
 		return retry.Park(ctx, a.js, a.topo.RetrySubject(a.sink.Name), retry.Ref{StreamSeq: streamSeq, Index: it.index,
 			Attempts: attempts, NotBefore: time.Now().Add(a.backoff(attempts)), Key: key, Error: it.err.Error()})
@@ -357,14 +375,19 @@ func (a *applier) settle(m jetstream.Msg, how func() error) {
 	_ = how()
 }
 
-// release hands the held messages back to JetStream, which redelivers them
-// at once, to this writer or another.
-func (a *applier) release() {
+// release hands the held messages of partitions (all, when nil) back to
+// JetStream, which redelivers them at once, to this writer or another.
+func (a *applier) release(partitions []int) {
+	kept := a.held[:0]
 	for _, w := range a.held {
-		a.settle(w.msg, w.msg.Nak)
+		if partitions == nil || slices.Contains(partitions, partition(w.msg)) {
+			a.settle(w.msg, w.msg.Nak)
+			continue
+		}
+		kept = append(kept, w)
 	}
-	clear(a.held)
-	a.held = a.held[:0]
+	clear(a.held[len(kept):])
+	a.held = kept
 }
 
 // seq is m's sequence in its stream.

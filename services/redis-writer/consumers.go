@@ -3,13 +3,16 @@ package rediswriter
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
 	"github.com/sluicehq/sluice/pkg/topology"
+	"github.com/sluicehq/sluice/services/redis-writer/internal/store"
 )
 
 // prefetchBytes bounds what the client fetches ahead, per partition: with
@@ -18,77 +21,136 @@ const prefetchBytes = 1 << 20
 
 // consumers runs the partition consumers a writer owns; all of them hand
 // their messages to one function, which queues them for the writer's
-// batches.
+// batches. Only the writer's loop uses it.
+//
+// A partition changes hands in order: the writer that gives it up stops
+// pulling, hands back (naks) every message of it that it had not started,
+// and only then unpins the consumer, so that the next owner receives those
+// messages first, then the ones after them. The next owner fences the
+// partition in Redis (store.Acquire) before it consumes: a former owner
+// that wakes up late cannot write it any more.
 type consumers struct {
-	stream   jetstream.Stream
-	sink     string
-	receive  func(jetstream.Msg)
-	expiry   time.Duration
-	log      *zap.Logger
-	warn     *throttle
-	running  map[int]jetstream.ConsumeContext
-	handlers map[int]jetstream.Consumer
+	stream    jetstream.Stream
+	store     *store.Store
+	sink      string
+	receive   func(jetstream.Msg)
+	expiry    time.Duration
+	log       *zap.Logger
+	warn      *throttle
+	want      []int // the partitions assigned
+	running   map[int]jetstream.ConsumeContext
+	handlers  map[int]jetstream.Consumer
+	releasing map[int]bool // draining, not yet unpinned
+	drained   chan int     // partitions whose consumer stopped
 }
 
-// set makes the running consumers those of partitions: it stops the others,
-// unpinning them so their new owner is served at once, and starts the new.
-func (c *consumers) set(ctx context.Context, partitions []int) error {
+func newConsumers(stream jetstream.Stream, st *store.Store, sink string, receive func(jetstream.Msg), expiry time.Duration, log *zap.Logger, warn *throttle) *consumers {
+	return &consumers{stream: stream, store: st, sink: sink, receive: receive, expiry: expiry, log: log, warn: warn,
+		running: map[int]jetstream.ConsumeContext{}, handlers: map[int]jetstream.Consumer{}, releasing: map[int]bool{}, drained: make(chan int, 64)}
+}
+
+// set makes the running consumers those of partitions: it releases the
+// others and starts the new ones. A partition that cannot start now (Redis
+// or NATS unavailable) is tried again by the next call; resume makes one.
+func (c *consumers) set(ctx context.Context, partitions []int) (released []int, err error) {
+	c.want = partitions
 	want := map[int]bool{}
 	for _, p := range partitions {
 		want[p] = true
 	}
 	for p := range c.running {
 		if !want[p] {
-			c.stop(p)
+			c.release(p)
+			released = append(released, p)
 		}
 	}
+	var errs []error
 	for _, p := range partitions {
-		if _, ok := c.running[p]; ok {
+		if _, ok := c.running[p]; ok || c.releasing[p] {
 			continue
 		}
-		name := topology.ConsumerName(c.sink, p)
-		cons, err := c.stream.Consumer(ctx, name)
-		if err != nil {
-			return err
+		if err := c.start(ctx, p); err != nil {
+			errs = append(errs, fmt.Errorf("partition %d: %w", p, err))
 		}
-		cc, err := cons.Consume(c.receive,
-			jetstream.PullPriorityGroup(topology.PriorityGroup),
-			jetstream.PullExpiry(c.expiry),
-			jetstream.PullMaxBytes(prefetchBytes),
-			jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-				if errors.Is(err, jetstream.ErrPinIDMismatch) || errors.Is(err, jetstream.ErrNoHeartbeat) {
-					c.log.Debug("partition handover", zap.Int("partition", p), zap.Error(err))
-					return
-				}
-				c.warn.log(c.log, "consume partition "+strconv.Itoa(p), err)
-			}))
-		if err != nil {
-			return err
-		}
-		c.running[p], c.handlers[p] = cc, cons
 	}
 	partitionsOwned.WithLabelValues(c.sink).Set(float64(len(c.running)))
+	return released, errors.Join(errs...)
+}
+
+// resume starts the assigned partitions that are not running.
+func (c *consumers) resume(ctx context.Context) error {
+	_, err := c.set(ctx, c.want)
+	return err
+}
+
+func (c *consumers) start(ctx context.Context, p int) error {
+	cons, err := c.stream.Consumer(ctx, topology.ConsumerName(c.sink, p))
+	if err != nil {
+		return err
+	}
+	if err := c.store.Acquire(ctx, p); err != nil {
+		return err
+	}
+	cc, err := cons.Consume(c.receive,
+		jetstream.PullPriorityGroup(topology.PriorityGroup),
+		jetstream.PullExpiry(c.expiry),
+		jetstream.PullMaxBytes(prefetchBytes),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			if errors.Is(err, jetstream.ErrPinIDMismatch) || errors.Is(err, jetstream.ErrNoHeartbeat) {
+				c.log.Debug("partition handover", zap.Int("partition", p), zap.Error(err))
+				return
+			}
+			c.warn.log(c.log, "consume partition "+strconv.Itoa(p), err)
+		}))
+	if err != nil {
+		c.store.Release(p)
+		return err
+	}
+	c.running[p], c.handlers[p] = cc, cons
 	return nil
 }
 
-// stop stops pulling partition p. Drain, not Stop: the messages the client
-// already fetched still reach the handler and are written, rather than wait
-// out the ack wait before their redelivery.
-func (c *consumers) stop(p int) {
-	c.running[p].Drain()
+// release stops pulling partition p. Drain, not Stop: the messages the
+// client already fetched still arrive, and are handed back rather than
+// waiting out the ack wait. Once drained, the loop calls unpin.
+func (c *consumers) release(p int) {
+	cc := c.running[p]
 	delete(c.running, p)
 	delete(c.handlers, p)
+	c.store.Release(p)
 	pending.DeleteLabelValues(c.sink, strconv.Itoa(p))
-	uctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	c.releasing[p] = true
+	cc.Drain()
+	go func() {
+		<-cc.Closed()
+		c.drained <- p
+	}()
+}
+
+// unpin lets the partition's next owner be served, once this writer has
+// handed back all of it.
+func (c *consumers) unpin(ctx context.Context, p int) {
+	delete(c.releasing, p)
+	uctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	_ = c.stream.UnpinConsumer(uctx, topology.ConsumerName(c.sink, p), topology.PriorityGroup)
 }
 
-func (c *consumers) stopAll() {
+// owns reports whether messages of partition p are this writer's to write.
+func (c *consumers) owns(p int) bool {
+	_, ok := c.running[p]
+	return ok
+}
+
+// releaseAll gives up every partition.
+func (c *consumers) releaseAll() []int {
+	var released []int
 	for p := range c.running {
-		c.stop(p)
+		c.release(p)
+		released = append(released, p)
 	}
 	partitionsOwned.WithLabelValues(c.sink).Set(0)
+	return released
 }
 
 // updatePending reads each owned partition's backlog into the pending gauge.
@@ -98,4 +160,19 @@ func (c *consumers) updatePending(ctx context.Context) {
 			pending.WithLabelValues(c.sink, strconv.Itoa(p)).Set(float64(info.NumPending + uint64(info.NumAckPending)))
 		}
 	}
+}
+
+// partition is the partition of a message of the change stream, from its
+// subject "<stream>.changes.<partition>"; -1 for any other message.
+func partition(m jetstream.Msg) int {
+	subject := m.Subject()
+	i := strings.LastIndexByte(subject, '.')
+	if i < 0 || !strings.HasSuffix(subject[:i], ".changes") {
+		return -1
+	}
+	p, err := strconv.Atoi(subject[i+1:])
+	if err != nil {
+		return -1
+	}
+	return p
 }

@@ -33,6 +33,14 @@ var (
 		Name: "sluice_writer_redis_up",
 		Help: "1 while the sink's Redis takes writes; 0 while it is unavailable and the writer holds its partitions.",
 	}, []string{"sink"})
+	resets = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_writer_redis_resets_total",
+		Help: "Times this writer found that the sink's Redis lost acknowledged writes (its marker gone, or its replication id changed).",
+	}, []string{"sink"})
+	redisEvicts = promauto.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "sluice_writer_redis_evicts",
+		Help: "1 when the sink's Redis may evict keys (its maxmemory-policy is not noeviction): see the README for what holds then.",
+	}, []string{"sink"})
 	pending = promauto.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "sluice_writer_pending",
 		Help: "Messages of an owned partition not yet acknowledged (waiting or in flight).",

@@ -14,13 +14,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/sluicehq/sluice/pkg/backfill"
 	"github.com/sluicehq/sluice/pkg/change"
 	"github.com/sluicehq/sluice/pkg/config"
 	"github.com/sluicehq/sluice/pkg/deadletter"
@@ -86,6 +89,10 @@ func New(cfg *config.Config, name string, log *zap.Logger) (*Service, error) {
 // refusing the user), the writer holds the messages it has, keeps them
 // from being redelivered, reports itself not ready, and tries again with
 // backoff until Redis takes them; the sink's backlog waits in the stream.
+//
+// A writer writes only while its lease in the group holds: one that was
+// paused or cut off past the failover time gives up everything it holds
+// before it writes again, since its partitions may have moved on.
 func (s *Service) Run(ctx context.Context) error {
 	store.LogTo(s.log)
 	st, err := store.Open(ctx, s.sink.Destination)
@@ -110,6 +117,10 @@ func (s *Service) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	jobs, err := backfill.Open(ctx, js, s.topo)
+	if err != nil {
+		return err
+	}
 	g, err := group.Join(ctx, js, s.topo.MembersBucket(s.sink.Name), s.id, s.sink.Failover, s.topo.Replicas, s.log)
 	if err != nil {
 		return err
@@ -122,16 +133,20 @@ func (s *Service) Run(ctx context.Context) error {
 		msgs <- m
 	}
 	expiry := max(time.Second, s.sink.Failover/3)
-	cons := &consumers{stream: stream, sink: s.sink.Name, receive: receive, expiry: expiry, log: s.log, warn: &s.warn,
-		running: map[int]jetstream.ConsumeContext{}, handlers: map[int]jetstream.Consumer{}}
+	l := &loop{Service: s, st: st, group: g, jobs: jobs, held: held, msgs: msgs,
+		cons: newConsumers(stream, st, s.sink.Name, receive, expiry, s.log, &s.warn),
+		a:    &applier{Service: s, store: st, box: box, js: js, changes: stream, m: newSinkMetrics(s.sink.Name), holding: held},
+		up:   redisUp.WithLabelValues(s.sink.Name)}
+	st.EnableFences(s.sink.Name, s.id, l.leaseHolds)
 	parked, err := retries.Consume(receive, jetstream.PullMaxMessages(16), jetstream.PullExpiry(expiry),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) { s.warn.log(s.log, "consume changes to retry", err) }))
 	if err != nil {
 		return fmt.Errorf("consume changes to retry: %w", err)
 	}
+	defer parked.Stop()
 
-	// Membership changes arrive on their own goroutine; the loop below
-	// applies only the latest assignment.
+	// Membership changes arrive on their own goroutine; the loop applies
+	// only the latest assignment.
 	assigned := make(chan []int, 1)
 	gctx, leave := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
@@ -148,128 +163,276 @@ func (s *Service) Run(ctx context.Context) error {
 			assigned <- mine
 		})
 	}()
-	var progress atomic.Int64 // when the loop last went round
 	go func() {
 		defer wg.Done()
 		held.keepAlive(gctx, s.sink.AckWait/3, func() bool {
-			return time.Since(time.Unix(0, progress.Load())) < applyTimeout+2*tickEvery
+			return time.Since(time.Unix(0, l.progress.Load())) < applyTimeout+2*tickEvery
 		})
 	}()
-
-	var stopping atomic.Bool               // read by the /readyz handler's goroutine
-	var unavailable atomic.Pointer[string] // why Redis is not taking writes
-	metrics.Ready("redis writer "+s.sink.Name, func() error {
-		if stopping.Load() {
-			return errors.New("stopping")
-		}
-		if why := unavailable.Load(); why != nil {
-			return fmt.Errorf("cannot write: %s", *why)
-		}
-		return nil
-	})
-	up := redisUp.WithLabelValues(s.sink.Name)
-	up.Set(1)
+	metrics.Ready("redis writer "+s.sink.Name, l.ready)
+	l.up.Set(1)
+	l.checkPolicy(ctx)
+	if err := l.checkReset(ctx); err != nil {
+		s.warn.log(s.log, "check whether redis lost its data", err)
+	}
 	s.log.Info("writing", zap.String("redis", st.Addr()))
+	err = l.run(ctx, assigned)
+	parked.Stop()
+	l.handBack(drain(msgs))
+	for p := range l.cons.releasing {
+		l.cons.unpin(context.WithoutCancel(ctx), p) // now that all of it is handed back
+	}
+	leave()
+	wg.Wait()
+	// Acks are asynchronous: send them before the connection closes.
+	if ferr := nc.FlushTimeout(5 * time.Second); err == nil {
+		err = ferr
+	}
+	return err
+}
 
-	a := &applier{Service: s, store: st, box: box, js: js, changes: stream, m: newSinkMetrics(s.sink.Name), holding: held}
-	var queue []jetstream.Msg // received, not started
-	var retryAt <-chan time.Time
-	var delay time.Duration
-	// available records whether Redis (or NATS, for parking) takes writes.
-	available := func(err error) {
-		if err == nil {
-			if unavailable.Swap(nil) != nil {
-				s.log.Info("writing again")
-				up.Set(1)
-			}
-			return
-		}
-		why := err.Error()
-		if unavailable.Swap(&why) == nil {
-			up.Set(0)
-		}
+// loop is the writer's main loop and its state; one goroutine runs it.
+type loop struct {
+	*Service
+	st       *store.Store
+	group    *group.Group
+	jobs     *backfill.Store // backfill jobs, and the record of the sink's Redis
+	cons     *consumers
+	a        *applier
+	held     *holding
+	msgs     <-chan jetstream.Msg
+	queue    []jetstream.Msg // received, not started
+	lapses   uint64          // of the lease, as last seen
+	retryAt  <-chan time.Time
+	delay    time.Duration
+	up       prometheus.Gauge
+	policy   string       // Redis's maxmemory-policy, as last read
+	progress atomic.Int64 // when the loop last went round
+
+	stopping    atomic.Bool            // read by the /readyz handler's goroutine
+	unavailable atomic.Pointer[string] // why Redis is not taking writes
+}
+
+func (l *loop) ready() error {
+	if l.stopping.Load() {
+		return errors.New("stopping")
 	}
-	// outcome follows an attempt: nil, or why messages are held.
-	outcome := func(err error) {
-		available(err)
-		if err == nil {
-			retryAt, delay = nil, 0
-			return
-		}
-		s.warn.log(s.log, "write (unavailable: holding the partitions until it comes back)", err)
-		delay = min(max(2*delay, holdMin), holdMax)
-		retryAt = time.After(delay)
+	if why := l.unavailable.Load(); why != nil {
+		return fmt.Errorf("cannot write: %s", *why)
 	}
+	return nil
+}
+
+func (l *loop) run(ctx context.Context, assigned <-chan []int) error {
 	tick := time.NewTicker(tickEvery)
 	defer tick.Stop()
 	ready := make(chan struct{})
 	close(ready)
 	for {
-		progress.Store(time.Now().UnixNano())
+		l.progress.Store(time.Now().UnixNano())
 		var work <-chan struct{} // ready when a batch can start
-		if len(a.held) == 0 && len(queue) > 0 {
+		if len(l.a.held) == 0 && len(l.queue) > 0 {
 			work = ready
 		}
 		select {
 		case <-ctx.Done():
-			stopping.Store(true)
-			cons.stopAll()
-			parked.Stop()
+			l.stopping.Store(true)
 			// What the stopped consumers still deliver, and what waits,
 			// goes back to JetStream, to be redelivered to the others.
-			a.release()
-			handBack(append(queue, drain(msgs)...), held)
-			leave()
-			wg.Wait()
-			// Acks are asynchronous: send them before the connection closes.
-			return nc.FlushTimeout(5 * time.Second)
+			l.cons.releaseAll()
+			l.a.release(nil)
+			l.handBack(l.queue)
+			l.queue = nil
+			return nil
 		case mine := <-assigned:
-			if err := cons.set(ctx, mine); err != nil {
-				s.warn.log(s.log, "start partition consumers", err)
+			released, err := l.cons.set(ctx, mine)
+			l.giveUp(released)
+			if err != nil {
+				l.warn.log(l.log, "start partition consumers", err)
+			}
+		case p := <-l.cons.drained:
+			l.cons.unpin(ctx, p)
+			if err := l.cons.resume(ctx); err != nil {
+				l.warn.log(l.log, "start partition consumers", err)
 			}
 		case <-tick.C:
-			cons.updatePending(ctx)
-			if len(a.held) == 0 && len(queue) == 0 {
-				// Idle: readiness still tells whether Redis answers.
-				pctx, cancel := context.WithTimeout(ctx, tickEvery)
-				available(st.Ping(pctx))
-				cancel()
-			}
-		case m := <-msgs:
-			queue = append(queue, m)
+			l.tick(ctx)
+		case m := <-l.msgs:
+			l.take(m)
 		case <-work:
 			// Take in what has arrived meanwhile, for a fuller batch.
 		more:
-			for len(queue) < s.sink.BatchSize {
+			for len(l.queue) < l.sink.BatchSize {
 				select {
-				case m := <-msgs:
-					queue = append(queue, m)
+				case m := <-l.msgs:
+					l.take(m)
 				default:
 					break more
 				}
 			}
-			// A batch takes messages (each holding changes) until it holds
-			// batch_size changes or none waits. A message in fragments, a
-			// large change, is a batch of its own: what the writer holds
-			// stays bounded.
-			n, events := 1, max(change.CountEvents(queue[0].Data()), 1)
-			for n < len(queue) && events < s.sink.BatchSize && !fragmented(queue[0]) && !fragmented(queue[n]) {
-				events += max(change.CountEvents(queue[n].Data()), 1)
-				n++
+			if len(l.queue) == 0 || !l.leased() {
+				continue
 			}
-			batch := queue[:n:n]
-			if queue = queue[n:]; len(queue) == 0 {
-				queue = nil
-			}
+			batch := l.batch()
 			// The batch completes even when shutdown begins meanwhile.
 			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), applyTimeout)
-			outcome(a.apply(actx, batch))
+			l.outcome(l.a.apply(actx, batch))
 			cancel()
-		case <-retryAt:
+		case <-l.retryAt:
+			if !l.leased() {
+				continue
+			}
 			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), applyTimeout)
-			outcome(a.retry(actx))
+			if err := l.st.Reacquire(actx); err != nil {
+				l.outcome(err)
+			} else {
+				l.outcome(l.a.retry(actx))
+			}
 			cancel()
 		}
+	}
+}
+
+// take queues a received message, or hands it back when its partition is
+// no longer this writer's (it arrived from a consumer being drained).
+func (l *loop) take(m jetstream.Msg) {
+	if p := partition(m); p >= 0 && !l.cons.owns(p) {
+		l.handBack([]jetstream.Msg{m})
+		return
+	}
+	l.queue = append(l.queue, m)
+}
+
+// batch takes messages (each holding changes) from the queue until they
+// hold batch_size changes or none waits. A message in fragments, a large
+// change, is a batch of its own: what the writer holds stays bounded.
+func (l *loop) batch() []jetstream.Msg {
+	q := l.queue
+	n, events := 1, max(change.CountEvents(q[0].Data()), 1)
+	for n < len(q) && events < l.sink.BatchSize && !fragmented(q[0]) && !fragmented(q[n]) {
+		events += max(change.CountEvents(q[n].Data()), 1)
+		n++
+	}
+	if l.queue = q[n:]; len(l.queue) == 0 {
+		l.queue = nil
+	}
+	return q[:n:n]
+}
+
+// leaseHolds reports whether this writer's lease holds, without acting on
+// it.
+func (l *loop) leaseHolds() bool {
+	until, lapses := l.group.Lease()
+	return lapses == l.lapses && time.Until(until) > l.sink.Failover/10
+}
+
+// leased reports whether this writer's lease holds. When it ran out (a
+// pause, NATS cut off), others may have taken its partitions: it gives up
+// everything it holds, and takes its partitions again once it holds a new
+// lease.
+func (l *loop) leased() bool {
+	if l.leaseHolds() {
+		return true
+	}
+	until, lapses := l.group.Lease()
+	if lapses != l.lapses || len(l.cons.running) > 0 || len(l.queue) > 0 || len(l.a.held) > 0 {
+		l.log.Warn("lease in the writer group ran out; giving up the partitions until it is renewed", zap.Time("lease_until", until))
+		l.lapses = lapses
+		l.giveUp(l.cons.releaseAll())
+		l.a.release(nil)
+		l.handBack(l.queue)
+		l.queue = nil
+	}
+	return false
+}
+
+// giveUp hands back what the writer holds of partitions it released.
+func (l *loop) giveUp(partitions []int) {
+	if len(partitions) == 0 {
+		return
+	}
+	l.a.release(partitions)
+	kept := l.queue[:0]
+	for _, m := range l.queue {
+		if slices.Contains(partitions, partition(m)) {
+			l.handBack([]jetstream.Msg{m})
+			continue
+		}
+		kept = append(kept, m)
+	}
+	clear(l.queue[len(kept):])
+	l.queue = kept
+}
+
+func (l *loop) tick(ctx context.Context) {
+	l.cons.updatePending(ctx)
+	l.checkPolicy(ctx)
+	if err := l.checkReset(ctx); err != nil {
+		l.warn.log(l.log, "check whether redis lost its data", err)
+	}
+	if l.leased() {
+		if err := l.cons.resume(ctx); err != nil {
+			l.warn.log(l.log, "start partition consumers", err)
+		}
+	}
+	if len(l.a.held) == 0 && len(l.queue) == 0 {
+		// Idle: readiness still tells whether Redis answers.
+		pctx, cancel := context.WithTimeout(ctx, tickEvery)
+		l.available(l.st.Ping(pctx))
+		cancel()
+	}
+}
+
+// checkPolicy reads Redis's maxmemory-policy, and says once what a policy
+// that evicts keys means for this sink.
+func (l *loop) checkPolicy(ctx context.Context) {
+	policy, err := l.st.Policy(ctx)
+	if err != nil {
+		return
+	}
+	evicting := store.Evicts(policy)
+	redisEvicts.WithLabelValues(l.sink.Name).Set(map[bool]float64{false: 0, true: 1}[evicting])
+	if evicting && l.policy != policy {
+		l.log.Warn("redis may evict keys (maxmemory-policy "+policy+"): an evicted key is written again by its next change only, "+
+			"and a change retried after failing on its own is dead-lettered when its key's version was evicted (see the README's Guarantees)",
+			zap.String("maxmemory_policy", policy))
+	}
+	l.policy = policy
+}
+
+// available records whether Redis (or NATS, for parking) takes writes.
+func (l *loop) available(err error) {
+	if err == nil {
+		if l.unavailable.Swap(nil) != nil {
+			l.log.Info("writing again")
+			l.up.Set(1)
+		}
+		return
+	}
+	why := err.Error()
+	if l.unavailable.Swap(&why) == nil {
+		l.up.Set(0)
+	}
+}
+
+// outcome follows an attempt: nil, or why messages are held.
+func (l *loop) outcome(err error) {
+	l.available(err)
+	if err == nil {
+		l.retryAt, l.delay = nil, 0
+		return
+	}
+	l.warn.log(l.log, "write (unavailable: holding the partitions until it comes back)", err)
+	l.delay = min(max(2*l.delay, holdMin), holdMax)
+	l.retryAt = time.After(l.delay)
+}
+
+// handBack returns messages received but not started to JetStream, which
+// redelivers them at once, to the sink's other writers.
+func (l *loop) handBack(msgs []jetstream.Msg) {
+	for _, m := range msgs {
+		l.held.remove(m)
+		_ = m.Nak()
 	}
 }
 
@@ -286,15 +449,6 @@ func drain(msgs <-chan jetstream.Msg) []jetstream.Msg {
 		case <-time.After(200 * time.Millisecond):
 			return got
 		}
-	}
-}
-
-// handBack returns messages received but not started to JetStream, which
-// redelivers them at once, to the sink's other writers.
-func handBack(msgs []jetstream.Msg, held *holding) {
-	for _, m := range msgs {
-		held.remove(m)
-		_ = m.Nak()
 	}
 }
 

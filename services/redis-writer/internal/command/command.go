@@ -29,6 +29,15 @@ type Command struct {
 	ExpireMS int64
 	// VersionExpireMS is the PX of the key's version record; 0: none.
 	VersionExpireMS int64
+	// Message marks a value that is Sequin's message JSON of the change,
+	// which carries its version: it needs no version record.
+	Message bool
+	// Partition is the stream partition the change came from, whose fence
+	// guards the write; -1: none.
+	Partition int
+	// Retried marks a change tried again after it failed on its own: while
+	// Redis may evict keys, it is written only over a known version.
+	Retried bool
 }
 
 // Renderer builds the commands of one sink.
@@ -90,7 +99,7 @@ func (r *Renderer) Append(cmds []Command, ev *sluicev1.ChangeEvent) ([]Command, 
 			return cmds, nil
 		}
 		version := string(change.AppendVersion(nil, ev.CommitLsn, ev.CommitIdx))
-		return append(cmds, Command{Truncate: true, Key: r.prefix + ":" + ev.Table + ":", Version: version, VersionExpireMS: r.tombstoneMS}), nil
+		return append(cmds, Command{Truncate: true, Key: r.prefix + ":" + ev.Table + ":", Version: version, VersionExpireMS: r.tombstoneMS, Partition: -1}), nil
 	}
 	var in *expression.Input
 	if r.filter != nil || r.transform != nil || r.routing != nil {
@@ -112,7 +121,7 @@ func (r *Renderer) Append(cmds []Command, ev *sluicev1.ChangeEvent) ([]Command, 
 		rejected = !ok
 	}
 	version := string(change.AppendVersion(make([]byte, 0, change.VersionLen), ev.CommitLsn, ev.CommitIdx))
-	c := Command{Key: r.Key(ev.Table, ev.PkValues), Del: del || rejected, Version: version, ExpireMS: r.expireMS}
+	c := Command{Key: r.Key(ev.Table, ev.PkValues), Del: del || rejected, Version: version, ExpireMS: r.expireMS, Partition: -1}
 	if r.routing != nil {
 		rt, err := r.routing.Route(in)
 		if err != nil {
@@ -146,7 +155,7 @@ func (r *Renderer) Append(cmds []Command, ev *sluicev1.ChangeEvent) ([]Command, 
 		// The old key goes, unless routing gives the row the same key
 		// again: the one write below then holds the new row.
 		if old != c.Key {
-			cmds = append(cmds, Command{Del: true, Key: old, Version: version, VersionExpireMS: r.tombstoneMS})
+			cmds = append(cmds, Command{Del: true, Key: old, Version: version, VersionExpireMS: r.tombstoneMS, Partition: -1})
 		}
 	}
 	if c.Del {
@@ -160,7 +169,7 @@ func (r *Renderer) Append(cmds []Command, ev *sluicev1.ChangeEvent) ([]Command, 
 		}
 		c.Value = v
 	} else {
-		c.Value = change.AppendMessage(nil, ev, r.consumer)
+		c.Value, c.Message = change.AppendMessage(nil, ev, r.consumer), true
 	}
 	if c.ExpireMS > 0 {
 		// The version outlives the value, so a late older change cannot

@@ -30,13 +30,13 @@ func TestAppend(t *testing.T) {
 	ins := &sluicev1.ChangeEvent{Action: sluicev1.Action_ACTION_INSERT, Schema: "public", Table: "orders", PkValues: []string{"acme", "7"},
 		Record: []byte(`{"id":7}`), CommitLsn: 0x10, CommitIdx: 2}
 	cmds := render(t, sink(nil), ins)
-	if len(cmds) != 1 || cmds[0].Del || cmds[0].Key != "sequin:orders:acme:7" || cmds[0].Version != "000000000000001000000002" ||
+	if len(cmds) != 1 || cmds[0].Del || cmds[0].Key != "sequin:orders:acme:7" || cmds[0].Version != "000000000000000000160000000002" ||
 		cmds[0].ExpireMS != 0 || cmds[0].VersionExpireMS != 0 {
 		t.Fatalf("insert: %+v", cmds)
 	}
 	var msg map[string]any
-	if err := json.Unmarshal(cmds[0].Value, &msg); err != nil || msg["action"] != "insert" {
-		t.Fatalf("value %s: %v", cmds[0].Value, err)
+	if err := json.Unmarshal(cmds[0].Value, &msg); err != nil || msg["action"] != "insert" || !cmds[0].Message || cmds[0].Partition != -1 {
+		t.Fatalf("value %s: %v (%+v)", cmds[0].Value, err, cmds[0])
 	}
 
 	expire := int64(5000)
@@ -72,7 +72,7 @@ func TestExpressions(t *testing.T) {
 		OldPkValues: []string{"6"}, Record: []byte(`{"id":7,"name":"Ann","active":true}`), Changes: []byte(`{}`), CommitLsn: 9}
 	cmds := render(t, s, ev)
 	if len(cmds) != 2 || !cmds[0].Del || cmds[0].Key != "users:6" || cmds[1].Key != "users:7" || string(cmds[1].Value) != `{"id":7,"name":"Ann"}` ||
-		cmds[1].ExpireMS != 5000 {
+		cmds[1].ExpireMS != 5000 || cmds[1].Message {
 		t.Fatalf("routed update: %+v", cmds)
 	}
 	ev.OldPkValues = nil
@@ -107,7 +107,7 @@ func TestTruncate(t *testing.T) {
 	s.OnTruncate = "delete"
 	s.Filter = "record.active" // does not apply: a truncate has no record
 	cmds := render(t, s, ev)
-	if len(cmds) != 1 || !cmds[0].Truncate || cmds[0].Key != "sequin:users:" || cmds[0].Version != "000000000000002000000003" || cmds[0].VersionExpireMS != 3600000 {
+	if len(cmds) != 1 || !cmds[0].Truncate || cmds[0].Key != "sequin:users:" || cmds[0].Version != "000000000000000000320000000003" || cmds[0].VersionExpireMS != 3600000 {
 		t.Fatalf("truncate: %+v", cmds)
 	}
 }

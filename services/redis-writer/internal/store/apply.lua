@@ -1,37 +1,162 @@
 -- Writes a group of changes, each to one key unless the key already
--- reflects a change at or after it, and records each change's version.
--- Change i (from 1) has KEYS[2i-1], the key, and KEYS[2i], its version
--- record; ARGV[5i-4] its version (24 hex digits), ARGV[5i-3] 's' (SET) or
--- 'd' (DEL), ARGV[5i-2] the value, ARGV[5i-1] the key's PX and ARGV[5i] the
--- record's PX (0: none).
--- Returns for each change 1 (written), 0 (older than the key: skipped), or
--- the error of its own commands as a string: "<step> <error>", where step
--- is v (GET of the version record), k (the key's SET or DEL) or w (SET of
--- the version record). A string, not an error reply: some clients stop
+-- reflects a change at or after it.
+--
+-- A version is 30 digits: the commit LSN in 20, the commit index in 10, so
+-- that versions compare as strings. A key's version is found, in order:
+--   1. in its value, when the value is Sequin's message JSON, which begins
+--      {"action":"…","changes":…,"metadata":{"commit_idx":I,"commit_lsn":L,
+--      so the version cannot be lost apart from the key;
+--   2. in its version record, KEYS[2i]: the tombstone of a deleted key, the
+--      version of an opaque (transformed) value, or a record written by an
+--      earlier release (24 hex digits).
+--
+-- ARGV[1] is the number of fence keys, 0 or 1. With one, KEYS[1] holds the
+-- token of the writer that owns the changes' partition and ARGV[2] is this
+-- writer's: on a mismatch nothing is written and every change answers
+-- "f <owner>", so a writer that lost its partition cannot write late.
+--
+-- Change i (from 1) has the key KEYS[f+2i-1] and its record KEYS[f+2i],
+-- and 6 arguments: its version; its operation, 'm' (SET a message value,
+-- which carries the version and needs no record), 's' (SET any other
+-- value: a record keeps its version) or 'd' (DEL); the value; the key's PX
+-- and the record's PX (0: none); and 'k' when it may be written only over
+-- a known version (a retried change while Redis may evict keys), else ''.
+--
+-- Returns for each change 1 (written), 0 (older than the key: skipped),
+-- 'u' (no known version, and 'k' asked for one: not written), or its own
+-- failure as a string "<step> <error>", where step is r (reading the key),
+-- v (reading its record), k (writing the key), w (writing the record) or x
+-- (deleting the record). A string, not an error reply: some clients stop
 -- reading an array at an error element they do not expect, and then read
 -- its remaining elements as the replies of the next commands.
-local function split(v)
-  -- two 48-bit halves: exact as Lua numbers, whatever the locale's collation
-  return tonumber(string.sub(v, 1, 12), 16), tonumber(string.sub(v, 13, 24), 16)
-end
 local function failed(r)
   return type(r) == 'table' and r.err
 end
-local out = {}
-for i = 1, #KEYS / 2 do
-  local key, vkey, a = KEYS[2 * i - 1], KEYS[2 * i], 5 * (i - 1)
-  local ver, op, val, px, vpx = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
-  local step = 'v'
-  local r = redis.pcall('GET', vkey)
-  if not failed(r) then
-    local stale = false
-    if r then
-      local ch, cl = split(r)
-      local nh, nl = split(ver)
-      stale = ch and cl and (ch > nh or (ch == nh and cl >= nl))
+
+local function pad(digits, width)
+  if #digits > width then
+    return nil
+  end
+  return string.rep('0', width - #digits) .. digits
+end
+
+-- skip returns the position after the JSON object that starts at p in s,
+-- or nil when s ends first.
+local function skip(s, p)
+  local depth, i = 0, p
+  while true do
+    i = string.find(s, '[{}"]', i)
+    if not i then
+      return nil
     end
-    if stale then
+    local c = string.sub(s, i, i)
+    if c == '"' then
+      repeat
+        i = string.find(s, '"', i + 1, true)
+        if not i then
+          return nil
+        end
+        local b = i - 1
+        while string.sub(s, b, b) == '\\' do
+          b = b - 1
+        end
+      until (i - 1 - b) % 2 == 0
+    elseif c == '{' then
+      depth = depth + 1
+    else
+      depth = depth - 1
+      if depth == 0 then
+        return i + 1
+      end
+    end
+    i = i + 1
+  end
+end
+
+-- message returns the version a message value carries; nil when s is not
+-- one; false when s is cut short before it.
+local function message(s)
+  local p = string.match(s, '^{"action":"%a+","changes":()')
+  if not p then
+    return nil
+  end
+  local q
+  if string.sub(s, p, p + 4) == 'null,' then
+    q = p + 5
+  elseif string.sub(s, p, p + 2) == '{},' then
+    q = p + 3
+  elseif string.sub(s, p, p) == '{' then
+    q = skip(s, p)
+    if not q then
+      return false
+    end
+    q = q + 1
+  else
+    return nil
+  end
+  local idx, lsn = string.match(s, '^"metadata":{"commit_idx":(%d+),"commit_lsn":(%d+),', q)
+  if not idx then
+    if #s - q < 64 then
+      return false
+    end
+    return nil
+  end
+  local l, x = pad(lsn, 20), pad(idx, 10)
+  return l and x and l .. x
+end
+
+-- record reads a version record: this release's 30 digits, or an earlier
+-- one's 24 hex digits.
+local function record(r)
+  if #r == 30 then
+    return r
+  end
+  if #r == 24 then
+    local lsn, idx = tonumber(string.sub(r, 1, 16), 16), tonumber(string.sub(r, 17, 24), 16)
+    if lsn and idx then
+      return string.format('%020.0f%010.0f', lsn, idx)
+    end
+  end
+  return nil
+end
+
+local head = 256
+local out = {}
+local f = tonumber(ARGV[1])
+local n = (#KEYS - f) / 2
+if f == 1 then
+  local owner = redis.call('GET', KEYS[1])
+  if owner ~= ARGV[2] then
+    for i = 1, n do
+      out[i] = 'f ' .. (owner or '(none)')
+    end
+    return out
+  end
+end
+for i = 1, n do
+  local key, vkey, a = KEYS[f + 2 * i - 1], KEYS[f + 2 * i], f + 1 + 6 * (i - 1)
+  local ver, op, val, px, vpx, known = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
+  local step, cur, rec = 'r', nil, false
+  local r = redis.pcall('GETRANGE', key, 0, head - 1)
+  if not failed(r) and r ~= '' then
+    cur = message(r)
+    if cur == false then
+      r = redis.pcall('GET', key)
+      cur = not failed(r) and r and message(r) or nil
+    end
+  end
+  if not failed(r) and not cur then
+    step = 'v'
+    r = redis.pcall('GET', vkey)
+    if not failed(r) and r then
+      rec, cur = true, record(r)
+    end
+  end
+  if not failed(r) then
+    if cur and cur >= ver then
       r = 0
+    elseif not cur and known == 'k' and op ~= 'd' then
+      r = 'u'
     else
       step = 'k'
       if op == 'd' then
@@ -42,11 +167,19 @@ for i = 1, #KEYS / 2 do
         r = redis.pcall('SET', key, val)
       end
       if not failed(r) then
-        step = 'w'
-        if vpx ~= '0' then
-          r = redis.pcall('SET', vkey, ver, 'PX', vpx)
+        if op == 'm' then
+          -- The value carries its version: a record is no longer needed.
+          step = 'x'
+          if rec then
+            r = redis.pcall('DEL', vkey)
+          end
         else
-          r = redis.pcall('SET', vkey, ver)
+          step = 'w'
+          if vpx ~= '0' then
+            r = redis.pcall('SET', vkey, ver, 'PX', vpx)
+          else
+            r = redis.pcall('SET', vkey, ver)
+          end
         end
         if not failed(r) then
           r = 1

@@ -1,14 +1,20 @@
-// Package store applies versioned writes to a Redis database in pipelined
-// batches.
+// Package store applies a sink's writes to its Redis in pipelined batches.
 //
-// Every key written has a version record, "sluice:v:{<key>}", holding the
-// position (commit LSN and index) of the change the key reflects. A Lua
-// script writes a key only when the change is newer than that record, in
-// one atomic step. So the value a key ends with is the one of its last
-// committed change whatever the order writes arrive in: JetStream
-// redeliveries, several writers, and a paused writer that wakes up after its
-// successor all become harmless. After a DEL the record stays for the
-// sink's tombstone TTL, so that an older change cannot bring the key back.
+// Writes are versioned: a Lua script (apply.lua) writes a key only when the
+// change is newer than the one the key reflects, in one atomic step, so the
+// value a key ends with is that of its last committed change whatever the
+// order writes arrive in. The version of a key whose value is Sequin's
+// message JSON is in the value itself (commit_lsn and commit_idx, at its
+// start): it cannot be lost, or evicted, apart from the key. A deleted key
+// keeps a tombstone, and an opaque (transformed) value a version record,
+// "sluice:v:{<key>}", for the sink's tombstone TTL and as long as the value.
+//
+// On a standalone Redis, each partition also has a fence: the token of the
+// writer that owns it, which the script checks, so that a writer that lost
+// a partition (paused past its failover, say) cannot write late.
+//
+// Unversioned stores write plain SET and DEL commands instead, for a Redis
+// that forbids scripts.
 //
 // Every command's reply is checked; a Redis error is a failure of that
 // command, never a silent success.
@@ -26,6 +32,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -40,13 +47,22 @@ var applyLua string
 
 var applyScript = redis.NewScript(applyLua)
 
-// VersionPrefix starts the name of every version record.
-const VersionPrefix = "sluice:v:"
-
 // Store is one Redis destination.
 type Store struct {
-	client redis.UniversalClient
-	addr   string
+	client      redis.UniversalClient
+	addr        string
+	cluster     bool
+	unversioned bool
+	wait        int // replicas that must confirm a batch
+	waitTimeout time.Duration
+	evicts      atomic.Bool // the server may evict keys (maxmemory-policy)
+
+	mu     sync.Mutex
+	fences map[int]string // partition → this writer's token; nil: no fencing
+	gone   map[int]bool   // partitions whose fence Redis lost
+	prefix string         // of the fence keys
+	writer string
+	leased func() bool
 }
 
 // Open connects to the destination and checks that it answers.
@@ -63,9 +79,9 @@ func Open(ctx context.Context, d config.Destination) (*Store, error) {
 		Password:      d.Password,
 		DB:            d.Database,
 		DialTimeout:   5 * time.Second,
-		ReadTimeout:   10 * time.Second,
+		ReadTimeout:   10*time.Second + d.WaitTimeout,
 		WriteTimeout:  10 * time.Second,
-		// Failed commands are retried by redelivery, with backoff; a retry
+		// Failed commands are retried by the writer, with backoff; a retry
 		// here would hide the failure and hold the batch.
 		MaxRetries: -1,
 	}
@@ -76,14 +92,17 @@ func Open(ctx context.Context, d config.Destination) (*Store, error) {
 		}
 		opts.TLSConfig = tc
 	}
-	s := &Store{client: redis.NewUniversalClient(opts), addr: addr}
+	s := &Store{client: redis.NewUniversalClient(opts), addr: addr, cluster: d.Cluster, unversioned: d.Unversioned,
+		wait: d.WaitReplicas, waitTimeout: d.WaitTimeout}
 	if err := s.client.Ping(ctx).Err(); err != nil {
 		s.client.Close()
 		return nil, fmt.Errorf("connect to redis at %s: %w", addr, err)
 	}
-	if err := applyScript.Load(ctx, s.client).Err(); err != nil {
-		s.client.Close()
-		return nil, fmt.Errorf("load script into redis at %s: %w", addr, err)
+	if !s.unversioned {
+		if err := applyScript.Load(ctx, s.client).Err(); err != nil {
+			s.client.Close()
+			return nil, fmt.Errorf("load script into redis at %s (set destination.unversioned if scripts are forbidden): %w", addr, err)
+		}
 	}
 	return s, nil
 }
@@ -125,86 +144,16 @@ func (s *Store) Close() error { return s.client.Close() }
 // Client is the Redis client, for status and tests.
 func (s *Store) Client() redis.UniversalClient { return s.client }
 
-// VersionKey is the version record of key. It is in key's hash slot, so
-// that the script touches one slot in a Redis Cluster: a key without braces
-// becomes the record's hash tag ("{key}"), a key with a hash tag lends it
-// ("=key"), and any other key gets a tag that hashes to its slot
-// ("{tag}key", the key holding a brace). The three forms cannot be taken
-// for one another, so no two keys share a record.
-func VersionKey(key string) string {
-	if !strings.ContainsAny(key, "{}") {
-		return VersionPrefix + "{" + key + "}"
-	}
-	if _, ok := hashTag(key); ok {
-		return VersionPrefix + "=" + key
-	}
-	return VersionPrefix + "{" + slotTag(Slot(key)) + "}" + key
-}
-
-// hashTag is the part of key between its first '{' and the next '}', when
-// not empty: what Redis Cluster hashes instead of the whole key.
-func hashTag(key string) (string, bool) {
-	i := strings.IndexByte(key, '{')
-	if i < 0 {
-		return "", false
-	}
-	j := strings.IndexByte(key[i+1:], '}')
-	if j <= 0 {
-		return "", false
-	}
-	return key[i+1 : i+1+j], true
-}
-
-// Slot is the Redis Cluster hash slot of key.
-func Slot(key string) int {
-	if tag, ok := hashTag(key); ok {
-		key = tag
-	}
-	return int(crc16(key) % 16384)
-}
-
-// crc16 is CRC-16/XMODEM, the checksum of Redis Cluster's key slots.
-func crc16(s string) uint16 {
-	var crc uint16
-	for i := 0; i < len(s); i++ {
-		crc ^= uint16(s[i]) << 8
-		for range 8 {
-			if crc&0x8000 != 0 {
-				crc = crc<<1 ^ 0x1021
-			} else {
-				crc <<= 1
-			}
-		}
-	}
-	return crc
-}
-
-var (
-	slotTagsOnce sync.Once
-	slotTags     []string
-)
-
-// slotTag returns a short string that hashes to slot.
-func slotTag(slot int) string {
-	slotTagsOnce.Do(func() {
-		slotTags = make([]string, 16384)
-		for i, left := 0, len(slotTags); left > 0; i++ {
-			s := strconv.FormatInt(int64(i), 36)
-			if k := crc16(s) % 16384; slotTags[k] == "" {
-				slotTags[k] = s
-				left--
-			}
-		}
-	})
-	return slotTags[slot]
-}
-
 // Apply writes cmds, in order, pipelined, and returns each command's error
 // (nil when the write was applied or was older than the key's version; an
 // *Error otherwise, see Unavailable) and how many writes were skipped as
 // older.
 func (s *Store) Apply(ctx context.Context, cmds []command.Command) (errs []error, stale int) {
 	errs = make([]error, len(cmds))
+	if s.unversioned {
+		s.plain(ctx, cmds, errs)
+		return errs, 0
+	}
 	from := 0
 	for i, c := range cmds {
 		if c.Truncate {
@@ -232,7 +181,7 @@ func (s *Store) truncate(ctx context.Context, c command.Command) error {
 			return errors.Join(errs...)
 		}
 		for iter.Next(ctx) {
-			dels = append(dels, command.Command{Del: true, Key: iter.Val(), Version: c.Version, VersionExpireMS: c.VersionExpireMS})
+			dels = append(dels, command.Command{Del: true, Key: iter.Val(), Version: c.Version, VersionExpireMS: c.VersionExpireMS, Partition: c.Partition})
 			if len(dels) == 500 {
 				if err := flush(); err != nil {
 					return err
@@ -271,57 +220,6 @@ func escapeGlob(s string) string {
 	return b.String()
 }
 
-// apply writes cmds (no truncates) in one pipeline, putting each one's
-// error into errs, and returns how many were older than their key.
-func (s *Store) apply(ctx context.Context, cmds []command.Command, errs []error) (stale int) {
-	if len(cmds) == 0 {
-		return 0
-	}
-	groups := s.group(cmds)
-	results := s.run(ctx, cmds, groups)
-	var retry []int
-	for g, r := range results {
-		if err := r.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-			retry = append(retry, g) // Redis restarted or flushed its scripts
-		}
-	}
-	if len(retry) > 0 {
-		if err := applyScript.Load(ctx, s.client).Err(); err == nil {
-			again := make([][]int, len(retry))
-			for j, g := range retry {
-				again[j] = groups[g]
-			}
-			for j, r := range s.run(ctx, cmds, again) {
-				results[retry[j]] = r
-			}
-		}
-	}
-	for g, r := range results {
-		replies, err := r.Slice()
-		for j, i := range groups[g] {
-			c := &cmds[i]
-			if err == nil && j >= len(replies) {
-				err = fmt.Errorf("script returned %d replies for %d changes", len(replies), len(groups[g]))
-			}
-			if err != nil {
-				errs[i] = &Error{Command: verb(c), Key: c.Key, Err: err}
-				continue
-			}
-			switch v := replies[j].(type) {
-			case int64:
-				if v == 0 {
-					stale++
-				}
-			case string:
-				errs[i] = stepError(c, v)
-			default:
-				errs[i] = &Error{Command: verb(c), Key: c.Key, Err: fmt.Errorf("script returned %T for a change", v)}
-			}
-		}
-	}
-	return stale
-}
-
 // Error is the failure of one change's command, or of the round trip that
 // carried it.
 type Error struct {
@@ -339,18 +237,19 @@ type replyError string
 
 func (e replyError) Error() string { return string(e) }
 
-// stepError is the error the script reported for c: "<step> <reply>".
-func stepError(c *command.Command, s string) error {
-	step, reply, _ := strings.Cut(s, " ")
-	e := &Error{Command: verb(c), Key: c.Key, Err: replyError(reply)}
-	switch step {
-	case "v":
-		e.Command, e.Key = "GET", VersionKey(c.Key)
-	case "w":
-		e.Command, e.Key = "SET", VersionKey(c.Key)
-	}
-	return e
-}
+var (
+	// ErrFenced is a write refused because another writer owns the
+	// change's partition now.
+	ErrFenced = errors.New("another writer owns the partition now")
+	// ErrFenceGone is a write refused because the partition's fence is
+	// gone (Redis lost its data): the owner sets it again, then retries.
+	ErrFenceGone = errors.New("the partition's fence is gone from Redis")
+	// ErrUnknownVersion is a retried change not written because its key's
+	// version is unknown (evicted, or expired) while Redis may evict keys:
+	// it might be older than what the key held.
+	ErrUnknownVersion = errors.New("the key's version is unknown (evicted or expired), so a retried change cannot tell whether it is older; " +
+		"`sluice dlq replay` writes the row as Postgres holds it now")
+)
 
 // unavailable are the replies that say the server, or the user's
 // permissions, cannot take writes now, whatever the key.
@@ -363,8 +262,11 @@ var unavailable = []string{"LOADING", "READONLY", "OOM", "NOPERM", "NOAUTH", "WR
 // failure of the change itself (WRONGTYPE on its key, a value Redis
 // refuses). The first is waited out; the second is the change's own.
 func Unavailable(err error) bool {
-	if err == nil {
+	switch {
+	case err == nil || errors.Is(err, ErrFenced) || errors.Is(err, ErrUnknownVersion):
 		return false
+	case errors.Is(err, ErrFenceGone):
+		return true
 	}
 	var re redis.Error
 	var rep replyError
@@ -383,68 +285,6 @@ func Unavailable(err error) bool {
 		}
 	}
 	return false
-}
-
-// perCall bounds the changes one script call writes: enough to spread the
-// call's cost, few enough that one call does not hold Redis for long.
-const perCall = 64
-
-// group splits cmds into the script calls that write them: each call's keys
-// in one hash slot of a cluster; a key's changes keep their order.
-func (s *Store) group(cmds []command.Command) [][]int {
-	var groups [][]int
-	if _, cluster := s.client.(*redis.ClusterClient); !cluster {
-		for i := 0; i < len(cmds); i += perCall {
-			g := make([]int, 0, min(perCall, len(cmds)-i))
-			for j := i; j < min(i+perCall, len(cmds)); j++ {
-				g = append(g, j)
-			}
-			groups = append(groups, g)
-		}
-		return groups
-	}
-	open := map[int]int{} // slot → its group still taking commands
-	for i, c := range cmds {
-		slot := Slot(c.Key)
-		g, ok := open[slot]
-		if !ok || len(groups[g]) == perCall {
-			g = len(groups)
-			groups = append(groups, nil)
-			open[slot] = g
-		}
-		groups[g] = append(groups[g], i)
-	}
-	return groups
-}
-
-// run sends one script call per group, pipelined.
-func (s *Store) run(ctx context.Context, cmds []command.Command, groups [][]int) []*redis.Cmd {
-	results := make([]*redis.Cmd, len(groups))
-	pipe := s.client.Pipeline()
-	for g, idx := range groups {
-		keys := make([]string, 0, 2*len(idx))
-		args := make([]any, 0, 5*len(idx))
-		for _, i := range idx {
-			c := cmds[i]
-			op, value := "s", c.Value
-			if c.Del {
-				op, value = "d", nil
-			}
-			keys = append(keys, c.Key, VersionKey(c.Key))
-			args = append(args, c.Version, op, value, c.ExpireMS, c.VersionExpireMS)
-		}
-		results[g] = applyScript.EvalSha(ctx, pipe, keys, args...)
-	}
-	_, err := pipe.Exec(ctx)
-	if err != nil && !isReplyError(err) {
-		// The connection failed: no call has a reply of its own.
-		for _, r := range results {
-			if r.Err() == nil {
-				r.SetErr(err)
-			}
-		}
-	}
-	return results
 }
 
 func isReplyError(err error) bool {

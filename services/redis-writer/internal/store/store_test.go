@@ -28,12 +28,14 @@ func open(t *testing.T, r *testenv.Redis) *Store {
 
 func v(lsn uint64, idx uint32) string { return string(change.AppendVersion(nil, lsn, idx)) }
 
+// set is a SET of an opaque value (a transform's, say): its version is
+// kept in a record.
 func set(key, value string, lsn uint64, idx uint32) command.Command {
-	return command.Command{Key: key, Value: []byte(value), Version: v(lsn, idx)}
+	return command.Command{Key: key, Value: []byte(value), Version: v(lsn, idx), Partition: -1}
 }
 
 func del(key string, lsn uint64, idx uint32) command.Command {
-	return command.Command{Del: true, Key: key, Version: v(lsn, idx), VersionExpireMS: 60000}
+	return command.Command{Del: true, Key: key, Version: v(lsn, idx), VersionExpireMS: 60000, Partition: -1}
 }
 
 func TestApplyKeepsNewest(t *testing.T) {
@@ -333,7 +335,7 @@ func TestTruncate(t *testing.T) {
 		cmds = append(cmds, set(fmt.Sprintf("sequin:users:%d", i), "v", 10, uint32(i)))
 	}
 	cmds = append(cmds, set("sequin:users_x:1", "other table", 10, 5000), set("sequin:users:newer", "after", 30, 0),
-		command.Command{Truncate: true, Key: "sequin:users:", Version: v(20, 0), VersionExpireMS: 60000},
+		command.Command{Truncate: true, Key: "sequin:users:", Version: v(20, 0), VersionExpireMS: 60000, Partition: -1},
 		set("sequin:users:5", "stale, from before the truncate", 10, 9999), set("sequin:users:7", "new", 21, 0))
 	errs, _ := s.Apply(ctx, cmds)
 	for _, err := range errs {

@@ -139,6 +139,40 @@ func follow(ctx context.Context, out io.Writer, store *jobs.Store, id string) er
 	}
 }
 
+// Wait waits until each of the jobs ids ends, or ctx is done, and returns
+// for each one nil when it is done, else why not.
+func Wait(ctx context.Context, store *jobs.Store, ids []string) map[string]error {
+	ended := map[string]error{}
+	for _, id := range ids {
+		ended[id] = fmt.Errorf("backfill %s did not end", id)
+	}
+	for left := len(ids); left > 0; {
+		left = 0
+		for _, id := range ids {
+			j, _, err := store.Get(context.WithoutCancel(ctx), id)
+			switch {
+			case err != nil:
+				ended[id] = err
+			case j.State == jobs.Done:
+				ended[id] = nil
+			case j.State.Active():
+				left++
+			default:
+				ended[id] = fmt.Errorf("backfill %s %s: %s", id, j.State, j.Error)
+			}
+		}
+		if left == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ended
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return ended
+}
+
 // progress renders a job's state on one line.
 func progress(j jobs.Job) string {
 	if j.State == jobs.Pending {

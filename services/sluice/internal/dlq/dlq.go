@@ -1,4 +1,10 @@
 // Package dlq is `sluice dlq`: list, replay and drop a sink's dead letters.
+//
+// Replaying a letter writes its row as Postgres holds it now, not the old
+// change the letter carries: capture reads the letters' rows again by key
+// (a backfill by key, ordered against live changes by its watermarks) and
+// deletes the keys of rows that are gone. However old the letter, it can
+// neither bring back a deleted row nor put back an older value.
 package dlq
 
 import (
@@ -16,7 +22,6 @@ import (
 	"github.com/sluicehq/sluice/pkg/config"
 	"github.com/sluicehq/sluice/pkg/deadletter"
 	"github.com/sluicehq/sluice/pkg/topology"
-	rediswriter "github.com/sluicehq/sluice/services/redis-writer"
 )
 
 // Run carries out one dlq action ("list", "replay" or "drop") on the
@@ -29,15 +34,7 @@ func Run(ctx context.Context, out io.Writer, cfg *config.Config, log *zap.Logger
 	case "list":
 		return list(ctx, out, cfg, log, sink)
 	case "replay":
-		res, err := rediswriter.Replay(ctx, cfg, sink, seqs, log)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(out, "replayed %d letter(s) of sink %s\n", res.Applied, sink)
-		if len(res.Failed) > 0 {
-			return fmt.Errorf("%d letter(s) failed again and stay: %w", len(res.Failed), errors.Join(res.Failed...))
-		}
-		return nil
+		return replay(ctx, out, cfg, log, sink, seqs)
 	case "drop":
 		if len(seqs) == 0 && !all {
 			return errors.New("drop needs --seq N (repeatable) or --all")

@@ -53,23 +53,30 @@ func Run(ctx context.Context, out io.Writer, cfg *config.Config, log *zap.Logger
 			letters = di.State.Subjects
 		}
 	}
+	var store *jobs.Store
+	if _, err := js.KeyValue(ctx, jobs.BucketName(topo)); err == nil {
+		if store, err = jobs.Open(ctx, js, topo); err != nil {
+			return err
+		}
+	}
 	for _, sink := range cfg.Sinks {
 		if err := sinkStatus(ctx, out, js, st, topo, sink.Name, letters[topo.Stream+".dlq."+sink.Name]); err != nil {
 			return err
 		}
+		if store != nil {
+			if m, _, err := store.Marker(ctx, sink.Name); err == nil && m.Resets > 0 {
+				fmt.Fprintf(out, "  redis lost its data %d times, last at %s\n", m.Resets, when(m.LastReset))
+			}
+		}
 	}
-	return backfills(ctx, out, js, topo)
+	if store == nil {
+		return nil // no backfill ever
+	}
+	return backfills(ctx, out, store)
 }
 
 // backfills lists the active backfills and the last few that ended.
-func backfills(ctx context.Context, out io.Writer, js jetstream.JetStream, topo topology.Topology) error {
-	if _, err := js.KeyValue(ctx, jobs.BucketName(topo)); err != nil {
-		return nil // none ever
-	}
-	store, err := jobs.Open(ctx, js, topo)
-	if err != nil {
-		return err
-	}
+func backfills(ctx context.Context, out io.Writer, store *jobs.Store) error {
 	list, err := store.List(ctx)
 	if err != nil {
 		return err

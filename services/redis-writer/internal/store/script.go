@@ -1,0 +1,279 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sluicehq/sluice/services/redis-writer/internal/command"
+)
+
+// apply writes cmds (no truncates) through the script, in one pipeline,
+// putting each one's error into errs, and returns how many were older than
+// their key. A fence that Redis lost (evicted, or flushed) is set again
+// while this writer's lease holds, and its writes are tried once more.
+func (s *Store) apply(ctx context.Context, cmds []command.Command, errs []error) (stale int) {
+	stale = s.applyOnce(ctx, cmds, errs)
+	var again []int
+	for i, err := range errs {
+		if errors.Is(err, ErrFenceGone) {
+			again = append(again, i)
+		}
+	}
+	if len(again) == 0 || s.Reacquire(ctx) != nil {
+		return stale
+	}
+	sub := make([]command.Command, len(again))
+	for j, i := range again {
+		sub[j] = cmds[i]
+	}
+	subErrs := make([]error, len(sub))
+	stale += s.applyOnce(ctx, sub, subErrs)
+	for j, i := range again {
+		errs[i] = subErrs[j]
+	}
+	return stale
+}
+
+func (s *Store) applyOnce(ctx context.Context, cmds []command.Command, errs []error) (stale int) {
+	if len(cmds) == 0 {
+		return 0
+	}
+	calls := s.calls(cmds)
+	results, waited := s.run(ctx, cmds, calls)
+	var retry []int
+	for g, r := range results {
+		if err := r.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+			retry = append(retry, g) // Redis restarted or flushed its scripts
+		}
+	}
+	if len(retry) > 0 {
+		if err := applyScript.Load(ctx, s.client).Err(); err == nil {
+			again := make([]call, len(retry))
+			for j, g := range retry {
+				again[j] = calls[g]
+			}
+			rs, w := s.run(ctx, cmds, again)
+			for j, r := range rs {
+				results[retry[j]] = r
+			}
+			if w != nil {
+				waited = w
+			}
+		}
+	}
+	for g, r := range results {
+		replies, err := r.Slice()
+		if err == nil && waited != nil {
+			err = waited
+		}
+		for j, i := range calls[g].cmds {
+			c := &cmds[i]
+			if err == nil && j >= len(replies) {
+				err = fmt.Errorf("script returned %d replies for %d changes", len(replies), len(calls[g].cmds))
+			}
+			if err != nil {
+				errs[i] = &Error{Command: verb(c), Key: c.Key, Err: err}
+				continue
+			}
+			switch v := replies[j].(type) {
+			case int64:
+				if v == 0 {
+					stale++
+				}
+			case string:
+				errs[i] = stepError(c, v)
+				if errors.Is(errs[i], ErrFenceGone) && !s.lost(c.Partition) {
+					// Not this writer's partition (any more): the write is
+					// refused, not waited for.
+					errs[i] = &Error{Command: verb(c), Key: c.Key, Err: fmt.Errorf("%w (its fence is gone)", ErrFenced)}
+				}
+			default:
+				errs[i] = &Error{Command: verb(c), Key: c.Key, Err: fmt.Errorf("script returned %T for a change", v)}
+			}
+		}
+	}
+	return stale
+}
+
+// stepError is the error the script reported for c: "<step> <reply>", or
+// 'u' (unknown version) or "f <owner>" (fenced).
+func stepError(c *command.Command, s string) error {
+	step, reply, _ := strings.Cut(s, " ")
+	e := &Error{Command: verb(c), Key: c.Key, Err: replyError(reply)}
+	switch step {
+	case "u":
+		e.Err = ErrUnknownVersion
+	case "f":
+		e.Err = fmt.Errorf("%w (%s)", ErrFenced, reply)
+		if reply == "(none)" {
+			e.Err = ErrFenceGone
+		}
+	case "r":
+		e.Command = "GETRANGE"
+	case "v":
+		e.Command, e.Key = "GET", VersionKey(c.Key)
+	case "w":
+		e.Command, e.Key = "SET", VersionKey(c.Key)
+	case "x":
+		e.Command, e.Key = "DEL", VersionKey(c.Key)
+	}
+	return e
+}
+
+// perCall bounds the changes one script call writes: enough to spread the
+// call's cost, few enough that one call does not hold Redis for long.
+const perCall = 64
+
+// call is one script call: commands of one partition (one fence) and, in
+// a cluster, of one hash slot.
+type call struct {
+	cmds  []int
+	fence string // the fence key, or none
+	token string
+}
+
+// calls splits cmds into script calls; a key's changes keep their order.
+func (s *Store) calls(cmds []command.Command) []call {
+	var calls []call
+	type group struct{ partition, slot int }
+	open := map[group]int{} // → its call still taking commands
+	for i, c := range cmds {
+		g := group{partition: c.Partition}
+		if s.cluster {
+			g.slot = Slot(c.Key)
+		}
+		n, ok := open[g]
+		if !ok || len(calls[n].cmds) == perCall {
+			n = len(calls)
+			cl := call{}
+			if c.Partition >= 0 {
+				cl.fence, cl.token = s.fence(c.Partition)
+			}
+			calls = append(calls, cl)
+			open[g] = n
+		}
+		calls[n].cmds = append(calls[n].cmds, i)
+	}
+	return calls
+}
+
+// run sends one script call per call, pipelined, then WAIT when the sink
+// asks for replicas; waited is nil, or why the replicas did not confirm.
+func (s *Store) run(ctx context.Context, cmds []command.Command, calls []call) (results []*redis.Cmd, waited error) {
+	results = make([]*redis.Cmd, len(calls))
+	pipe := s.client.Pipeline()
+	for g, cl := range calls {
+		keys := make([]string, 0, 1+2*len(cl.cmds))
+		args := make([]any, 0, 2+6*len(cl.cmds))
+		if cl.fence != "" {
+			keys = append(keys, cl.fence)
+			args = append(args, 1, cl.token)
+		} else {
+			args = append(args, 0)
+		}
+		evicts := s.evicts.Load()
+		for _, i := range cl.cmds {
+			c := &cmds[i]
+			op, value := "s", c.Value
+			switch {
+			case c.Del:
+				op, value = "d", nil
+			case c.Message:
+				op = "m"
+			}
+			known := ""
+			if c.Retried && evicts {
+				known = "k"
+			}
+			keys = append(keys, c.Key, VersionKey(c.Key))
+			args = append(args, c.Version, op, value, c.ExpireMS, c.VersionExpireMS, known)
+		}
+		results[g] = applyScript.EvalSha(ctx, pipe, keys, args...)
+	}
+	wait := s.addWait(ctx, pipe)
+	_, err := pipe.Exec(ctx)
+	if err != nil && !isReplyError(err) {
+		// The connection failed: no call has a reply of its own.
+		for _, r := range results {
+			if r.Err() == nil {
+				r.SetErr(err)
+			}
+		}
+	}
+	return results, s.waited(wait)
+}
+
+// addWait ends a pipeline with WAIT when the sink asks for replicas.
+func (s *Store) addWait(ctx context.Context, pipe redis.Pipeliner) *redis.Cmd {
+	if s.wait == 0 {
+		return nil
+	}
+	return pipe.Do(ctx, "WAIT", s.wait, s.waitTimeout.Milliseconds())
+}
+
+// waited is nil, or why the replicas did not confirm a pipeline's writes:
+// then they are not acknowledged, and are written again.
+func (s *Store) waited(wait *redis.Cmd) error {
+	if wait == nil {
+		return nil
+	}
+	n, err := wait.Int64()
+	switch {
+	case err != nil:
+		return fmt.Errorf("WAIT: %w", err)
+	case n < int64(s.wait):
+		return fmt.Errorf("WAIT: %d of %d replicas confirmed the writes within %s", n, s.wait, s.waitTimeout)
+	}
+	return nil
+}
+
+// plain writes cmds as plain SET and DEL commands, pipelined, for an
+// unversioned store.
+func (s *Store) plain(ctx context.Context, cmds []command.Command, errs []error) {
+	pipe := s.client.Pipeline()
+	results := make([]redis.Cmder, len(cmds))
+	for i, c := range cmds {
+		switch {
+		case c.Truncate:
+			errs[i] = &Error{Command: "TRUNCATE", Key: c.Key, Err: fmt.Errorf("an unversioned sink cannot delete a truncated table's keys")}
+		case c.Del:
+			results[i] = pipe.Del(ctx, c.Key)
+		default:
+			px := int64(0)
+			if c.ExpireMS > 0 {
+				px = c.ExpireMS
+			}
+			results[i] = pipe.Do(ctx, setArgs(c.Key, c.Value, px)...)
+		}
+	}
+	wait := s.addWait(ctx, pipe)
+	_, err := pipe.Exec(ctx)
+	waited := s.waited(wait)
+	for i, r := range results {
+		if r == nil {
+			continue
+		}
+		e := r.Err()
+		if e == nil && err != nil && !isReplyError(err) {
+			e = err
+		}
+		if e == nil {
+			e = waited
+		}
+		if e != nil {
+			errs[i] = &Error{Command: verb(&cmds[i]), Key: cmds[i].Key, Err: e}
+		}
+	}
+}
+
+func setArgs(key string, value []byte, px int64) []any {
+	if px > 0 {
+		return []any{"SET", key, value, "PX", strconv.FormatInt(px, 10)}
+	}
+	return []any{"SET", key, value}
+}
