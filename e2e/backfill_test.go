@@ -9,39 +9,28 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
+	"github.com/sluicehq/sluice/e2e/harness"
 	jobs "github.com/sluicehq/sluice/pkg/backfill"
-	"github.com/sluicehq/sluice/pkg/topology"
 )
-
-// fill puts n rows into accounts before capture ever runs: only a backfill
-// can bring them to Redis.
-func fill(e *env, n int) {
-	e.exec(accountsSchema)
-	e.exec(`INSERT INTO accounts (id, n, note) SELECT g, g % 10, md5(g::text) FROM generate_series(1, $1) g`, n)
-	e.exec(`ANALYZE accounts`)
-}
 
 // A backfill of 200,000 rows while a workload updates, deletes and inserts
 // random rows of the table: Redis ends equal to Postgres, and no key ever
 // goes back to an older value.
 func TestBackfill(t *testing.T) {
-	e := newEnv(t)
-	fill(e, 200000)
-	cfg := e.config([]string{"accounts"}, true)
-	e.runPipeline(cfg, "cache")
-	obs := observe(t, e.redis, "sequin:accounts:*")
+	e := harness.NewEnv(t)
+	harness.Fill(e, 200000)
+	cfg := e.Config([]string{"accounts"}, true)
+	e.RunPipeline(cfg, "cache")
+	obs := harness.Observe(t, e.Redis, "sequin:accounts:*")
 
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	var changes int
 	wg.Add(1)
-	go func() { defer wg.Done(); changes = workload(t, e.pg.URL, 200000, 7, stop) }()
+	go func() { defer wg.Done(); changes = harness.Workload(t, e.PG.URL, 200000, 7, stop) }()
 
-	bf := start(t, "sluice", "backfill", "--config", cfg, "--sink", "cache", "--table", "accounts")
-	code := bf.wait(3 * time.Minute)
+	bf := harness.Start(t, "sluice", "backfill", "--config", cfg, "--sink", "cache", "--table", "accounts")
+	code := bf.WaitExit(3 * time.Minute)
 	close(stop)
 	wg.Wait()
 	if code != 0 {
@@ -51,16 +40,16 @@ func TestBackfill(t *testing.T) {
 	if !strings.Contains(out, "done: ") || !strings.Contains(out, "rows/s") {
 		t.Errorf("backfill output:\n%s", out)
 	}
-	e.waitMatch(2*time.Minute, accounts)
-	obs.stop()
-	t.Logf("%d concurrent changes; the observer read %d values of %d keys", changes, obs.sets, len(obs.floor))
-	if len(obs.regressions) > 0 {
-		t.Fatalf("%d regressions, first: %s", len(obs.regressions), obs.regressions[0])
+	e.WaitMatch(2*time.Minute, harness.Accounts)
+	obs.Stop()
+	t.Logf("%d concurrent changes; the observer read %d values of %d keys", changes, obs.Sets, len(obs.Floor))
+	if len(obs.Regressions) > 0 {
+		t.Fatalf("%d regressions, first: %s", len(obs.Regressions), obs.Regressions[0])
 	}
 
 	// Nothing is left to cancel.
-	c := start(t, "sluice", "backfill", "--config", cfg, "--sink", "cache", "--table", "accounts", "--cancel")
-	if code := c.wait(30 * time.Second); code == 0 || !strings.Contains(c.Output(), "no active backfill of public.accounts into sink cache") {
+	c := harness.Start(t, "sluice", "backfill", "--config", cfg, "--sink", "cache", "--table", "accounts", "--cancel")
+	if code := c.WaitExit(30 * time.Second); code == 0 || !strings.Contains(c.Output(), "no active backfill of public.accounts into sink cache") {
 		t.Errorf("--cancel with nothing active: %d %s", code, c.Output())
 	}
 }
@@ -68,16 +57,16 @@ func TestBackfill(t *testing.T) {
 // Capture killed in the middle of a backfill: after its restart the
 // backfill goes on from its saved cursor and completes, no row missing.
 func TestBackfillSurvivesCaptureKill(t *testing.T) {
-	e := newEnv(t)
-	fill(e, 150000)
-	cfg := e.config([]string{"accounts"}, true)
-	capture := e.runPipeline(cfg, "cache")
+	e := harness.NewEnv(t)
+	harness.Fill(e, 150000)
+	cfg := e.Config([]string{"accounts"}, true)
+	capture := e.RunPipeline(cfg, "cache")
 
-	bf := start(t, "sluice", "backfill", "--config", cfg, "--sink", "cache", "--table", "accounts", "--detach")
-	if code := bf.wait(30 * time.Second); code != 0 {
+	bf := harness.Start(t, "sluice", "backfill", "--config", cfg, "--sink", "cache", "--table", "accounts", "--detach")
+	if code := bf.WaitExit(30 * time.Second); code != 0 {
 		t.Fatalf("sluice backfill exited %d: %s", code, bf.Output())
 	}
-	store := openJobs(t, e)
+	store := harness.OpenJobs(t, e)
 	job := func() jobs.Job {
 		list, err := store.List(context.Background())
 		if err != nil || len(list) != 1 {
@@ -85,18 +74,18 @@ func TestBackfillSurvivesCaptureKill(t *testing.T) {
 		}
 		return list[0]
 	}
-	eventually(t, time.Minute, func() string {
+	harness.Eventually(t, time.Minute, func() string {
 		if j := job(); j.Done < 30000 || j.State != jobs.Running {
 			return "backfill not under way: " + string(j.State)
 		}
 		return ""
 	})
 	capture.Signal(syscall.SIGKILL)
-	capture.wait(10 * time.Second)
+	capture.WaitExit(10 * time.Second)
 	before := job().Done
-	e.exec(`UPDATE accounts SET n = n + 100 WHERE id % 1000 = 0`) // changes while capture is down
-	start(t, "sluice-capture", "--config", cfg)
-	eventually(t, 2*time.Minute, func() string {
+	e.Exec(`UPDATE accounts SET n = n + 100 WHERE id % 1000 = 0`) // changes while capture is down
+	harness.Start(t, "sluice-capture", "--config", cfg)
+	harness.Eventually(t, 2*time.Minute, func() string {
 		if j := job(); j.State != jobs.Done {
 			return "backfill " + string(j.State)
 		}
@@ -106,10 +95,10 @@ func TestBackfillSurvivesCaptureKill(t *testing.T) {
 	if before >= 150000 {
 		t.Fatal("the backfill had finished before the kill")
 	}
-	e.waitMatch(time.Minute, accounts)
+	e.WaitMatch(time.Minute, harness.Accounts)
 
-	st := start(t, "sluice", "status", "--config", cfg)
-	st.wait(30 * time.Second)
+	st := harness.Start(t, "sluice", "status", "--config", cfg)
+	st.WaitExit(30 * time.Second)
 	if !strings.Contains(st.Output(), "public.accounts → cache: done") {
 		t.Errorf("status does not show the backfill:\n%s", st.Output())
 	}
@@ -118,59 +107,44 @@ func TestBackfillSurvivesCaptureKill(t *testing.T) {
 // initial_backfill fills a new sink with the rows its tables already hold,
 // once.
 func TestInitialBackfill(t *testing.T) {
-	e := newEnv(t)
-	fill(e, 5000)
-	doc := strings.Replace(e.configText([]string{"accounts"}, true), "  - name: cache\n", "  - name: cache\n    initial_backfill: true\n", 1)
-	cfg := e.writeConfig(doc)
-	capture := e.runPipeline(cfg, "cache")
-	e.waitMatch(time.Minute, accounts)
+	e := harness.NewEnv(t)
+	harness.Fill(e, 5000)
+	doc := strings.Replace(e.ConfigText([]string{"accounts"}, true), "  - name: cache\n", "  - name: cache\n    initial_backfill: true\n", 1)
+	cfg := e.WriteConfig(doc)
+	capture := e.RunPipeline(cfg, "cache")
+	e.WaitMatch(time.Minute, harness.Accounts)
 
 	// A restart does not backfill again.
 	capture.Signal(syscall.SIGTERM)
-	capture.wait(30 * time.Second)
-	start(t, "sluice-capture", "--config", cfg)
+	capture.WaitExit(30 * time.Second)
+	harness.Start(t, "sluice-capture", "--config", cfg)
 	time.Sleep(2 * time.Second)
-	if list, _ := openJobs(t, e).List(context.Background()); len(list) != 1 {
+	if list, _ := harness.OpenJobs(t, e).List(context.Background()); len(list) != 1 {
 		t.Fatalf("%d backfills after a restart", len(list))
 	}
-}
-
-func openJobs(t testing.TB, e *env) *jobs.Store {
-	t.Helper()
-	nc, err := nats.Connect(e.nats.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
-	s, err := jobs.Open(context.Background(), js, topology.Topology{Stream: "SLUICE", Replicas: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
 }
 
 // `sluice backfill --cancel` stops an active backfill before its next
 // chunk, keeping its progress.
 func TestBackfillCancel(t *testing.T) {
-	e := newEnv(t)
-	fill(e, 300000)
-	cfg := e.config([]string{"accounts"}, true)
-	e.runPipeline(cfg, "cache")
-	follower := start(t, "sluice", "backfill", "--config", cfg, "--sink", "cache", "--table", "accounts")
-	store := openJobs(t, e)
-	eventually(t, time.Minute, func() string {
+	e := harness.NewEnv(t)
+	harness.Fill(e, 300000)
+	cfg := e.Config([]string{"accounts"}, true)
+	e.RunPipeline(cfg, "cache")
+	follower := harness.Start(t, "sluice", "backfill", "--config", cfg, "--sink", "cache", "--table", "accounts")
+	store := harness.OpenJobs(t, e)
+	harness.Eventually(t, time.Minute, func() string {
 		if list, _ := store.List(context.Background()); len(list) == 0 || list[0].Done == 0 {
 			return "not under way"
 		}
 		return ""
 	})
-	c := start(t, "sluice", "backfill", "--config", cfg, "--sink", "cache", "--table", "accounts", "--cancel")
-	if code := c.wait(30 * time.Second); code != 0 || !strings.Contains(c.Output(), "cancelled backfill") {
+	c := harness.Start(t, "sluice", "backfill", "--config", cfg, "--sink", "cache", "--table", "accounts", "--cancel")
+	if code := c.WaitExit(30 * time.Second); code != 0 || !strings.Contains(c.Output(), "cancelled backfill") {
 		t.Fatalf("--cancel: %d %s", code, c.Output())
 	}
 	// The follower reports the cancellation and fails.
-	if code := follower.wait(time.Minute); code == 0 || !strings.Contains(follower.Output(), "was cancelled after") {
+	if code := follower.WaitExit(time.Minute); code == 0 || !strings.Contains(follower.Output(), "was cancelled after") {
 		t.Fatalf("follower: %d %s", code, follower.Output())
 	}
 	time.Sleep(time.Second) // a chunk in flight when cancelled still lands
@@ -189,25 +163,25 @@ func TestBackfillCancel(t *testing.T) {
 // refused by `sluice backfill`, and by capture for a job written straight
 // into the bucket; the table is untouched either way.
 func TestBackfillWhereInjection(t *testing.T) {
-	e := newEnv(t)
-	fill(e, 100)
-	cfg := e.config([]string{"accounts"}, true)
-	e.runPipeline(cfg, "cache")
+	e := harness.NewEnv(t)
+	harness.Fill(e, 100)
+	cfg := e.Config([]string{"accounts"}, true)
+	e.RunPipeline(cfg, "cache")
 	for where, want := range map[string]string{
 		`x); DELETE FROM accounts; --`:                                     "must be one condition",
 		`(SELECT pg_terminate_backend(pid) FROM pg_stat_activity) IS NULL`: "pg_terminate_backend is volatile",
 	} {
-		p := start(t, "sluice", "backfill", "--config", cfg, "--sink", "cache", "--table", "accounts", "--where", where)
-		if code := p.wait(30 * time.Second); code == 0 || !strings.Contains(p.Output(), want) {
+		p := harness.Start(t, "sluice", "backfill", "--config", cfg, "--sink", "cache", "--table", "accounts", "--where", where)
+		if code := p.WaitExit(30 * time.Second); code == 0 || !strings.Contains(p.Output(), want) {
 			t.Errorf("--where %q: exit %d: %s", where, code, p.Output())
 		}
 	}
-	store := openJobs(t, e)
+	store := harness.OpenJobs(t, e)
 	j, err := store.Create(context.Background(), "cache", "public.accounts", `true) OR (SELECT count(*) FROM pg_stat_activity WHERE pg_cancel_backend(pid)) > 0 OR (true`)
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, func() string {
+	harness.Eventually(t, 30*time.Second, func() string {
 		got, _, err := store.Get(context.Background(), j.ID)
 		if err != nil || got.State != jobs.Failed || !strings.Contains(got.Error, "must be one condition") {
 			return fmt.Sprintf("job: %+v %v", got, err)
@@ -215,7 +189,7 @@ func TestBackfillWhereInjection(t *testing.T) {
 		return ""
 	})
 	var n int
-	if err := e.conn.QueryRow(context.Background(), `SELECT count(*) FROM accounts`).Scan(&n); err != nil || n != 100 {
+	if err := e.Conn.QueryRow(context.Background(), `SELECT count(*) FROM accounts`).Scan(&n); err != nil || n != 100 {
 		t.Fatalf("accounts holds %d rows (%v)", n, err)
 	}
 }

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -13,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicehq/sluice/e2e/harness"
 	"github.com/sluicehq/sluice/pkg/testenv"
 )
 
@@ -23,17 +23,17 @@ import (
 // plugin and publication into /dev/null: the ceiling of this stage.
 // Reported: changes/s of both, their ratio, and capture's peak RSS.
 func BenchmarkCapture(b *testing.B) {
-	e := newEnv(b)
-	e.exec(`CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL, price numeric(10,2), attrs jsonb, updated_at timestamptz DEFAULT now())`)
-	cfg := e.config([]string{"items"}, true)
+	e := harness.NewEnv(b)
+	e.Exec(`CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL, price numeric(10,2), attrs jsonb, updated_at timestamptz DEFAULT now())`)
+	cfg := e.Config([]string{"items"}, true)
 	prepare(b, e, cfg)
-	e.exec(`SELECT pg_create_logical_replication_slot('recv', 'pgoutput')`)
+	e.Exec(`SELECT pg_create_logical_replication_slot('recv', 'pgoutput')`)
 	changes := backlog(b, e, b.N)
-	end := e.walLSN()
+	end := e.WALLSN()
 
 	b.ResetTimer()
 	began := time.Now()
-	recv := exec.Command("pg_recvlogical", "-d", e.pg.URL, "--slot", "recv", "--start", "--no-loop",
+	recv := exec.Command("pg_recvlogical", "-d", e.PG.URL, "--slot", "recv", "--start", "--no-loop",
 		"-o", "proto_version=1", "-o", "publication_names=sluice", "--endpos", end, "-f", os.DevNull)
 	if out, err := recv.CombinedOutput(); err != nil {
 		b.Fatalf("pg_recvlogical: %v: %s", err, out)
@@ -45,10 +45,10 @@ func BenchmarkCapture(b *testing.B) {
 	waitStream(b, addr, changes)
 	rate := float64(changes) / time.Since(began).Seconds()
 	b.StopTimer()
-	rss := peakRSS(b, capture.Pid())
-	cpu := cpuSeconds(b, capture.Pid())
+	rss := harness.PeakRSS(b, capture.Pid())
+	cpu := harness.CPUSeconds(b, capture.Pid())
 	capture.Signal(syscall.SIGTERM)
-	capture.wait(30 * time.Second)
+	capture.WaitExit(30 * time.Second)
 
 	b.ReportMetric(rate, "changes/s")
 	b.ReportMetric(recvRate, "pg_recvlogical-changes/s")
@@ -61,30 +61,30 @@ func BenchmarkCapture(b *testing.B) {
 // BenchmarkCaptureBigTransaction streams one transaction of b.N rows and
 // reports capture's peak RSS: it must not grow with the transaction.
 func BenchmarkCaptureBigTransaction(b *testing.B) {
-	e := newEnv(b)
-	e.exec(`CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL, note text)`)
-	cfg := e.config([]string{"items"}, true)
+	e := harness.NewEnv(b)
+	e.Exec(`CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL, note text)`)
+	cfg := e.Config([]string{"items"}, true)
 	prepare(b, e, cfg)
-	e.exec(`INSERT INTO items SELECT g, g % 100, md5(g::text) FROM generate_series(1, $1) g`, b.N)
+	e.Exec(`INSERT INTO items SELECT g, g % 100, md5(g::text) FROM generate_series(1, $1) g`, b.N)
 	b.ResetTimer()
 	began := time.Now()
 	capture, addr := startCapture(b, cfg)
 	waitStream(b, addr, b.N)
 	b.ReportMetric(float64(b.N)/time.Since(began).Seconds(), "changes/s")
 	b.StopTimer()
-	b.ReportMetric(float64(peakRSS(b, capture.Pid()))/(1<<20), "peak-RSS-MiB")
+	b.ReportMetric(float64(harness.PeakRSS(b, capture.Pid()))/(1<<20), "peak-RSS-MiB")
 	capture.Signal(syscall.SIGTERM)
-	capture.wait(30 * time.Second)
+	capture.WaitExit(30 * time.Second)
 }
 
 // prepare runs capture once, so that the publication, the slot, the
 // stream and the consumers exist, then stops it.
-func prepare(b *testing.B, e *env, cfg string) {
+func prepare(b *testing.B, e *harness.Env, cfg string) {
 	b.Helper()
-	capture := start(b, "sluice-capture", "--config", cfg)
-	e.waitStreaming(capture)
+	capture := harness.Start(b, "sluice-capture", "--config", cfg)
+	e.WaitStreaming(capture)
 	capture.Signal(syscall.SIGTERM)
-	if code := capture.wait(30 * time.Second); code != 0 {
+	if code := capture.WaitExit(30 * time.Second); code != 0 {
 		b.Fatalf("capture exited %d", code)
 	}
 }
@@ -92,14 +92,14 @@ func prepare(b *testing.B, e *env, cfg string) {
 // backlog commits at least n changes: 60% inserts, 30% updates, 10%
 // deletes, in transactions of 1 to 1,000 rows of about 200 bytes with a
 // jsonb column. It returns the exact count.
-func backlog(b *testing.B, e *env, n int) int {
+func backlog(b *testing.B, e *harness.Env, n int) int {
 	b.Helper()
 	changes, next, nextDel := 0, 1, 1
 	for tx := 0; changes < n; tx++ {
 		size := 1 + (tx*7919)%1000 // spread over 1..1000
 		ins, upd, del := max(1, size*6/10), size*3/10, size/10
 		var got int
-		err := e.conn.QueryRow(context.Background(), `WITH ins AS (
+		err := e.Conn.QueryRow(context.Background(), `WITH ins AS (
 			INSERT INTO items (id, qty, price, attrs)
 			SELECT g, g % 50, g * 0.25, jsonb_build_object('color', 'red', 'size', g % 7, 'tags', jsonb_build_array('a', 'b'), 'note', md5(g::text))
 			FROM generate_series($1::int, $1::int + $2::int - 1) g RETURNING 1),
@@ -117,23 +117,15 @@ func backlog(b *testing.B, e *env, n int) int {
 	return changes
 }
 
-func (e *env) walLSN() string {
-	var lsn string
-	if err := e.conn.QueryRow(context.Background(), `SELECT pg_current_wal_lsn()::text`).Scan(&lsn); err != nil {
-		e.t.Fatal(err)
-	}
-	return lsn
-}
-
 // startCapture runs capture with its metrics on a free port.
-func startCapture(b *testing.B, cfg string) (*proc, string) {
+func startCapture(b *testing.B, cfg string) (*harness.Proc, string) {
 	b.Helper()
 	port, err := testenv.FreePort()
 	if err != nil {
 		b.Fatal(err)
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(port)
-	return start(b, "sluice-capture", "--config", cfg, "--http", addr), addr
+	return harness.Start(b, "sluice-capture", "--config", cfg, "--http", addr), addr
 }
 
 // waitStream waits until capture has n events in the stream, as its
@@ -157,63 +149,32 @@ func waitStream(b *testing.B, addr string, n int) {
 	}
 }
 
-// peakRSS reads a process's peak resident set (VmHWM) in bytes.
-func peakRSS(b testing.TB, pid int) int64 {
-	b.Helper()
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, line := range strings.Split(string(status), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			return kb << 10
-		}
-	}
-	b.Fatal("no VmHWM")
-	return 0
-}
-
-// cpuSeconds reads a process's user and system CPU time.
-func cpuSeconds(b *testing.B, pid int) float64 {
-	b.Helper()
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		b.Fatal(err)
-	}
-	// Fields after the command name, which is in parentheses.
-	f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:]))
-	utime, _ := strconv.ParseFloat(f[11], 64)
-	stime, _ := strconv.ParseFloat(f[12], 64)
-	return (utime + stime) / 100 // clock ticks (USER_HZ)
-}
-
 // BenchmarkBackfill copies a table of b.N rows into Redis with a backfill,
 // the clock running from the request until the sink has applied every row,
 // and in the same run has Postgres COPY the same rows to /dev/null: the
 // ceiling of reading them. Reported: rows/s of both and their ratio.
 func BenchmarkBackfill(b *testing.B) {
-	e := newEnv(b)
-	fill(e, b.N)
-	cfg := e.config([]string{"accounts"}, true)
-	capture := start(b, "sluice-capture", "--config", cfg)
-	e.waitStreaming(capture)
-	start(b, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
+	e := harness.NewEnv(b)
+	harness.Fill(e, b.N)
+	cfg := e.Config([]string{"accounts"}, true)
+	capture := harness.Start(b, "sluice-capture", "--config", cfg)
+	e.WaitStreaming(capture)
+	harness.Start(b, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
 
 	b.ResetTimer()
 	began := time.Now()
-	if _, err := e.conn.Exec(context.Background(), `COPY (SELECT * FROM accounts) TO '/dev/null'`); err != nil {
+	if _, err := e.Conn.Exec(context.Background(), `COPY (SELECT * FROM accounts) TO '/dev/null'`); err != nil {
 		b.Fatal(err)
 	}
 	copyRate := float64(b.N) / time.Since(began).Seconds()
 
 	began = time.Now()
-	bf := start(b, "sluice", "backfill", "--config", cfg, "--sink", "cache", "--table", "accounts")
-	if code := bf.wait(10 * time.Minute); code != 0 {
+	bf := harness.Start(b, "sluice", "backfill", "--config", cfg, "--sink", "cache", "--table", "accounts")
+	if code := bf.WaitExit(10 * time.Minute); code != 0 {
 		b.Fatalf("backfill exited %d: %s", code, bf.Output())
 	}
 	ctx := context.Background()
-	for e.rc.DBSize(ctx).Val() < int64(2*b.N) { // each key and its version record
+	for e.RC.DBSize(ctx).Val() < int64(2*b.N) { // each key and its version record
 		time.Sleep(5 * time.Millisecond)
 	}
 	rate := float64(b.N) / time.Since(began).Seconds()

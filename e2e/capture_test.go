@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/sluicehq/sluice/e2e/harness"
 	"github.com/sluicehq/sluice/pkg/testenv"
 )
 
@@ -17,37 +18,39 @@ import (
 // replication connection is cut, and after NATS restarts: every change
 // reaches Redis, and the stream holds each exactly once, in order.
 func TestCaptureReconnects(t *testing.T) {
-	e := newEnv(t)
-	e.exec(accountsSchema)
-	cfg := e.config([]string{"accounts"}, true)
-	capture := e.runPipeline(cfg, "cache")
+	e := harness.NewEnv(t)
+	e.Exec(harness.AccountsSchema)
+	cfg := e.Config([]string{"accounts"}, true)
+	capture := e.RunPipeline(cfg, "cache")
 
 	var total int
-	run := func(seed uint64, d time.Duration) { total += workload(t, e.pg.URL, 300, seed, after(d)) }
+	run := func(seed uint64, d time.Duration) {
+		total += harness.Workload(t, e.PG.URL, 300, seed, harness.After(d))
+	}
 	run(1, time.Second)
 
 	// The replication connection is cut.
-	e.exec(`SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'sluice'`)
+	e.Exec(`SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'sluice'`)
 	run(2, time.Second)
 
 	// Postgres restarts (fast shutdown).
-	e.conn.Close(context.Background())
-	if err := e.pg.Restart(context.Background()); err != nil {
+	e.Conn.Close(context.Background())
+	if err := e.PG.Restart(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	e.reconnect()
+	e.Reconnect()
 	run(3, time.Second)
 
 	// NATS restarts.
-	if err := e.nats.Restart(); err != nil {
+	if err := e.NATS.Restart(); err != nil {
 		t.Fatal(err)
 	}
 	run(4, time.Second)
 
-	e.waitMatch(90*time.Second, accounts)
-	checkStream(t, e.nats.URL(), total)
+	e.WaitMatch(90*time.Second, harness.Accounts)
+	harness.CheckStream(t, e.NATS.URL(), total)
 	if out := capture.Output(); strings.Count(out, "restarting from the slot") < 2 {
-		t.Errorf("capture logged %d restarts:\n%s", strings.Count(out, "restarting from the slot"), tail(out, 3000))
+		t.Errorf("capture logged %d restarts:\n%s", strings.Count(out, "restarting from the slot"), harness.Tail(out, 3000))
 	}
 }
 
@@ -56,10 +59,10 @@ func TestCaptureReconnects(t *testing.T) {
 // another database, whose transactions decoding skips without a word): the
 // WAL the slot retains stays bounded instead of growing with every write.
 func TestHeartbeatBoundsSlot(t *testing.T) {
-	e := newEnv(t)
-	e.exec(accountsSchema)
-	e.exec(`CREATE DATABASE other`)
-	other, err := pgx.Connect(context.Background(), strings.Replace(e.pg.URL, "/postgres?", "/other?", 1))
+	e := harness.NewEnv(t)
+	e.Exec(harness.AccountsSchema)
+	e.Exec(`CREATE DATABASE other`)
+	other, err := pgx.Connect(context.Background(), strings.Replace(e.PG.URL, "/postgres?", "/other?", 1))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,12 +70,12 @@ func TestHeartbeatBoundsSlot(t *testing.T) {
 	if _, err := other.Exec(context.Background(), `CREATE TABLE noise (id serial PRIMARY KEY, pad text)`); err != nil {
 		t.Fatal(err)
 	}
-	doc := strings.Replace(e.configText([]string{"accounts"}, true), "status_interval: 200ms", "status_interval: 200ms\n  heartbeat_interval: 300ms", 1)
-	cfg := e.writeConfig(doc)
-	e.runPipeline(cfg)
+	doc := strings.Replace(e.ConfigText([]string{"accounts"}, true), "status_interval: 200ms", "status_interval: 200ms\n  heartbeat_interval: 300ms", 1)
+	cfg := e.WriteConfig(doc)
+	e.RunPipeline(cfg)
 
 	ctx := context.Background()
-	sampler, err := pgx.Connect(ctx, e.pg.URL)
+	sampler, err := pgx.Connect(ctx, e.PG.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,9 +89,9 @@ func TestHeartbeatBoundsSlot(t *testing.T) {
 		return n
 	}
 	var written, maxLag int64
-	start := e.walPosition()
+	start := e.WALPosition()
 	var mu sync.Mutex
-	done := after(4 * time.Second)
+	done := harness.After(4 * time.Second)
 	go func() {
 		for {
 			select {
@@ -114,7 +117,7 @@ func TestHeartbeatBoundsSlot(t *testing.T) {
 		}
 		break
 	}
-	written = e.walPosition() - start
+	written = e.WALPosition() - start
 	mu.Lock()
 	defer mu.Unlock()
 	t.Logf("the other database wrote %d MiB of WAL; the slot retained at most %d MiB", written>>20, maxLag>>20)
@@ -124,7 +127,7 @@ func TestHeartbeatBoundsSlot(t *testing.T) {
 	if maxLag > written/4 {
 		t.Fatalf("the slot retained up to %d of %d bytes written: heartbeats do not advance it", maxLag, written)
 	}
-	eventually(t, 10*time.Second, func() string {
+	harness.Eventually(t, 10*time.Second, func() string {
 		if l := lag(); l > 1<<20 {
 			return fmt.Sprintf("slot still retains %d bytes after the writes stopped", l)
 		}
@@ -132,22 +135,13 @@ func TestHeartbeatBoundsSlot(t *testing.T) {
 	})
 }
 
-// walPosition is the current WAL position in bytes.
-func (e *env) walPosition() int64 {
-	var n int64
-	if err := e.conn.QueryRow(context.Background(), `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint`).Scan(&n); err != nil {
-		e.t.Fatal(err)
-	}
-	return n
-}
-
 // TRUNCATE deletes the table's keys in a sink with on_truncate: delete, and
 // leaves them in one with the default, ignore (as Sequin).
 func TestTruncate(t *testing.T) {
-	e := newEnv(t)
-	e.exec(accountsSchema + `; CREATE TABLE users (id int PRIMARY KEY)`)
+	e := harness.NewEnv(t)
+	e.Exec(harness.AccountsSchema + `; CREATE TABLE users (id int PRIMARY KEY)`)
 	ignored := testenv.NewRedis(t)
-	cfg := e.writeConfig(fmt.Sprintf(`postgres: {url: %q, tables: [accounts, users], status_interval: 200ms}
+	cfg := e.WriteConfig(fmt.Sprintf(`postgres: {url: %q, tables: [accounts, users], status_interval: 200ms}
 nats: {url: %q, partitions: 4}
 sinks:
   - name: cache
@@ -155,18 +149,18 @@ sinks:
     destination: {type: redis_string, host: 127.0.0.1, port: %d}
   - name: keep
     destination: {type: redis_string, host: 127.0.0.1, port: %d}
-`, e.pg.URL, e.nats.URL(), e.redis.Port, ignored.Port))
-	e.runPipeline(cfg, "cache", "keep")
-	e.exec(`INSERT INTO accounts (id) SELECT generate_series(1, 300); INSERT INTO users VALUES (1), (2)`)
-	e.waitMatch(30*time.Second, accounts, users)
+`, e.PG.URL, e.NATS.URL(), e.Redis.Port, ignored.Port))
+	e.RunPipeline(cfg, "cache", "keep")
+	e.Exec(`INSERT INTO accounts (id) SELECT generate_series(1, 300); INSERT INTO users VALUES (1), (2)`)
+	e.WaitMatch(30*time.Second, harness.Accounts, users)
 	// Truncated, then refilled in part, in one transaction.
-	e.exec(`BEGIN; TRUNCATE accounts; INSERT INTO accounts (id) VALUES (7), (1000); COMMIT`)
-	e.waitMatch(30*time.Second, accounts, users)
+	e.Exec(`BEGIN; TRUNCATE accounts; INSERT INTO accounts (id) VALUES (7), (1000); COMMIT`)
+	e.WaitMatch(30*time.Second, harness.Accounts, users)
 
 	ctx := context.Background()
 	rc := ignored.Client()
 	defer rc.Close()
-	eventually(t, 30*time.Second, func() string {
+	harness.Eventually(t, 30*time.Second, func() string {
 		if n := rc.Exists(ctx, "sequin:accounts:1000").Val(); n != 1 {
 			return "the ignoring sink has not caught up"
 		}

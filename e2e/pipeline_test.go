@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicehq/sluice/e2e/harness"
 	"github.com/sluicehq/sluice/pkg/testenv"
 )
 
@@ -29,35 +30,35 @@ CREATE TABLE orders (note text, id int, tenant text, total numeric, PRIMARY KEY 
 // A change committed in Postgres lands in Redis with the exact key and
 // value, through separately running capture and writer processes.
 func TestSeparateServices(t *testing.T) {
-	e := newEnv(t)
-	e.exec(schema)
-	cfg := e.config([]string{"public.users", "public.orders"}, true)
-	capture := start(t, "sluice-capture", "--config", cfg)
-	writer := start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
-	e.waitStreaming(capture)
+	e := harness.NewEnv(t)
+	e.Exec(schema)
+	cfg := e.Config([]string{"public.users", "public.orders"}, true)
+	capture := harness.Start(t, "sluice-capture", "--config", cfg)
+	writer := harness.Start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
+	e.WaitStreaming(capture)
 
-	e.exec(`INSERT INTO users VALUES (1, 'Ada', 'ada@example.com', true, 199.99, 1.5, '{admin,"two words"}',
+	e.Exec(`INSERT INTO users VALUES (1, 'Ada', 'ada@example.com', true, 199.99, 1.5, '{admin,"two words"}',
 		'{"lang": "en", "n": [1, 2.5]}', '2026-11-25 20:00:00.123456+00', '1815-12-10', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11')`)
-	e.exec(`INSERT INTO users (id, name) SELECT g, 'user ' || g FROM generate_series(2, 50) g`)
-	e.exec(`INSERT INTO orders VALUES ('first', 7, 'acme', 10.50), ('second', 8, 'acme', NULL), ('x', 7, 'globex', 1)`)
-	e.exec(`UPDATE users SET email = 'u' || id || '@example.com', balance = id * 1.25 WHERE id BETWEEN 2 AND 20`)
-	e.exec(`UPDATE users SET id = 500 WHERE id = 30`) // primary-key change: old key deleted
-	e.exec(`UPDATE orders SET tenant = 'initech' WHERE tenant = 'globex'`)
-	e.exec(`DELETE FROM users WHERE id BETWEEN 40 AND 45`)
-	e.exec(`DELETE FROM orders WHERE id = 8`)
-	e.waitMatch(30*time.Second, users, orders)
+	e.Exec(`INSERT INTO users (id, name) SELECT g, 'user ' || g FROM generate_series(2, 50) g`)
+	e.Exec(`INSERT INTO orders VALUES ('first', 7, 'acme', 10.50), ('second', 8, 'acme', NULL), ('x', 7, 'globex', 1)`)
+	e.Exec(`UPDATE users SET email = 'u' || id || '@example.com', balance = id * 1.25 WHERE id BETWEEN 2 AND 20`)
+	e.Exec(`UPDATE users SET id = 500 WHERE id = 30`) // primary-key change: old key deleted
+	e.Exec(`UPDATE orders SET tenant = 'initech' WHERE tenant = 'globex'`)
+	e.Exec(`DELETE FROM users WHERE id BETWEEN 40 AND 45`)
+	e.Exec(`DELETE FROM orders WHERE id = 8`)
+	e.WaitMatch(30*time.Second, users, orders)
 
 	ctx := context.Background()
-	if n := e.rc.Exists(ctx, "sequin:users:30", "sequin:users:40", "sequin:orders:7:globex", "sequin:orders:8:acme").Val(); n != 0 {
+	if n := e.RC.Exists(ctx, "sequin:users:30", "sequin:users:40", "sequin:orders:7:globex", "sequin:orders:8:acme").Val(); n != 0 {
 		t.Fatalf("%d deleted or moved keys remain", n)
 	}
-	if e.rc.Exists(ctx, "sequin:orders:7:acme", "sequin:orders:7:initech").Val() != 2 {
+	if e.RC.Exists(ctx, "sequin:orders:7:acme", "sequin:orders:7:initech").Val() != 2 {
 		t.Fatal("composite keys are not <id>:<tenant>")
 	}
 
 	// The exact value of one row: keys in the order Sequin's encoder
 	// writes them, the version first.
-	raw := e.rc.Get(ctx, "sequin:users:1").Val()
+	raw := e.RC.Get(ctx, "sequin:users:1").Val()
 	if !regexp.MustCompile(`^\{"action":"insert","changes":null,"metadata":\{"commit_idx":0,"commit_lsn":\d+,"commit_timestamp":`).MatchString(raw) {
 		t.Fatalf("value of sequin:users:1 does not begin as Sequin's: %s", raw)
 	}
@@ -95,7 +96,7 @@ func TestSeparateServices(t *testing.T) {
 		!regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$`).MatchString(md.CommitTimestamp) {
 		t.Fatalf("message of sequin:users:1: %s", raw)
 	}
-	if err := json.Unmarshal([]byte(e.rc.Get(ctx, "sequin:users:2").Val()), &msg); err != nil {
+	if err := json.Unmarshal([]byte(e.RC.Get(ctx, "sequin:users:2").Val()), &msg); err != nil {
 		t.Fatal(err)
 	}
 	if msg.Action != "update" || msg.Changes == nil || len(*msg.Changes) != 0 || md.CommitIdx > 0 && msg.Metadata.CommitLSN <= md.CommitLSN {
@@ -104,8 +105,8 @@ func TestSeparateServices(t *testing.T) {
 
 	// `sluice status` shows the slot streaming, the stream, the sink drained
 	// and its writer owning every partition.
-	st := start(t, "sluice", "status", "--config", cfg)
-	if code := st.wait(30 * time.Second); code != 0 {
+	st := harness.Start(t, "sluice", "status", "--config", cfg)
+	if code := st.WaitExit(30 * time.Second); code != 0 {
 		t.Fatalf("sluice status exited %d: %s", code, st.Output())
 	}
 	for _, want := range []string{"slot sluice: streaming", "stream    SLUICE:", "sink      cache: 0 pending, 0 dead letters", "partitions 0,1,2,3"} {
@@ -117,31 +118,31 @@ func TestSeparateServices(t *testing.T) {
 	// SIGTERM drains both services, which exit 0.
 	writer.Signal(syscall.SIGTERM)
 	capture.Signal(syscall.SIGTERM)
-	if code := writer.wait(30 * time.Second); code != 0 {
+	if code := writer.WaitExit(30 * time.Second); code != 0 {
 		t.Fatalf("writer exited %d", code)
 	}
-	if code := capture.wait(30 * time.Second); code != 0 {
+	if code := capture.WaitExit(30 * time.Second); code != 0 {
 		t.Fatalf("capture exited %d", code)
 	}
 }
 
 // `sluice dev` runs everything in one process with an embedded NATS server.
 func TestSluiceDev(t *testing.T) {
-	e := newEnv(t)
-	e.exec(schema)
-	dev := start(t, "sluice", "dev", "--config", e.config([]string{"users", "orders"}, false))
-	e.waitStreaming(dev)
-	e.exec(`INSERT INTO users (id, name, profile) SELECT g, 'u' || g, jsonb_build_object('g', g) FROM generate_series(1, 200) g`)
-	e.exec(`INSERT INTO orders (id, tenant, note) VALUES (1, 'a', 'x'), (2, 'b', 'y')`)
-	e.exec(`UPDATE users SET name = upper(name) WHERE id % 3 = 0`)
-	e.exec(`DELETE FROM users WHERE id % 5 = 0`)
-	e.exec(`DELETE FROM orders WHERE tenant = 'b'`)
-	e.waitMatch(30*time.Second, users, orders)
+	e := harness.NewEnv(t)
+	e.Exec(schema)
+	dev := harness.Start(t, "sluice", "dev", "--config", e.Config([]string{"users", "orders"}, false))
+	e.WaitStreaming(dev)
+	e.Exec(`INSERT INTO users (id, name, profile) SELECT g, 'u' || g, jsonb_build_object('g', g) FROM generate_series(1, 200) g`)
+	e.Exec(`INSERT INTO orders (id, tenant, note) VALUES (1, 'a', 'x'), (2, 'b', 'y')`)
+	e.Exec(`UPDATE users SET name = upper(name) WHERE id % 3 = 0`)
+	e.Exec(`DELETE FROM users WHERE id % 5 = 0`)
+	e.Exec(`DELETE FROM orders WHERE tenant = 'b'`)
+	e.WaitMatch(30*time.Second, users, orders)
 	if !strings.Contains(dev.Output(), "embedded nats server started") {
 		t.Error("sluice dev did not report its embedded NATS server")
 	}
 	dev.Signal(syscall.SIGINT)
-	if code := dev.wait(30 * time.Second); code != 0 {
+	if code := dev.WaitExit(30 * time.Second); code != 0 {
 		t.Fatalf("sluice dev exited %d", code)
 	}
 }
@@ -149,11 +150,11 @@ func TestSluiceDev(t *testing.T) {
 // Bad configuration and unreachable servers give a one-line error that
 // names the problem, and a non-zero exit.
 func TestStartupErrors(t *testing.T) {
-	e := newEnv(t)
-	e.exec(`CREATE TABLE users (id int PRIMARY KEY); CREATE TABLE nopk (a int)`)
-	good := e.config([]string{"users"}, true)
+	e := harness.NewEnv(t)
+	e.Exec(`CREATE TABLE users (id int PRIMARY KEY); CREATE TABLE nopk (a int)`)
+	good := e.Config([]string{"users"}, true)
 	write := func(name, doc string) string {
-		path := e.dir + "/" + name
+		path := e.Dir + "/" + name
 		if err := os.WriteFile(path, []byte(doc), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -169,19 +170,19 @@ func TestStartupErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"bad port", []string{"sluice-capture", "--config", write("port.yaml", withBody(fmt.Sprintf("port: %d", e.redis.Port), "port: 70000"))},
+		{"bad port", []string{"sluice-capture", "--config", write("port.yaml", withBody(fmt.Sprintf("port: %d", e.Redis.Port), "port: 70000"))},
 			"sinks[0].destination.port: must be 1-65535"},
-		{"missing file", []string{"sluice-capture", "--config", e.dir + "/nope.yaml"}, "no such file"},
+		{"missing file", []string{"sluice-capture", "--config", e.Dir + "/nope.yaml"}, "no such file"},
 		{"unknown field", []string{"sluice-redis-writer", "--sink", "cache", "--config", write("field.yaml", withBody("batch_size:", "batch_sise:"))},
 			"sinks[0].batch_sise: unknown field"},
 		{"no sink flag", []string{"sluice-redis-writer", "--config", good}, "--sink is required"},
 		{"unknown sink", []string{"sluice-redis-writer", "--config", good, "--sink", "other"}, `no sink named "other"`},
-		{"no nats url", []string{"sluice-capture", "--config", e.config([]string{"users"}, false)}, "nats.url: is required"},
-		{"postgres down", []string{"sluice-capture", "--config", write("pg.yaml", withBody(fmt.Sprintf("127.0.0.1:%d", e.pg.Port), fmt.Sprintf("127.0.0.1:%d", free)))},
+		{"no nats url", []string{"sluice-capture", "--config", e.Config([]string{"users"}, false)}, "nats.url: is required"},
+		{"postgres down", []string{"sluice-capture", "--config", write("pg.yaml", withBody(fmt.Sprintf("127.0.0.1:%d", e.PG.Port), fmt.Sprintf("127.0.0.1:%d", free)))},
 			"connect to postgres"},
-		{"redis down", []string{"sluice-redis-writer", "--sink", "cache", "--config", write("redis.yaml", withBody(fmt.Sprintf("port: %d", e.redis.Port), fmt.Sprintf("port: %d", free)))},
+		{"redis down", []string{"sluice-redis-writer", "--sink", "cache", "--config", write("redis.yaml", withBody(fmt.Sprintf("port: %d", e.Redis.Port), fmt.Sprintf("port: %d", free)))},
 			fmt.Sprintf("connect to redis at 127.0.0.1:%d", free)},
-		{"nats down", []string{"sluice-capture", "--config", write("nats.yaml", withBody(e.nats.URL(), fmt.Sprintf("nats://127.0.0.1:%d", free)))},
+		{"nats down", []string{"sluice-capture", "--config", write("nats.yaml", withBody(e.NATS.URL(), fmt.Sprintf("nats://127.0.0.1:%d", free)))},
 			"connect to nats"},
 		{"missing table", []string{"sluice-capture", "--config", write("table.yaml", withBody("tables: [users]", "tables: [users, ghosts]"))},
 			"table public.ghosts does not exist"},
@@ -190,8 +191,8 @@ func TestStartupErrors(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			p := start(t, c.args[0], c.args[1:]...)
-			if code := p.wait(30 * time.Second); code == 0 {
+			p := harness.Start(t, c.args[0], c.args[1:]...)
+			if code := p.WaitExit(30 * time.Second); code == 0 {
 				t.Fatalf("exit status 0; output: %s", p.Output())
 			}
 			// Debug logs (JSON lines) aside, the error is one line.
@@ -210,8 +211,8 @@ func TestStartupErrors(t *testing.T) {
 
 // `sluice demo`, which `make demo` runs, works end to end and cleans up.
 func TestDemo(t *testing.T) {
-	demo := start(t, "sluice", "demo")
-	if code := demo.wait(2 * time.Minute); code != 0 {
+	demo := harness.Start(t, "sluice", "demo")
+	if code := demo.WaitExit(2 * time.Minute); code != 0 {
 		t.Fatalf("sluice demo exited %d:\n%s", code, demo.Output())
 	}
 	out := demo.Output()

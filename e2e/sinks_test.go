@@ -12,14 +12,15 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/sluicehq/sluice/e2e/harness"
 	"github.com/sluicehq/sluice/pkg/testenv"
 )
 
 // routedDiff compares accounts in Postgres with a sink that stores the bare
 // record under "app:<table>:<id>" (transform `record`, routing below).
-func routedDiff(e *env, rc redis.UniversalClient) string {
+func routedDiff(e *harness.Env, rc redis.UniversalClient) string {
 	ctx := context.Background()
-	want, err := testenv.PostgresRows(ctx, e.conn, accounts)
+	want, err := testenv.PostgresRows(ctx, e.Conn, harness.Accounts)
 	if err != nil {
 		return err.Error()
 	}
@@ -85,12 +86,12 @@ func routedDiff(e *env, rc redis.UniversalClient) string {
 // Stopping the first for a while does not hold back the second, and the
 // first catches up when it returns.
 func TestFanOut(t *testing.T) {
-	e := newEnv(t)
-	e.exec(accountsSchema)
+	e := harness.NewEnv(t)
+	e.Exec(harness.AccountsSchema)
 	// The standalone server keeps its data across the restart (AOF).
 	a := testenv.NewRedis(t, "--appendonly", "yes", "--appendfsync", "always")
 	cluster := testenv.NewRedisCluster(t, 3)
-	cfg := e.writeConfig(fmt.Sprintf(`postgres: {url: %q, tables: [accounts], status_interval: 200ms}
+	cfg := e.WriteConfig(fmt.Sprintf(`postgres: {url: %q, tables: [accounts], status_interval: 200ms}
 nats: {url: %q, partitions: 4}
 sinks:
   - name: plain
@@ -103,43 +104,37 @@ sinks:
     transform: record
     routing: '"app:" + metadata.table_name + ":" + string(record.id)'
     destination: {type: redis_string, addresses: [%s]}
-`, e.pg.URL, e.nats.URL(), a.Port, strings.Join(cluster.Addrs(), ", ")))
-	e.runPipeline(cfg, "plain", "routed")
+`, e.PG.URL, e.NATS.URL(), a.Port, strings.Join(cluster.Addrs(), ", ")))
+	e.RunPipeline(cfg, "plain", "routed")
 	rcA := a.Client()
 	defer rcA.Close()
 	rcB := cluster.Client()
 	defer rcB.Close()
 	plain := func() string {
-		diffs, err := testenv.TableDiff(context.Background(), e.conn, rcA, accounts)
+		diffs, err := testenv.TableDiff(context.Background(), e.Conn, rcA, harness.Accounts)
 		if err != nil {
 			return err.Error()
 		}
 		return strings.Join(diffs, "; ")
 	}
 
-	workload(t, e.pg.URL, 200, 3, after(time.Second))
+	harness.Workload(t, e.PG.URL, 200, 3, harness.After(time.Second))
 	a.Stop()
-	workload(t, e.pg.URL, 200, 4, after(2*time.Second))
-	eventually(t, 60*time.Second, func() string { return routedDiff(e, rcB) })
+	harness.Workload(t, e.PG.URL, 200, 4, harness.After(2*time.Second))
+	harness.Eventually(t, 60*time.Second, func() string { return routedDiff(e, rcB) })
 	if err := a.Restart(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 60*time.Second, plain)
-}
-
-func after(d time.Duration) <-chan struct{} {
-	c := make(chan struct{})
-	time.AfterFunc(d, func() { close(c) })
-	return c
+	harness.Eventually(t, 60*time.Second, plain)
 }
 
 // A change Redis keeps refusing goes to the dead-letter stream after
 // max_deliver attempts while the other keys flow; `sluice dlq` lists it,
 // replays it once the cause is fixed, and drops letters.
 func TestDeadLetters(t *testing.T) {
-	e := newEnv(t)
-	e.exec(accountsSchema)
-	cfg := e.writeConfig(fmt.Sprintf(`postgres: {url: %q, tables: [accounts], status_interval: 200ms}
+	e := harness.NewEnv(t)
+	e.Exec(harness.AccountsSchema)
+	cfg := e.WriteConfig(fmt.Sprintf(`postgres: {url: %q, tables: [accounts], status_interval: 200ms}
 nats: {url: %q, partitions: 4}
 sinks:
   - name: cache
@@ -147,23 +142,23 @@ sinks:
     ack_wait: 1s
     failover: 3s
     destination: {type: redis_string, host: 127.0.0.1, port: %d}
-`, e.pg.URL, e.nats.URL(), e.redis.Port))
-	e.runPipeline(cfg, "cache")
+`, e.PG.URL, e.NATS.URL(), e.Redis.Port))
+	e.RunPipeline(cfg, "cache")
 	ctx := context.Background()
 	// The version record of key 13 is not a string: its writes fail (WRONGTYPE).
-	if err := e.rc.HSet(ctx, "sluice:v:{sequin:accounts:13}", "x", "y").Err(); err != nil {
+	if err := e.RC.HSet(ctx, "sluice:v:{sequin:accounts:13}", "x", "y").Err(); err != nil {
 		t.Fatal(err)
 	}
-	e.exec(`INSERT INTO accounts (id) SELECT generate_series(1, 20)`)
+	e.Exec(`INSERT INTO accounts (id) SELECT generate_series(1, 20)`)
 
 	dlq := func(args ...string) string {
-		p := start(t, "sluice", append([]string{"dlq"}, append(args, "--config", cfg, "--sink", "cache")...)...)
-		if code := p.wait(30 * time.Second); code != 0 {
+		p := harness.Start(t, "sluice", append([]string{"dlq"}, append(args, "--config", cfg, "--sink", "cache")...)...)
+		if code := p.WaitExit(30 * time.Second); code != 0 {
 			t.Fatalf("sluice dlq %v exited %d: %s", args, code, p.Output())
 		}
 		return p.Output()
 	}
-	eventually(t, 30*time.Second, func() string {
+	harness.Eventually(t, 30*time.Second, func() string {
 		if out := dlq("list"); !strings.Contains(out, "sequin:accounts:13") {
 			return "no dead letter yet: " + out
 		}
@@ -173,27 +168,27 @@ sinks:
 	if !strings.Contains(out, "WRONGTYPE") || !strings.Contains(out, "  2  ") {
 		t.Errorf("list does not show the error and 2 attempts:\n%s", out)
 	}
-	if n := e.rc.Exists(ctx, "sequin:accounts:12", "sequin:accounts:14", "sequin:accounts:13").Val(); n != 2 {
+	if n := e.RC.Exists(ctx, "sequin:accounts:12", "sequin:accounts:14", "sequin:accounts:13").Val(); n != 2 {
 		t.Fatalf("%d of keys 12, 13, 14 exist; want 12 and 14 only", n)
 	}
 
-	e.rc.Del(ctx, "sluice:v:{sequin:accounts:13}") // the fix
+	e.RC.Del(ctx, "sluice:v:{sequin:accounts:13}") // the fix
 	if out := dlq("replay"); !strings.Contains(out, "replayed 1 letter") {
 		t.Fatalf("replay: %s", out)
 	}
-	e.waitMatch(10*time.Second, accounts)
+	e.WaitMatch(10*time.Second, harness.Accounts)
 	if out := dlq("list"); !strings.Contains(out, "no dead letters") {
 		t.Fatalf("after replay: %s", out)
 	}
 
 	// The key itself is not a string now: the version its value carries
 	// cannot be read (WRONGTYPE).
-	e.rc.Del(ctx, "sequin:accounts:5")
-	if err := e.rc.HSet(ctx, "sequin:accounts:5", "x", "y").Err(); err != nil {
+	e.RC.Del(ctx, "sequin:accounts:5")
+	if err := e.RC.HSet(ctx, "sequin:accounts:5", "x", "y").Err(); err != nil {
 		t.Fatal(err)
 	}
-	e.exec(`UPDATE accounts SET n = 1 WHERE id = 5`)
-	eventually(t, 30*time.Second, func() string {
+	e.Exec(`UPDATE accounts SET n = 1 WHERE id = 5`)
+	harness.Eventually(t, 30*time.Second, func() string {
 		if out := dlq("list"); !strings.Contains(out, "sequin:accounts:5") {
 			return "no dead letter yet"
 		}
@@ -209,31 +204,31 @@ sinks:
 
 // A sink receives only its tables and actions.
 func TestSinkSelection(t *testing.T) {
-	e := newEnv(t)
-	e.exec(accountsSchema + `; CREATE TABLE users (id int PRIMARY KEY)`)
-	cfg := e.writeConfig(fmt.Sprintf(`postgres: {url: %q, tables: [accounts, users], status_interval: 200ms}
+	e := harness.NewEnv(t)
+	e.Exec(harness.AccountsSchema + `; CREATE TABLE users (id int PRIMARY KEY)`)
+	cfg := e.WriteConfig(fmt.Sprintf(`postgres: {url: %q, tables: [accounts, users], status_interval: 200ms}
 nats: {url: %q, partitions: 1} # one partition: the update below lands after the delete
 sinks:
   - name: cache
     tables: [accounts]
     actions: [insert, update]
     destination: {type: redis_string, host: 127.0.0.1, port: %d}
-`, e.pg.URL, e.nats.URL(), e.redis.Port))
-	e.runPipeline(cfg, "cache")
-	e.exec(`INSERT INTO users VALUES (1); INSERT INTO accounts (id) VALUES (1), (2)`)
-	e.exec(`DELETE FROM accounts WHERE id = 1`)
-	e.exec(`UPDATE accounts SET n = 5 WHERE id = 2`)
+`, e.PG.URL, e.NATS.URL(), e.Redis.Port))
+	e.RunPipeline(cfg, "cache")
+	e.Exec(`INSERT INTO users VALUES (1); INSERT INTO accounts (id) VALUES (1), (2)`)
+	e.Exec(`DELETE FROM accounts WHERE id = 1`)
+	e.Exec(`UPDATE accounts SET n = 5 WHERE id = 2`)
 	ctx := context.Background()
-	eventually(t, 30*time.Second, func() string {
-		if !strings.Contains(e.rc.Get(ctx, "sequin:accounts:2").Val(), `"n":5`) {
+	harness.Eventually(t, 30*time.Second, func() string {
+		if !strings.Contains(e.RC.Get(ctx, "sequin:accounts:2").Val(), `"n":5`) {
 			return "update of accounts 2 not applied"
 		}
 		return ""
 	})
-	if e.rc.Exists(ctx, "sequin:accounts:1").Val() != 1 {
+	if e.RC.Exists(ctx, "sequin:accounts:1").Val() != 1 {
 		t.Error("a delete reached a sink without the delete action")
 	}
-	if e.rc.Exists(ctx, "sequin:users:1").Val() != 0 {
+	if e.RC.Exists(ctx, "sequin:users:1").Val() != 0 {
 		t.Error("a table outside the sink's tables reached it")
 	}
 }
@@ -243,10 +238,10 @@ sinks:
 // whose routing gives a row the same key after its primary key changed
 // holds the new row.
 func TestFilterAndRoutingLeaveNoStaleRow(t *testing.T) {
-	e := newEnv(t)
-	e.exec(`CREATE TABLE members (id int PRIMARY KEY, email text NOT NULL, active bool NOT NULL)`)
+	e := harness.NewEnv(t)
+	e.Exec(`CREATE TABLE members (id int PRIMARY KEY, email text NOT NULL, active bool NOT NULL)`)
 	routed := testenv.NewRedis(t)
-	cfg := e.writeConfig(fmt.Sprintf(`postgres: {url: %q, tables: [members], status_interval: 200ms}
+	cfg := e.WriteConfig(fmt.Sprintf(`postgres: {url: %q, tables: [members], status_interval: 200ms}
 nats: {url: %q, partitions: 2}
 sinks:
   - name: active
@@ -256,17 +251,17 @@ sinks:
     transform: record
     routing: '"members:" + record.email'
     destination: {type: redis_string, host: 127.0.0.1, port: %d}
-`, e.pg.URL, e.nats.URL(), e.redis.Port, routed.Port))
-	e.runPipeline(cfg, "active", "by-email")
-	e.exec(`INSERT INTO members SELECT g, 'm' || g || '@x', g % 2 = 0 FROM generate_series(1, 40) g`)
-	e.exec(`UPDATE members SET active = false WHERE id <= 10`)            // stop matching
-	e.exec(`UPDATE members SET active = true WHERE id BETWEEN 11 AND 15`) // start matching
-	e.exec(`DELETE FROM members WHERE id BETWEEN 16 AND 25`)
-	e.exec(`UPDATE members SET id = id + 100 WHERE id BETWEEN 30 AND 33`) // same email: same routed key
+`, e.PG.URL, e.NATS.URL(), e.Redis.Port, routed.Port))
+	e.RunPipeline(cfg, "active", "by-email")
+	e.Exec(`INSERT INTO members SELECT g, 'm' || g || '@x', g % 2 = 0 FROM generate_series(1, 40) g`)
+	e.Exec(`UPDATE members SET active = false WHERE id <= 10`)            // stop matching
+	e.Exec(`UPDATE members SET active = true WHERE id BETWEEN 11 AND 15`) // start matching
+	e.Exec(`DELETE FROM members WHERE id BETWEEN 16 AND 25`)
+	e.Exec(`UPDATE members SET id = id + 100 WHERE id BETWEEN 30 AND 33`) // same email: same routed key
 	ctx := context.Background()
-	eventually(t, 30*time.Second, func() string {
+	harness.Eventually(t, 30*time.Second, func() string {
 		var want []string
-		rows, err := e.conn.Query(ctx, `SELECT id FROM members WHERE active ORDER BY id`)
+		rows, err := e.Conn.Query(ctx, `SELECT id FROM members WHERE active ORDER BY id`)
 		if err != nil {
 			return err.Error()
 		}
@@ -275,7 +270,7 @@ sinks:
 			rows.Scan(&id)
 			want = append(want, fmt.Sprintf("sequin:members:%d", id))
 		}
-		got, _ := e.rc.Keys(ctx, "sequin:members:*").Result()
+		got, _ := e.RC.Keys(ctx, "sequin:members:*").Result()
 		slices.Sort(got)
 		slices.Sort(want)
 		if !slices.Equal(got, want) {
@@ -299,27 +294,27 @@ sinks:
 // A Redis that forbids scripts: a versioned sink says so at start, naming
 // the way out; an unversioned sink writes plain SET and DEL commands.
 func TestUnversionedSink(t *testing.T) {
-	e := newEnv(t)
-	e.exec(accountsSchema)
+	e := harness.NewEnv(t)
+	e.Exec(harness.AccountsSchema)
 	r := testenv.NewRedis(t, "--rename-command", "EVALSHA", "", "--rename-command", "EVAL", "", "--rename-command", "SCRIPT", "")
 	doc := fmt.Sprintf(`postgres: {url: %q, tables: [accounts], status_interval: 200ms}
 nats: {url: %q, partitions: 2}
 sinks:
   - name: cache
     destination: {type: redis_string, host: 127.0.0.1, port: %d%s}
-`, e.pg.URL, e.nats.URL(), r.Port, "%s")
-	versioned := e.writeConfig(fmt.Sprintf(doc, ""))
-	w := start(t, "sluice-redis-writer", "--config", versioned, "--sink", "cache")
-	if code := w.wait(30 * time.Second); code == 0 || !strings.Contains(w.Output(), "set destination.unversioned if scripts are forbidden") {
+`, e.PG.URL, e.NATS.URL(), r.Port, "%s")
+	versioned := e.WriteConfig(fmt.Sprintf(doc, ""))
+	w := harness.Start(t, "sluice-redis-writer", "--config", versioned, "--sink", "cache")
+	if code := w.WaitExit(30 * time.Second); code == 0 || !strings.Contains(w.Output(), "set destination.unversioned if scripts are forbidden") {
 		t.Fatalf("versioned sink on a Redis without scripts: exit %d: %s", code, w.Output())
 	}
-	cfg := e.writeConfig(fmt.Sprintf(doc, ", unversioned: true"))
-	e.runPipeline(cfg, "cache")
-	workload(t, e.pg.URL, 100, 21, after(2*time.Second))
+	cfg := e.WriteConfig(fmt.Sprintf(doc, ", unversioned: true"))
+	e.RunPipeline(cfg, "cache")
+	harness.Workload(t, e.PG.URL, 100, 21, harness.After(2*time.Second))
 	rc := r.Client()
 	defer rc.Close()
-	eventually(t, 30*time.Second, func() string {
-		diffs, err := testenv.TableDiff(context.Background(), e.conn, rc, accounts)
+	harness.Eventually(t, 30*time.Second, func() string {
+		diffs, err := testenv.TableDiff(context.Background(), e.Conn, rc, harness.Accounts)
 		if err != nil {
 			return err.Error()
 		}

@@ -1,11 +1,12 @@
-package e2e
+package harness
 
 import (
 	"context"
 	"math/rand/v2"
-	"syscall"
 	"testing"
 	"time"
+
+	jobs "github.com/sluicehq/sluice/pkg/backfill"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
@@ -14,16 +15,19 @@ import (
 	"github.com/sluicehq/sluice/pkg/change"
 	"github.com/sluicehq/sluice/pkg/fragment"
 	"github.com/sluicehq/sluice/pkg/testenv"
+	"github.com/sluicehq/sluice/pkg/topology"
 )
 
-var accounts = testenv.Table{Schema: "public", Name: "accounts", PK: []string{"id"}, KeyPrefix: "sequin"}
+// Accounts is the table most tests change.
+var Accounts = testenv.Table{Schema: "public", Name: "accounts", PK: []string{"id"}, KeyPrefix: "sequin"}
 
-const accountsSchema = `CREATE TABLE accounts (id int PRIMARY KEY, n int NOT NULL DEFAULT 0, note text)`
+// AccountsSchema creates Accounts.
+const AccountsSchema = `CREATE TABLE accounts (id int PRIMARY KEY, n int NOT NULL DEFAULT 0, note text)`
 
-// workload commits random transactions of inserts, updates and deletes on
+// Workload commits random transactions of inserts, updates and deletes on
 // ids in [0, keys), with an occasional transaction of 2,000 rows, until stop
 // is closed, and returns how many row changes it committed.
-func workload(t testing.TB, url string, keys int, seed uint64, stop <-chan struct{}) int {
+func Workload(t testing.TB, url string, keys int, seed uint64, stop <-chan struct{}) int {
 	t.Helper()
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, url)
@@ -76,9 +80,9 @@ func workload(t testing.TB, url string, keys int, seed uint64, stop <-chan struc
 	}
 }
 
-// chaos calls fn times times at random intervals, then closes the
+// Chaos calls fn times times at random intervals, then closes the
 // returned channel.
-func chaos(times int, min, max time.Duration, fn func()) <-chan struct{} {
+func Chaos(times int, min, max time.Duration, fn func()) <-chan struct{} {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -90,56 +94,9 @@ func chaos(times int, min, max time.Duration, fn func()) <-chan struct{} {
 	return done
 }
 
-// Killing capture with SIGKILL at random moments loses no change and
-// publishes none twice: afterwards the stream holds every change exactly
-// once, in commit order, and Redis equals Postgres.
-func TestCaptureKilled(t *testing.T) {
-	e := newEnv(t)
-	e.exec(accountsSchema)
-	cfg := e.config([]string{"accounts"}, true)
-	start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
-	capture := e.runPipeline(cfg)
-
-	// Each restart waits for the killed one's slot to be released, then
-	// streams for a random while before the next kill.
-	const kills = 8
-	done := chaos(kills, 300*time.Millisecond, 1200*time.Millisecond, func() {
-		capture.Signal(syscall.SIGKILL)
-		capture.wait(10 * time.Second)
-		capture = start(t, "sluice-capture", "--config", cfg)
-	})
-	// Besides the mixed workload, one transaction of 100,000 rows, streamed
-	// while capture is being killed.
-	big := make(chan int64, 1)
-	go func() {
-		conn, err := pgx.Connect(context.Background(), e.pg.URL)
-		if err != nil {
-			big <- -1
-			return
-		}
-		defer conn.Close(context.Background())
-		time.Sleep(200 * time.Millisecond)
-		tag, err := conn.Exec(context.Background(), `INSERT INTO accounts (id, note) SELECT g, 'big' FROM generate_series(1000000, 1099999) g`)
-		if err != nil {
-			big <- -1
-			return
-		}
-		big <- tag.RowsAffected()
-	}()
-	changes := workload(t, e.pg.URL, 400, 1, done)
-	n := <-big
-	if n != 100000 {
-		t.Fatalf("the big transaction inserted %d rows", n)
-	}
-	changes += int(n)
-	t.Logf("%d changes, capture killed %d times", changes, kills)
-	e.waitMatch(90*time.Second, accounts)
-	checkStream(t, e.nats.URL(), changes)
-}
-
-// checkStream reads the whole stream and checks that it holds want events,
+// CheckStream reads the whole stream and checks that it holds want events,
 // each once, each partition's in commit order, and every transaction whole.
-func checkStream(t testing.TB, url string, want int) {
+func CheckStream(t testing.TB, url string, want int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -212,31 +169,25 @@ func checkStream(t testing.TB, url string, want int) {
 	}
 }
 
-// Killing writers with SIGKILL mid-batch loses nothing: their unacknowledged
-// messages are redelivered, to them or to the other writer, and the
-// versioned writes keep every key at its last committed value.
-func TestWriterKilled(t *testing.T) {
-	e := newEnv(t)
-	e.exec(accountsSchema)
-	cfg := e.config([]string{"accounts"}, true)
-	e.runPipeline(cfg)
-	steady := start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
-	victim := start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
+// Fill puts n rows into accounts before capture ever runs: only a backfill
+// can bring them to Redis.
+func Fill(e *Env, n int) {
+	e.Exec(AccountsSchema)
+	e.Exec(`INSERT INTO accounts (id, n, note) SELECT g, g % 10, md5(g::text) FROM generate_series(1, $1) g`, n)
+	e.Exec(`ANALYZE accounts`)
+}
 
-	const kills = 10
-	n := 0
-	done := chaos(kills, 100*time.Millisecond, 500*time.Millisecond, func() {
-		victim.Signal(syscall.SIGKILL)
-		victim.wait(10 * time.Second)
-		if n++; n%3 == 0 { // and, now and then, the other one
-			steady.Signal(syscall.SIGKILL)
-			steady.wait(10 * time.Second)
-			steady = start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
-		}
-		victim = start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
-	})
-	// Few keys, many updates: stale values would show.
-	changes := workload(t, e.pg.URL, 50, 2, done)
-	t.Logf("%d changes, writers killed %d times", changes, kills+kills/3)
-	e.waitMatch(90*time.Second, accounts)
+func OpenJobs(t testing.TB, e *Env) *jobs.Store {
+	t.Helper()
+	nc, err := nats.Connect(e.NATS.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	s, err := jobs.Open(context.Background(), js, topology.Topology{Stream: "SLUICE", Replicas: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

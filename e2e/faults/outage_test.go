@@ -1,4 +1,4 @@
-package e2e
+package faults
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicehq/sluice/e2e/harness"
 	"github.com/sluicehq/sluice/pkg/testenv"
 	"github.com/sluicehq/sluice/pkg/topology"
 )
@@ -19,8 +20,8 @@ import (
 // Redis is fixed, with nothing dead-lettered. A change that fails on its
 // own (WRONGTYPE on its key) is still dead-lettered, alone.
 func TestRedisOutages(t *testing.T) {
-	e := newEnv(t)
-	e.exec(accountsSchema)
+	e := harness.NewEnv(t)
+	e.Exec(harness.AccountsSchema)
 	// A server that keeps its data across the restart (AOF), with a user
 	// for the writer whose permissions the test revokes.
 	r := testenv.NewRedis(t, "--appendonly", "yes", "--appendfsync", "always", "--user", "sluice", "on", ">pw", "~*", "&*", "+@all")
@@ -30,7 +31,7 @@ func TestRedisOutages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := e.writeConfig(fmt.Sprintf(`postgres: {url: %q, tables: [accounts], status_interval: 200ms}
+	cfg := e.WriteConfig(fmt.Sprintf(`postgres: {url: %q, tables: [accounts], status_interval: 200ms}
 nats: {url: %q, partitions: 4}
 sinks:
   - name: cache
@@ -40,9 +41,9 @@ sinks:
     ack_wait: 1s
     failover: 3s
     destination: {type: redis_string, host: 127.0.0.1, port: %d, username: sluice, password: pw}
-`, e.pg.URL, e.nats.URL(), r.Port))
-	e.runPipeline(cfg)
-	start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache", "--http", "127.0.0.1:"+strconv.Itoa(port))
+`, e.PG.URL, e.NATS.URL(), r.Port))
+	e.RunPipeline(cfg)
+	harness.Start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache", "--http", "127.0.0.1:"+strconv.Itoa(port))
 	readyz := func() int {
 		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", port))
 		if err != nil {
@@ -51,7 +52,7 @@ sinks:
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	eventually(t, 30*time.Second, func() string {
+	harness.Eventually(t, 30*time.Second, func() string {
 		if code := readyz(); code != http.StatusOK {
 			return fmt.Sprintf("writer not ready: %d", code)
 		}
@@ -67,12 +68,12 @@ sinks:
 
 	stop := make(chan struct{})
 	done := make(chan int)
-	go func() { done <- workload(t, e.pg.URL, 200, 11, stop) }()
+	go func() { done <- harness.Workload(t, e.PG.URL, 200, 11, stop) }()
 	outage := func(name string, begin, end func()) {
 		time.Sleep(time.Second)
 		begin()
-		e.exec(`INSERT INTO accounts (id) VALUES (100000) ON CONFLICT (id) DO UPDATE SET n = accounts.n + 1`)
-		eventually(t, 20*time.Second, func() string {
+		e.Exec(`INSERT INTO accounts (id) VALUES (100000) ON CONFLICT (id) DO UPDATE SET n = accounts.n + 1`)
+		harness.Eventually(t, 20*time.Second, func() string {
 			if code := readyz(); code != http.StatusServiceUnavailable {
 				return fmt.Sprintf("%s: /readyz answers %d", name, code)
 			}
@@ -80,7 +81,7 @@ sinks:
 		})
 		time.Sleep(5 * time.Second) // max_deliver attempts take under a second
 		end()
-		eventually(t, 30*time.Second, func() string {
+		harness.Eventually(t, 30*time.Second, func() string {
 			if code := readyz(); code != http.StatusOK {
 				return fmt.Sprintf("after %s: /readyz answers %d", name, code)
 			}
@@ -100,8 +101,8 @@ sinks:
 
 	// Every row but the bad one matches; the bad one's changes, and only
 	// those, are dead letters, whose error names the failing command.
-	eventually(t, 90*time.Second, func() string {
-		diffs, err := testenv.TableDiff(ctx, e.conn, admin, accounts)
+	harness.Eventually(t, 90*time.Second, func() string {
+		diffs, err := testenv.TableDiff(ctx, e.Conn, admin, harness.Accounts)
 		if err != nil {
 			return err.Error()
 		}
@@ -111,13 +112,13 @@ sinks:
 		return ""
 	})
 	dlq := func(args ...string) string {
-		p := start(t, "sluice", append([]string{"dlq"}, append(args, "--config", cfg, "--sink", "cache")...)...)
-		if code := p.wait(30 * time.Second); code != 0 {
+		p := harness.Start(t, "sluice", append([]string{"dlq"}, append(args, "--config", cfg, "--sink", "cache")...)...)
+		if code := p.WaitExit(30 * time.Second); code != 0 {
 			t.Fatalf("sluice dlq %v exited %d: %s", args, code, p.Output())
 		}
 		return p.Output()
 	}
-	eventually(t, 30*time.Second, func() string {
+	harness.Eventually(t, 30*time.Second, func() string {
 		out := dlq("list")
 		lines := strings.Split(strings.TrimSpace(out), "\n")[1:]
 		if len(lines) != 3 {
@@ -134,8 +135,8 @@ sinks:
 	if out := dlq("replay"); !strings.Contains(out, "replayed 3 letter") {
 		t.Fatalf("replay: %s", out)
 	}
-	eventually(t, 30*time.Second, func() string {
-		if diffs, err := testenv.TableDiff(ctx, e.conn, admin, accounts); err != nil || len(diffs) > 0 {
+	harness.Eventually(t, 30*time.Second, func() string {
+		if diffs, err := testenv.TableDiff(ctx, e.Conn, admin, harness.Accounts); err != nil || len(diffs) > 0 {
 			return fmt.Sprintf("after the replay: %v %v", err, diffs)
 		}
 		return ""
@@ -146,9 +147,9 @@ sinks:
 // partition, nor the writer's other partitions, while its changes wait for
 // their next attempts.
 func TestFailingKeyHoldsNothingBack(t *testing.T) {
-	e := newEnv(t)
-	e.exec(accountsSchema)
-	cfg := e.writeConfig(fmt.Sprintf(`postgres: {url: %q, tables: [accounts], status_interval: 200ms}
+	e := harness.NewEnv(t)
+	e.Exec(harness.AccountsSchema)
+	cfg := e.WriteConfig(fmt.Sprintf(`postgres: {url: %q, tables: [accounts], status_interval: 200ms}
 nats: {url: %q, partitions: 2}
 sinks:
   - name: cache
@@ -157,22 +158,22 @@ sinks:
     ack_wait: 1s
     failover: 3s
     destination: {type: redis_string, host: 127.0.0.1, port: %d}
-`, e.pg.URL, e.nats.URL(), e.redis.Port))
-	e.runPipeline(cfg, "cache")
+`, e.PG.URL, e.NATS.URL(), e.Redis.Port))
+	e.RunPipeline(cfg, "cache")
 	ctx := context.Background()
 	const bad = "sequin:accounts:1"
-	if err := e.rc.HSet(ctx, "sluice:v:{"+bad+"}", "x", "y").Err(); err != nil {
+	if err := e.RC.HSet(ctx, "sluice:v:{"+bad+"}", "x", "y").Err(); err != nil {
 		t.Fatal(err)
 	}
 	// Many messages, each with a change of the failing key: more than a
 	// partition may have unacknowledged.
-	e.exec(`INSERT INTO accounts (id) VALUES (1)`)
-	st, err := e.nats.JetStream(t).Stream(ctx, "SLUICE")
+	e.Exec(`INSERT INTO accounts (id) VALUES (1)`)
+	st, err := e.NATS.JetStream(t).Stream(ctx, "SLUICE")
 	if err != nil {
 		t.Fatal(err)
 	}
 	for i := 1; st.CachedInfo().State.Msgs < 2*topology.MaxAckPending; i++ {
-		e.exec(`UPDATE accounts SET n = $1 WHERE id = 1`, i)
+		e.Exec(`UPDATE accounts SET n = $1 WHERE id = 1`, i)
 		time.Sleep(50 * time.Millisecond)
 		if _, err := st.Info(ctx); err != nil {
 			t.Fatal(err)
@@ -180,9 +181,9 @@ sinks:
 	}
 	// The other keys, of both partitions, land while the failing key's
 	// changes still have minutes of attempts ahead.
-	e.exec(`INSERT INTO accounts (id) SELECT generate_series(2, 50)`)
-	eventually(t, 15*time.Second, func() string {
-		diffs, err := testenv.TableDiff(ctx, e.conn, e.rc, accounts)
+	e.Exec(`INSERT INTO accounts (id) SELECT generate_series(2, 50)`)
+	harness.Eventually(t, 15*time.Second, func() string {
+		diffs, err := testenv.TableDiff(ctx, e.Conn, e.RC, harness.Accounts)
 		if err != nil {
 			return err.Error()
 		}
@@ -199,33 +200,33 @@ sinks:
 // the sink's tables backfilled, while changes keep flowing: Redis ends
 // equal to Postgres with no manual step.
 func TestRedisResetRefills(t *testing.T) {
-	e := newEnv(t)
-	fill(e, 3000)
-	doc := strings.Replace(e.configText([]string{"accounts"}, true), "  - name: cache\n", "  - name: cache\n    initial_backfill: true\n", 1)
-	cfg := e.writeConfig(doc)
-	e.runPipeline(cfg, "cache")
-	e.waitMatch(time.Minute, accounts)
+	e := harness.NewEnv(t)
+	harness.Fill(e, 3000)
+	doc := strings.Replace(e.ConfigText([]string{"accounts"}, true), "  - name: cache\n", "  - name: cache\n    initial_backfill: true\n", 1)
+	cfg := e.WriteConfig(doc)
+	e.RunPipeline(cfg, "cache")
+	e.WaitMatch(time.Minute, harness.Accounts)
 	stop := make(chan struct{})
 	done := make(chan int)
-	go func() { done <- workload(t, e.pg.URL, 3000, 13, stop) }()
+	go func() { done <- harness.Workload(t, e.PG.URL, 3000, 13, stop) }()
 	ctx := context.Background()
 	time.Sleep(time.Second)
-	if err := e.rc.FlushAll(ctx).Err(); err != nil {
+	if err := e.RC.FlushAll(ctx).Err(); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(8 * time.Second)
-	e.redis.Kill()
+	e.Redis.Kill()
 	time.Sleep(time.Second)
-	if err := e.redis.Restart(ctx); err != nil {
+	if err := e.Redis.Restart(ctx); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(8 * time.Second)
 	close(stop)
 	t.Logf("%d changes", <-done)
-	e.waitMatch(2*time.Minute, accounts)
+	e.WaitMatch(2*time.Minute, harness.Accounts)
 
-	st := start(t, "sluice", "status", "--config", cfg)
-	if code := st.wait(30 * time.Second); code != 0 || !strings.Contains(st.Output(), "redis lost its data 2 times") {
+	st := harness.Start(t, "sluice", "status", "--config", cfg)
+	if code := st.WaitExit(30 * time.Second); code != 0 || !strings.Contains(st.Output(), "redis lost its data 2 times") {
 		t.Fatalf("sluice status (%d) does not report the resets:\n%s", code, st.Output())
 	}
 }
@@ -235,58 +236,58 @@ func TestRedisResetRefills(t *testing.T) {
 // does not bring the row back; a row that still exists gets its current
 // value, not the letter's.
 func TestReplayNeverResurrects(t *testing.T) {
-	e := newEnv(t)
-	e.exec(accountsSchema)
-	cfg := e.writeConfig(fmt.Sprintf(`postgres: {url: %q, tables: [accounts], status_interval: 200ms}
+	e := harness.NewEnv(t)
+	e.Exec(harness.AccountsSchema)
+	cfg := e.WriteConfig(fmt.Sprintf(`postgres: {url: %q, tables: [accounts], status_interval: 200ms}
 nats: {url: %q, partitions: 4}
 sinks:
   - name: cache
     max_deliver: 1
     tombstone_ttl: 100ms
     destination: {type: redis_string, host: 127.0.0.1, port: %d}
-`, e.pg.URL, e.nats.URL(), e.redis.Port))
-	e.runPipeline(cfg, "cache")
+`, e.PG.URL, e.NATS.URL(), e.Redis.Port))
+	e.RunPipeline(cfg, "cache")
 	ctx := context.Background()
 	// The version records of keys 7 and 8 are not strings: their inserts
 	// fail on their own.
 	for _, k := range []string{"sluice:v:{sequin:accounts:7}", "sluice:v:{sequin:accounts:8}"} {
-		if err := e.rc.HSet(ctx, k, "x", "y").Err(); err != nil {
+		if err := e.RC.HSet(ctx, k, "x", "y").Err(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	e.exec(`INSERT INTO accounts (id, note) VALUES (7, 'old'), (8, 'old'), (9, 'old')`)
+	e.Exec(`INSERT INTO accounts (id, note) VALUES (7, 'old'), (8, 'old'), (9, 'old')`)
 	dlq := func(args ...string) string {
-		p := start(t, "sluice", append([]string{"dlq"}, append(args, "--config", cfg, "--sink", "cache")...)...)
-		if code := p.wait(time.Minute); code != 0 {
+		p := harness.Start(t, "sluice", append([]string{"dlq"}, append(args, "--config", cfg, "--sink", "cache")...)...)
+		if code := p.WaitExit(time.Minute); code != 0 {
 			t.Fatalf("sluice dlq %v exited %d: %s", args, code, p.Output())
 		}
 		return p.Output()
 	}
-	eventually(t, 30*time.Second, func() string {
+	harness.Eventually(t, 30*time.Second, func() string {
 		if out := dlq("list"); strings.Count(out, "WRONGTYPE") != 2 {
 			return "want the letters of keys 7 and 8: " + out
 		}
 		return ""
 	})
 	// Fixed; then row 7 is deleted (its tombstone expires), row 8 changes.
-	e.rc.Del(ctx, "sluice:v:{sequin:accounts:7}", "sluice:v:{sequin:accounts:8}")
-	e.exec(`DELETE FROM accounts WHERE id = 7`)
-	e.exec(`UPDATE accounts SET note = 'new' WHERE id = 8`)
-	eventually(t, 30*time.Second, func() string {
-		if !strings.Contains(e.rc.Get(ctx, "sequin:accounts:8").Val(), `"note":"new"`) {
+	e.RC.Del(ctx, "sluice:v:{sequin:accounts:7}", "sluice:v:{sequin:accounts:8}")
+	e.Exec(`DELETE FROM accounts WHERE id = 7`)
+	e.Exec(`UPDATE accounts SET note = 'new' WHERE id = 8`)
+	harness.Eventually(t, 30*time.Second, func() string {
+		if !strings.Contains(e.RC.Get(ctx, "sequin:accounts:8").Val(), `"note":"new"`) {
 			return "update of 8 not applied"
 		}
 		return ""
 	})
 	time.Sleep(500 * time.Millisecond) // the tombstone of 7 is gone
-	if n := e.rc.Exists(ctx, "sluice:v:{sequin:accounts:7}").Val(); n != 0 {
+	if n := e.RC.Exists(ctx, "sluice:v:{sequin:accounts:7}").Val(); n != 0 {
 		t.Fatal("the tombstone of 7 outlived its TTL")
 	}
 	if out := dlq("replay"); !strings.Contains(out, "replayed 2 letter") {
 		t.Fatalf("replay: %s", out)
 	}
-	e.waitMatch(30*time.Second, accounts)
-	if e.rc.Exists(ctx, "sequin:accounts:7").Val() != 0 {
+	e.WaitMatch(30*time.Second, harness.Accounts)
+	if e.RC.Exists(ctx, "sequin:accounts:7").Val() != 0 {
 		t.Fatal("replaying an old letter brought a deleted row back")
 	}
 	if out := dlq("list"); !strings.Contains(out, "no dead letters") {

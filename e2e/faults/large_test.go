@@ -1,4 +1,4 @@
-package e2e
+package faults
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/sluicehq/sluice/e2e/harness"
 	"github.com/sluicehq/sluice/pkg/testenv"
 )
 
@@ -17,22 +18,22 @@ var docs = testenv.Table{Schema: "public", Name: "docs", PK: []string{"id"}, Key
 // max_payload of 1 MiB, among a normal workload and while a writer is
 // killed: every change lands, in order with the others of its key.
 func TestLargeRows(t *testing.T) {
-	e := newEnv(t)
-	e.exec(accountsSchema + `; CREATE TABLE docs (id int PRIMARY KEY, v int NOT NULL DEFAULT 0, body text)`)
-	if max := e.nats.JetStream(t).Conn().MaxPayload(); max != 1<<20 {
+	e := harness.NewEnv(t)
+	e.Exec(harness.AccountsSchema + `; CREATE TABLE docs (id int PRIMARY KEY, v int NOT NULL DEFAULT 0, body text)`)
+	if max := e.NATS.JetStream(t).Conn().MaxPayload(); max != 1<<20 {
 		t.Fatalf("the test server allows %d bytes a message; the default is 1 MiB", max)
 	}
-	cfg := e.config([]string{"accounts", "docs"}, true)
-	capture := e.runPipeline(cfg)
-	steady := start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
-	victim := start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
+	cfg := e.Config([]string{"accounts", "docs"}, true)
+	capture := e.RunPipeline(cfg)
+	steady := harness.Start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
+	victim := harness.Start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
 	defer steady.Signal(syscall.SIGKILL)
 
 	stop := make(chan struct{})
 	done := make(chan int)
-	go func() { done <- workload(t, e.pg.URL, 100, 9, stop) }()
+	go func() { done <- harness.Workload(t, e.PG.URL, 100, 9, stop) }()
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, e.pg.URL)
+	conn, err := pgx.Connect(ctx, e.PG.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,8 +51,8 @@ func TestLargeRows(t *testing.T) {
 		}
 		if round == 2 {
 			victim.Signal(syscall.SIGKILL)
-			victim.wait(10 * time.Second)
-			victim = start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
+			victim.WaitExit(10 * time.Second)
+			victim = harness.Start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
 		}
 	}
 	if _, err := conn.Exec(ctx, `DELETE FROM docs WHERE id = 3`); err != nil {
@@ -60,7 +61,7 @@ func TestLargeRows(t *testing.T) {
 	close(stop)
 	changes := <-done
 	t.Logf("%d changes of the workload, %d of large rows", changes, len(sizes)*4+1)
-	e.waitMatch(2*time.Minute, accounts)
-	e.waitMatch(time.Minute, docs)
-	t.Logf("peak RSS: capture %d MiB, writers %d and %d MiB", peakRSS(t, capture.Pid())>>20, peakRSS(t, steady.Pid())>>20, peakRSS(t, victim.Pid())>>20)
+	e.WaitMatch(2*time.Minute, harness.Accounts)
+	e.WaitMatch(time.Minute, docs)
+	t.Logf("peak RSS: capture %d MiB, writers %d and %d MiB", harness.PeakRSS(t, capture.Pid())>>20, harness.PeakRSS(t, steady.Pid())>>20, harness.PeakRSS(t, victim.Pid())>>20)
 }

@@ -1,0 +1,249 @@
+// Package harness runs the Sluice binaries as separate processes against
+// real Postgres, NATS JetStream and Redis servers for the end-to-end tests,
+// and checks Redis against Postgres row by row.
+package harness
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sluicehq/sluice/pkg/testenv"
+)
+
+// bin holds the binaries built for this run.
+var bin string
+
+// Main builds the binaries, runs a package's tests and returns their exit
+// status: the body of each end-to-end package's TestMain.
+func Main(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "sluice-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	bin = dir
+	build := exec.Command("go", "build", "-o", dir+"/",
+		"github.com/sluicehq/sluice/services/capture/cmd/sluice-capture",
+		"github.com/sluicehq/sluice/services/redis-writer/cmd/sluice-redis-writer",
+		"github.com/sluicehq/sluice/services/sluice/cmd/sluice")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build binaries:", err)
+		return 1
+	}
+	return m.Run()
+}
+
+// Env is one test's servers, with a connection to Postgres and Redis.
+type Env struct {
+	T     testing.TB
+	PG    *testenv.Postgres
+	Redis *testenv.Redis
+	NATS  *testenv.NATS
+	Dir   string
+	Conn  *pgx.Conn
+	RC    *redis.Client
+}
+
+func NewEnv(t testing.TB) *Env {
+	t.Helper()
+	e := &Env{T: t, PG: testenv.NewPostgres(t, testenv.PostgresOptions{}), Redis: testenv.NewRedis(t), NATS: testenv.NewNATS(t), Dir: t.TempDir()}
+	e.Reconnect()
+	t.Cleanup(func() { e.Conn.Close(context.Background()) })
+	e.RC = e.Redis.Client()
+	t.Cleanup(func() { e.RC.Close() })
+	return e
+}
+
+// Reconnect opens the test's own connection to Postgres.
+func (e *Env) Reconnect() {
+	e.T.Helper()
+	conn, err := pgx.Connect(context.Background(), e.PG.URL)
+	if err != nil {
+		e.T.Fatal(err)
+	}
+	e.Conn = conn
+}
+
+func (e *Env) Exec(sql string, args ...any) {
+	e.T.Helper()
+	if _, err := e.Conn.Exec(context.Background(), sql, args...); err != nil {
+		e.T.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// Config writes a config file for tables and returns its path. Without
+// withNATS it names no NATS server, for `sluice dev`.
+func (e *Env) Config(tables []string, withNATS bool) string {
+	e.T.Helper()
+	return e.WriteConfig(e.ConfigText(tables, withNATS))
+}
+
+// ConfigText is config's document.
+func (e *Env) ConfigText(tables []string, withNATS bool) string {
+	natsURL := ""
+	if withNATS {
+		natsURL = "url: " + e.NATS.URL()
+	}
+	doc := fmt.Sprintf(`postgres:
+  url: %s
+  tables: [%s]
+  status_interval: 200ms
+nats:
+  %s
+  partitions: 4
+sinks:
+  - name: cache
+    batch_size: 100
+    ack_wait: 2s
+    destination: {type: redis_string, host: 127.0.0.1, port: %d}
+log:
+  level: debug
+  format: json
+`, e.PG.URL, strings.Join(tables, ", "), natsURL, e.Redis.Port)
+	return doc
+}
+
+// WriteConfig writes a config file and returns its path.
+func (e *Env) WriteConfig(doc string) string {
+	e.T.Helper()
+	f, err := os.CreateTemp(e.Dir, "sluice-*.yaml")
+	if err != nil {
+		e.T.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(doc); err != nil {
+		e.T.Fatal(err)
+	}
+	return f.Name()
+}
+
+// Proc is a Sluice binary running as a child process.
+type Proc struct {
+	*testenv.Process
+	t testing.TB
+}
+
+// Start runs a binary; the test's end kills it if it still runs, and a
+// failed test shows its output.
+func Start(t testing.TB, name string, args ...string) *Proc {
+	t.Helper()
+	log, err := os.CreateTemp(t.TempDir(), name+"-*.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.Close()
+	p, err := testenv.StartProcess(name, log.Name(), nil, filepath.Join(bin, name), args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		p.Stop(syscall.SIGKILL, time.Second)
+		if t.Failed() {
+			t.Logf("%s %v output:\n%s", name, args, p.Tail(6000))
+		}
+	})
+	return &Proc{Process: p, t: t}
+}
+
+// WaitExit waits for the process to exit and returns its status.
+func (p *Proc) WaitExit(timeout time.Duration) int {
+	p.t.Helper()
+	code, ok := p.Wait(timeout)
+	if !ok {
+		p.t.Fatalf("%s still runs after %s", p.Name, timeout)
+	}
+	return code
+}
+
+// Eventually polls cond until it returns "" (done) or timeout, then fails
+// with cond's last answer.
+func Eventually(t testing.TB, timeout time.Duration, cond func() string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		msg := cond()
+		if msg == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %s", timeout, msg)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+// WaitMatch waits until Redis holds exactly the rows of each table.
+func (e *Env) WaitMatch(timeout time.Duration, tables ...testenv.Table) {
+	e.T.Helper()
+	ctx := context.Background()
+	Eventually(e.T, timeout, func() string {
+		for _, tb := range tables {
+			diffs, err := testenv.TableDiff(ctx, e.Conn, e.RC, tb)
+			if err != nil {
+				return err.Error()
+			}
+			if len(diffs) > 0 {
+				if len(diffs) > 5 {
+					diffs = append(diffs[:5], fmt.Sprintf("… %d more", len(diffs)-5))
+				}
+				return tb.Name + ": " + strings.Join(diffs, "; ")
+			}
+		}
+		return ""
+	})
+}
+
+// RunPipeline starts capture, waits until it streams from the slot, and
+// starts a writer of each of sinks. It returns capture.
+func (e *Env) RunPipeline(cfg string, sinks ...string) *Proc {
+	e.T.Helper()
+	capture := Start(e.T, "sluice-capture", "--config", cfg)
+	e.WaitStreaming(capture)
+	for _, s := range sinks {
+		Start(e.T, "sluice-redis-writer", "--config", cfg, "--sink", s)
+	}
+	return capture
+}
+
+// WaitStreaming waits until capture holds the replication slot.
+func (e *Env) WaitStreaming(p *Proc) {
+	e.T.Helper()
+	Eventually(e.T, 30*time.Second, func() string {
+		if p.Exited() {
+			e.T.Fatalf("%s exited: %s", p.Name, p.Tail(3000))
+		}
+		var active bool
+		err := e.Conn.QueryRow(context.Background(), "SELECT active FROM pg_replication_slots WHERE slot_name = 'sluice'").Scan(&active)
+		if err != nil || !active {
+			return fmt.Sprintf("slot not active (%v)", err)
+		}
+		return ""
+	})
+}
+
+// Tail is the last n bytes of s, for error messages.
+func Tail(s string, n int) string {
+	if len(s) > n {
+		return "…" + s[len(s)-n:]
+	}
+	return s
+}
+
+// After returns a channel closed after d.
+func After(d time.Duration) <-chan struct{} {
+	c := make(chan struct{})
+	time.AfterFunc(d, func() { close(c) })
+	return c
+}
