@@ -9,15 +9,15 @@ import (
 	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
 )
 
-// AppendMessage appends the event as Sequin's message JSON, with the keys
-// in the order Sequin's encoder writes them (sorted, as Erlang orders the
-// keys of a small map):
+// AppendMessage appends the event as Sequin's message JSON:
 //
 //	{"action":"insert","changes":{...}|null,"metadata":{"commit_idx":0,"commit_lsn":…,…},"record":{...}}
 //
-// record and changes are embedded as capture rendered them. The version of
-// the change (commit_lsn, commit_idx) thus comes within the first bytes of
-// the value, where Redis reads it back (see VersionOf).
+// record and changes are embedded as capture rendered them. JSON objects
+// are unordered, and Sequin's own key order varies from build to build
+// (its VM orders atom keys by an internal index); Sluice sorts the keys,
+// which puts the change's version (commit_idx, commit_lsn) within the
+// value's first bytes, where Redis reads it back.
 func AppendMessage(dst []byte, ev *sluicev1.ChangeEvent, c Consumer) []byte {
 	dst = append(dst, `{"action":"`...)
 	dst = append(dst, Action(ev.Action)...)
