@@ -61,19 +61,65 @@ func AppendVersion(dst []byte, lsn uint64, idx uint32) []byte {
 
 // Consumer names the sink in the message metadata.
 type Consumer struct {
-	ID   string
-	Name string
+	ID          string
+	Name        string
+	Annotations []byte // a JSON object
 }
 
-// sinkNamespace is the UUIDv5 namespace of sink ids.
-var sinkNamespace = [16]byte{0x6b, 0x1d, 0x3e, 0x52, 0x8f, 0x0c, 0x4a, 0x3b, 0x9a, 0x61, 0x2f, 0xd4, 0x7e, 0x90, 0x15, 0xc8}
+// Namespaces of the UUIDv5 ids of sinks and databases.
+var (
+	sinkNamespace     = [16]byte{0x6b, 0x1d, 0x3e, 0x52, 0x8f, 0x0c, 0x4a, 0x3b, 0x9a, 0x61, 0x2f, 0xd4, 0x7e, 0x90, 0x15, 0xc8}
+	databaseNamespace = [16]byte{0x2c, 0x87, 0x51, 0x0e, 0x6d, 0x3a, 0x4f, 0x91, 0xb2, 0x48, 0x0a, 0x5e, 0xc3, 0x17, 0x9d, 0x64}
+)
 
 // NewConsumer returns the consumer of a sink. Its id is a UUID derived from
 // the name (version 5), so it is stable across restarts and writers.
-func NewConsumer(sink string) Consumer {
+// annotations is a JSON object, "{}" when nil.
+func NewConsumer(sink string, annotations []byte) Consumer {
+	return Consumer{ID: uuid5(sinkNamespace, sink), Name: sink, Annotations: object(annotations)}
+}
+
+// Database describes the captured database in the message metadata, as
+// configured: its name (database_name, database.name; empty: the
+// database's own name) and annotations. The rest comes with each event.
+type Database struct {
+	Name        string
+	Annotations []byte // a JSON object
+	id, idOf    string // the id of name idOf
+}
+
+// NewDatabase returns the metadata of a database called name (empty: as
+// each event says) with annotations, a JSON object ("{}" when nil).
+func NewDatabase(name string, annotations []byte) *Database {
+	return &Database{Name: name, Annotations: object(annotations)}
+}
+
+// NameAndID returns the database's name for an event of the database
+// called actual, and its id: a UUID derived from the name, stable. It is
+// not safe for concurrent use.
+func (d *Database) NameAndID(actual string) (name, id string) {
+	name = d.Name
+	if name == "" {
+		name = actual
+	}
+	if d.idOf != name || d.id == "" {
+		d.id, d.idOf = uuid5(databaseNamespace, name), name
+	}
+	return name, d.id
+}
+
+func object(b []byte) []byte {
+	if len(b) == 0 {
+		return []byte("{}")
+	}
+	return b
+}
+
+// uuid5 is the version 5 UUID of name in namespace.
+func uuid5(namespace [16]byte, name string) string {
 	h := sha1.New()
-	h.Write(sinkNamespace[:])
-	h.Write([]byte(sink))
+	h.Write(namespace[:])
+	h.Write([]byte(name))
 	var u [16]byte
 	copy(u[:], h.Sum(nil))
 	u[6] = u[6]&0x0f | 0x50
@@ -88,5 +134,5 @@ func NewConsumer(sink string) Consumer {
 	hex.Encode(b[19:23], u[8:10])
 	b[23] = '-'
 	hex.Encode(b[24:], u[10:])
-	return Consumer{ID: string(b[:]), Name: sink}
+	return string(b[:])
 }

@@ -22,10 +22,13 @@ func TestAppendMessage(t *testing.T) {
 		CommitLsn:         23456789,
 		CommitTimestampUs: 1795636800123456, // 2026-11-25T20:00:00.123456Z
 	}
-	c := Consumer{ID: "5f0c1a2e-0000-5000-8000-000000000000", Name: "cache-eu"}
-	got := string(AppendMessage(nil, ev, c))
+	c := Consumer{ID: "5f0c1a2e-0000-5000-8000-000000000000", Name: "cache-eu", Annotations: []byte(`{"team":"web"}`)}
+	ev.Host = "db.internal"
+	got := string(AppendMessage(nil, ev, c, NewDatabase("", nil)))
 	want := `{"action":"insert","changes":null,"metadata":{"commit_idx":0,"commit_lsn":23456789,"commit_timestamp":"2026-11-25T20:00:00.123456Z",` +
-		`"consumer":{"id":"5f0c1a2e-0000-5000-8000-000000000000","name":"cache-eu"},"database_name":"app","idempotency_key":"MjM0NTY3ODk6MA==",` +
+		`"consumer":{"annotations":{"team":"web"},"id":"5f0c1a2e-0000-5000-8000-000000000000","name":"cache-eu"},` +
+		`"database":{"annotations":{},"database":"app","hostname":"db.internal","id":"` + uuid5(databaseNamespace, "app") + `","name":"app"},` +
+		`"database_name":"app","enrichment":null,"idempotency_key":"MjM0NTY3ODk6MA==",` +
 		`"record_pks":["42"],"table_name":"users","table_schema":"public","transaction_annotations":null},"record":{"id":42,"name":"Ann"}}`
 	if got != want {
 		t.Fatalf("got  %s\nwant %s", got, want)
@@ -43,7 +46,7 @@ func TestAppendMessage(t *testing.T) {
 			CommitIdx       int    `json:"commit_idx"`
 		}
 	}
-	if err := json.Unmarshal(AppendMessage(nil, ev, c), &m); err != nil {
+	if err := json.Unmarshal(AppendMessage(nil, ev, c, NewDatabase("", nil)), &m); err != nil {
 		t.Fatal(err)
 	}
 	if m.Changes == nil || m.Action != "update" || m.Metadata.CommitIdx != 3 || m.Metadata.CommitTimestamp != "2026-11-25T20:00:00.000000Z" {
@@ -73,8 +76,8 @@ func TestVersionOrder(t *testing.T) {
 }
 
 func TestNewConsumer(t *testing.T) {
-	a, b := NewConsumer("cache-eu"), NewConsumer("cache-us")
-	if a.ID == b.ID || a != NewConsumer("cache-eu") || a.Name != "cache-eu" {
+	a, b := NewConsumer("cache-eu", nil), NewConsumer("cache-us", nil)
+	if a.ID == b.ID || a.ID != NewConsumer("cache-eu", nil).ID || a.Name != "cache-eu" || string(a.Annotations) != "{}" {
 		t.Errorf("ids: %v %v", a, b)
 	}
 	if len(a.ID) != 36 || a.ID[14] != '5' || !strings.ContainsAny(a.ID[19:20], "89ab") {

@@ -1,6 +1,8 @@
 package change
 
 import (
+	"bytes"
+	"encoding/json"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -18,7 +20,7 @@ import (
 // (its VM orders atom keys by an internal index); Sluice sorts the keys,
 // which puts the change's version (commit_idx, commit_lsn) within the
 // value's first bytes, where Redis reads it back.
-func AppendMessage(dst []byte, ev *sluicev1.ChangeEvent, c Consumer) []byte {
+func AppendMessage(dst []byte, ev *sluicev1.ChangeEvent, c Consumer, db *Database) []byte {
 	dst = append(dst, `{"action":"`...)
 	dst = append(dst, Action(ev.Action)...)
 	dst = append(dst, `","changes":`...)
@@ -29,13 +31,26 @@ func AppendMessage(dst []byte, ev *sluicev1.ChangeEvent, c Consumer) []byte {
 	dst = strconv.AppendUint(dst, ev.CommitLsn, 10)
 	dst = append(dst, `,"commit_timestamp":"`...)
 	dst = AppendTimestamp(dst, ev.CommitTimestampUs)
-	dst = append(dst, `","consumer":{"id":`...)
+	dst = append(dst, `","consumer":{"annotations":`...)
+	dst = append(dst, c.Annotations...)
+	dst = append(dst, `,"id":`...)
 	dst = AppendString(dst, c.ID)
 	dst = append(dst, `,"name":`...)
 	dst = AppendString(dst, c.Name)
-	dst = append(dst, `},"database_name":`...)
+	name, id := db.NameAndID(ev.Database)
+	dst = append(dst, `},"database":{"annotations":`...)
+	dst = append(dst, db.Annotations...)
+	dst = append(dst, `,"database":`...)
 	dst = AppendString(dst, ev.Database)
-	dst = append(dst, `,"idempotency_key":`...)
+	dst = append(dst, `,"hostname":`...)
+	dst = AppendString(dst, ev.Host)
+	dst = append(dst, `,"id":`...)
+	dst = AppendString(dst, id)
+	dst = append(dst, `,"name":`...)
+	dst = AppendString(dst, name)
+	dst = append(dst, `},"database_name":`...)
+	dst = AppendString(dst, name)
+	dst = append(dst, `,"enrichment":null,"idempotency_key":`...)
 	dst = AppendString(dst, ev.IdempotencyKey)
 	dst = append(dst, `,"record_pks":[`...)
 	for i, v := range ev.PkValues {
@@ -48,9 +63,23 @@ func AppendMessage(dst []byte, ev *sluicev1.ChangeEvent, c Consumer) []byte {
 	dst = AppendString(dst, ev.Table)
 	dst = append(dst, `,"table_schema":`...)
 	dst = AppendString(dst, ev.Schema)
-	dst = append(dst, `,"transaction_annotations":null},"record":`...)
+	dst = append(dst, `,"transaction_annotations":`...)
+	dst = AppendAnnotations(dst, ev.TransactionAnnotations)
+	dst = append(dst, `},"record":`...)
 	dst = appendRaw(dst, ev.Record, "{}")
 	return append(dst, '}')
+}
+
+// AppendAnnotations appends transaction annotations as Sequin renders
+// them: the JSON they hold, compacted, or null when there are none or they
+// are not valid JSON.
+func AppendAnnotations(dst []byte, annotations string) []byte {
+	if annotations == "" || !json.Valid([]byte(annotations)) {
+		return append(dst, "null"...)
+	}
+	var b bytes.Buffer
+	_ = json.Compact(&b, []byte(annotations))
+	return append(dst, b.Bytes()...)
 }
 
 func appendRaw(dst, raw []byte, empty string) []byte {

@@ -6,6 +6,7 @@
 package config
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -47,6 +48,12 @@ type Postgres struct {
 	Publication string `yaml:"publication"`
 	// Tables to capture, as schema.table (schema defaults to public).
 	Tables []string `yaml:"tables"`
+	// Name names the database in the message metadata (database_name,
+	// database.name), as Sequin's database name does; empty: the
+	// database's own name.
+	Name string `yaml:"name"`
+	// Annotations are the message metadata's database.annotations.
+	Annotations map[string]any `yaml:"annotations"`
 	// StatusInterval is how often capture reports its confirmed position.
 	StatusInterval time.Duration `yaml:"status_interval"`
 	// HeartbeatInterval is how often capture writes a logical message into
@@ -82,6 +89,8 @@ type Sink struct {
 	Tables []string `yaml:"tables"`
 	// Actions this sink applies: insert, update, delete, read. Empty means all.
 	Actions []string `yaml:"actions"`
+	// Annotations are the message metadata's consumer.annotations.
+	Annotations map[string]any `yaml:"annotations"`
 	// Filter, Transform and Routing are expressions (see package expression).
 	Filter    string `yaml:"filter"`
 	Transform string `yaml:"transform"`
@@ -358,6 +367,9 @@ func (c *Config) Validate() error {
 			errs.add(fmt.Sprintf("postgres.tables[%d]", i), fmt.Sprintf("%s is listed twice", t))
 		}
 	}
+	if _, err := json.Marshal(p.Annotations); err != nil {
+		errs.add("postgres.annotations", "must be a map that JSON can encode: "+err.Error())
+	}
 	if p.StatusInterval < 10*time.Millisecond {
 		errs.add("postgres.status_interval", "must be at least 10ms")
 	}
@@ -419,6 +431,9 @@ func (c *Config) validateSink(i int, errs *fieldErrors) {
 			}
 			seen[name] = t
 		}
+	}
+	if _, err := json.Marshal(s.Annotations); err != nil {
+		errs.add(at+".annotations", "must be a map that JSON can encode: "+err.Error())
 	}
 	for j, a := range s.Actions {
 		if !slices.Contains(Actions, a) {

@@ -68,6 +68,19 @@ func TestParseFull(t *testing.T) {
 
 // Tables of the same name in different schemas are fine in separate sinks,
 // or in one whose routing tells them apart.
+// Annotations, as Sequin's: a map, for the database and for each sink.
+func TestAnnotations(t *testing.T) {
+	doc := `postgres: {url: u, tables: [users], name: prod, annotations: {team: core, tier: 1}}
+sinks: [{name: s, annotations: {owner: {name: ann}}, destination: {type: redis_string, host: h, port: 1}}]`
+	cfg, err := Parse([]byte(doc), env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Postgres.Name != "prod" || cfg.Postgres.Annotations["team"] != "core" || cfg.Sinks[0].Annotations["owner"].(map[string]any)["name"] != "ann" {
+		t.Fatalf("postgres %+v, sink %+v", cfg.Postgres, cfg.Sinks[0].Annotations)
+	}
+}
+
 func TestSameTableNames(t *testing.T) {
 	doc := `postgres: {url: u, tables: [a.users, b.users]}
 sinks:

@@ -25,6 +25,21 @@ func DecodeObject(b []byte) (map[string]any, error) {
 	return m, nil
 }
 
+// Decode decodes any JSON value for an expression's input, numbers as
+// DecodeObject does; nil for empty input.
+func Decode(b []byte) (any, error) {
+	if len(b) == 0 {
+		return nil, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, err
+	}
+	return numbers(v), nil
+}
+
 func numbers(v any) any {
 	switch v := v.(type) {
 	case json.Number:

@@ -21,6 +21,7 @@ import (
 	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
 	"github.com/sluicehq/sluice/services/capture/internal/backfiller"
 	"github.com/sluicehq/sluice/services/capture/internal/decoder"
+	"github.com/sluicehq/sluice/services/capture/internal/event"
 	"github.com/sluicehq/sluice/services/capture/internal/pgoutput"
 	"github.com/sluicehq/sluice/services/capture/internal/pgvalue"
 	"github.com/sluicehq/sluice/services/capture/internal/publisher"
@@ -158,7 +159,7 @@ func (s *Service) session(ctx context.Context, src *source.Source, js jetstream.
 		return err
 	}
 	captured := func(schema, table string) bool { _, ok := tables[schema+"."+table]; return ok }
-	sess := &session{Service: s, src: src, pub: pub, resume: resume, dec: decoder.New(src.Database(), captured, src, types),
+	sess := &session{Service: s, src: src, pub: pub, resume: resume, dec: decoder.New(event.Origin{Database: src.Database(), Host: src.Host()}, captured, src, types),
 		marks: backfiller.NewTracker(s.chunks)}
 	s.streaming.Store(true)
 	defer func() {

@@ -2,6 +2,7 @@ package rediswriter
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -42,6 +43,8 @@ type applier struct {
 	// a batch that waits for Redis (or NATS) to come back.
 	held []*work
 	cmds []command.Command // reused for each round trip
+
+	annotationsWarned time.Time
 }
 
 // work is one message being applied.
@@ -208,6 +211,11 @@ func (a *applier) read(ctx context.Context, w *work) error {
 	var buf []command.Command
 	p := partition(w.msg)
 	for i, ev := range evs {
+		if ev.TransactionAnnotations != "" && !json.Valid([]byte(ev.TransactionAnnotations)) && time.Since(a.annotationsWarned) > time.Minute {
+			a.annotationsWarned = time.Now()
+			a.log.Warn("transaction annotations are not valid JSON; the changes are written with null annotations, as Sequin does",
+				zap.String("annotations", ev.TransactionAnnotations), zap.Uint64("commit_lsn", ev.CommitLsn))
+		}
 		it := &item{ev: ev, index: i, state: applied}
 		if w.ref != nil {
 			it.index = w.ref.Index

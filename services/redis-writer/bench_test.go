@@ -110,7 +110,7 @@ func publish(b *testing.B, js jetstream.JetStream, topo topology.Topology, n int
 			send(p)
 		}
 		if i == n-1 {
-			last = change.AppendMessage(nil, ev, change.NewConsumer("bench"))
+			last = change.AppendMessage(nil, ev, change.NewConsumer("bench", nil), change.NewDatabase("", nil))
 		}
 	}
 	for p := range batches {

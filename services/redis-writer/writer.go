@@ -65,7 +65,7 @@ func New(cfg *config.Config, name string, log *zap.Logger) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	render, err := command.NewRenderer(sink)
+	render, err := command.NewRenderer(sink, cfg.Postgres)
 	if err != nil {
 		return nil, fmt.Errorf("sink %s: %w", name, err)
 	}

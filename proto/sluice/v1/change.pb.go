@@ -38,9 +38,9 @@ const (
 	// A row copied by a backfill.
 	Action_ACTION_READ Action = 4
 	// The table was truncated. Capture sends one such event to every
-	// partition (each with its own commit_idx), so that each partition's
-	// writer handles it after that partition's earlier changes. It has no
-	// primary key and no record.
+	// partition (all at the TRUNCATE's one commit_idx), so that each
+	// partition's writer handles it after that partition's earlier changes.
+	// It has no primary key and no record.
 	Action_ACTION_TRUNCATE Action = 5
 )
 
@@ -142,8 +142,10 @@ func (x *ChangeBatch) GetEvents() []*ChangeEvent {
 //
 // (commit_lsn, commit_idx) totally orders the changes of a database: commit
 // LSNs grow in commit order and commit_idx counts the changes inside a
-// transaction. Writers use the pair to refuse a change that is older than the
-// one a key already holds.
+// transaction, as Sequin counts them: every insert, update, delete,
+// truncate and transactional logical message, of any table the publication
+// sends. Writers use the pair to refuse a change that is older than the one
+// a key already holds.
 type ChangeEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Deterministic: the same change always gets the same key, so republishing
@@ -176,9 +178,16 @@ type ChangeEvent struct {
 	// send. They are absent from record; they are never null in it.
 	UnchangedToastColumns []string `protobuf:"bytes,15,rep,name=unchanged_toast_columns,json=unchangedToastColumns,proto3" json:"unchanged_toast_columns,omitempty"`
 	// For ACTION_READ: the one sink the backfill is for; the others skip it.
-	BackfillSink  string `protobuf:"bytes,16,opt,name=backfill_sink,json=backfillSink,proto3" json:"backfill_sink,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	BackfillSink string `protobuf:"bytes,16,opt,name=backfill_sink,json=backfillSink,proto3" json:"backfill_sink,omitempty"`
+	// The host of the Postgres server capture reads (metadata.database.hostname).
+	Host string `protobuf:"bytes,17,opt,name=host,proto3" json:"host,omitempty"`
+	// The transaction annotations in force: the content of the last
+	// 'sequin:transaction_annotations.set' logical message before the change
+	// (in its transaction, or just before it), as written; empty after
+	// '.clear', at commit, and when there was none. Writers decode it.
+	TransactionAnnotations string `protobuf:"bytes,18,opt,name=transaction_annotations,json=transactionAnnotations,proto3" json:"transaction_annotations,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *ChangeEvent) Reset() {
@@ -323,13 +332,27 @@ func (x *ChangeEvent) GetBackfillSink() string {
 	return ""
 }
 
+func (x *ChangeEvent) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *ChangeEvent) GetTransactionAnnotations() string {
+	if x != nil {
+		return x.TransactionAnnotations
+	}
+	return ""
+}
+
 var File_sluice_v1_change_proto protoreflect.FileDescriptor
 
 const file_sluice_v1_change_proto_rawDesc = "" +
 	"\n" +
 	"\x16sluice/v1/change.proto\x12\tsluice.v1\"=\n" +
 	"\vChangeBatch\x12.\n" +
-	"\x06events\x18\x01 \x03(\v2\x16.sluice.v1.ChangeEventR\x06events\"\xa9\x04\n" +
+	"\x06events\x18\x01 \x03(\v2\x16.sluice.v1.ChangeEventR\x06events\"\xf6\x04\n" +
 	"\vChangeEvent\x12'\n" +
 	"\x0fidempotency_key\x18\x01 \x01(\tR\x0eidempotencyKey\x12)\n" +
 	"\x06action\x18\x02 \x01(\x0e2\x11.sluice.v1.ActionR\x06action\x12\x1a\n" +
@@ -351,7 +374,9 @@ const file_sluice_v1_change_proto_rawDesc = "" +
 	"\vbackfill_id\x18\x0e \x01(\tR\n" +
 	"backfillId\x126\n" +
 	"\x17unchanged_toast_columns\x18\x0f \x03(\tR\x15unchangedToastColumns\x12#\n" +
-	"\rbackfill_sink\x18\x10 \x01(\tR\fbackfillSink*\x7f\n" +
+	"\rbackfill_sink\x18\x10 \x01(\tR\fbackfillSink\x12\x12\n" +
+	"\x04host\x18\x11 \x01(\tR\x04host\x127\n" +
+	"\x17transaction_annotations\x18\x12 \x01(\tR\x16transactionAnnotations*\x7f\n" +
 	"\x06Action\x12\x16\n" +
 	"\x12ACTION_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rACTION_INSERT\x10\x01\x12\x11\n" +

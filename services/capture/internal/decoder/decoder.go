@@ -29,19 +29,29 @@ type Catalog interface {
 // valid within the session that sent them. It is not safe for concurrent
 // use.
 type Decoder struct {
-	database string
+	origin   event.Origin
 	captured func(schema, table string) bool
 	catalog  Catalog
 	types    *pgvalue.Types
 	rels     map[uint32]*event.Relation // captured relations by relation id
 	tx       *event.Tx
+	// annotations are the transaction annotations in force: set and
+	// cleared by logical messages, forgotten at each commit, as Sequin does.
+	annotations string
 }
+
+// Transaction annotations are set and cleared by logical messages of
+// these prefixes (pg_logical_emit_message(true, AnnotationsSet, '<json>')).
+const (
+	AnnotationsSet   = "sequin:transaction_annotations.set"
+	AnnotationsClear = "sequin:transaction_annotations.clear"
+)
 
 // New returns a decoder of the changes of database's tables for which
 // captured is true. types may serve many sessions: a type OID keeps its
 // meaning.
-func New(database string, captured func(schema, table string) bool, catalog Catalog, types *pgvalue.Types) *Decoder {
-	return &Decoder{database: database, captured: captured, catalog: catalog, types: types, rels: map[uint32]*event.Relation{}}
+func New(origin event.Origin, captured func(schema, table string) bool, catalog Catalog, types *pgvalue.Types) *Decoder {
+	return &Decoder{origin: origin, captured: captured, catalog: catalog, types: types, rels: map[uint32]*event.Relation{}}
 }
 
 // InTx reports whether a transaction has begun and not yet committed.
@@ -55,9 +65,25 @@ func (d *Decoder) Tx() *event.Tx { return d.tx }
 func (d *Decoder) Decode(ctx context.Context, m pgoutput.Message) (*sluicev1.ChangeEvent, error) {
 	switch m := m.(type) {
 	case *pgoutput.Begin:
-		d.tx = event.NewTx(d.database, m)
+		d.tx = event.NewTx(d.origin, m)
+		d.tx.Annotations = d.annotations
 	case *pgoutput.Commit:
-		d.tx = nil
+		d.tx, d.annotations = nil, ""
+	case *pgoutput.LogicalMessage:
+		if d.tx != nil && m.Transactional {
+			d.tx.Skip() // Sequin counts it
+		}
+		switch m.Prefix {
+		case AnnotationsSet:
+			d.annotations = string(m.Content)
+		case AnnotationsClear:
+			d.annotations = ""
+		default:
+			return nil, nil
+		}
+		if d.tx != nil {
+			d.tx.Annotations = d.annotations
+		}
 	case *pgoutput.Relation:
 		return nil, d.relation(ctx, m)
 	case *pgoutput.Insert:
@@ -86,16 +112,17 @@ func (d *Decoder) Decode(ctx context.Context, m pgoutput.Message) (*sluicev1.Cha
 }
 
 // Truncate returns the events of a TRUNCATE: for each captured table,
-// copies events (one per partition, see sluicev1.Action_ACTION_TRUNCATE).
+// copies events (one per partition, see sluicev1.Action_ACTION_TRUNCATE),
+// all at the message's one commit index.
 func (d *Decoder) Truncate(m *pgoutput.Truncate, copies int) ([]*sluicev1.ChangeEvent, error) {
+	if d.tx == nil {
+		return nil, errors.New("truncate outside a transaction")
+	}
+	idx := d.tx.Next()
 	var evs []*sluicev1.ChangeEvent
 	for _, id := range m.RelationIDs {
-		rel, err := d.relationOf(id)
-		if err != nil {
-			return nil, err
-		}
-		if rel != nil {
-			evs = append(evs, rel.Truncate(d.tx, copies)...)
+		if rel := d.rels[id]; rel != nil {
+			evs = append(evs, rel.Truncate(d.tx, idx, copies)...)
 		}
 	}
 	return evs, nil

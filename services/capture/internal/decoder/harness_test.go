@@ -16,6 +16,7 @@ import (
 	"github.com/sluicehq/sluice/pkg/testenv"
 	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
 	"github.com/sluicehq/sluice/services/capture/internal/decoder"
+	"github.com/sluicehq/sluice/services/capture/internal/event"
 	"github.com/sluicehq/sluice/services/capture/internal/pgoutput"
 	"github.com/sluicehq/sluice/services/capture/internal/pgvalue"
 	"github.com/sluicehq/sluice/services/capture/internal/source"
@@ -106,7 +107,7 @@ func startReplica(t *testing.T, setup string, tables ...string) *replica {
 		}
 		return false
 	}
-	dec := decoder.New(src.Database(), captured, src, pgvalue.NewTypes(src))
+	dec := decoder.New(event.Origin{Database: src.Database(), Host: src.Host()}, captured, src, pgvalue.NewTypes(src))
 	return &replica{t: t, pg: pg, src: src, stream: stream, dec: dec}
 }
 

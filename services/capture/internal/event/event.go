@@ -15,55 +15,74 @@ import (
 	"github.com/sluicehq/sluice/services/capture/internal/pgvalue"
 )
 
+// Origin is where the changes come from: the database and its server.
+type Origin struct {
+	Database string
+	Host     string
+}
+
 // Tx is the transaction a change belongs to.
 //
 // A Tx is also how a backfill chunk's rows are numbered: they take the
 // commit position of the transaction of its high watermark.
 type Tx struct {
-	Database   string
+	Origin
 	CommitLSN  uint64
 	CommitTime int64 // microseconds since the Unix epoch
-	nextIdx    uint32
+	// Annotations are the transaction annotations in force (see the
+	// decoder), given to each change built.
+	Annotations string
+	nextIdx     uint32
 }
 
 // NewTx starts a transaction.
-func NewTx(database string, b *pgoutput.Begin) *Tx {
-	return &Tx{Database: database, CommitLSN: uint64(b.FinalLSN), CommitTime: b.CommitTime.UnixMicro()}
+func NewTx(o Origin, b *pgoutput.Begin) *Tx {
+	return &Tx{Origin: o, CommitLSN: uint64(b.FinalLSN), CommitTime: b.CommitTime.UnixMicro()}
 }
 
-// Skip counts a change that produces no event (its table is not captured),
-// so that commit_idx does not depend on which tables are captured.
+// Skip counts a change that produces no event (its table is not captured,
+// or it is a logical message), so that commit_idx counts as Sequin's does,
+// whatever tables are captured.
 func (tx *Tx) Skip() { tx.nextIdx++ }
 
-// Truncate builds the events of a TRUNCATE of the table: copies of them,
-// each with its own commit index, one for each partition.
-func (r *Relation) Truncate(tx *Tx, copies int) []*sluicev1.ChangeEvent {
+// Next takes the next commit index.
+func (tx *Tx) Next() uint32 {
+	idx := tx.nextIdx
+	tx.nextIdx++
+	return idx
+}
+
+// Truncate builds the events of a TRUNCATE of the table at commit index
+// idx (a TRUNCATE message counts once, whatever its tables): copies of
+// them, one for each partition.
+func (r *Relation) Truncate(tx *Tx, idx uint32, copies int) []*sluicev1.ChangeEvent {
 	evs := make([]*sluicev1.ChangeEvent, copies)
 	for i := range evs {
-		idx := tx.nextIdx
-		tx.nextIdx++
 		evs[i] = &sluicev1.ChangeEvent{
-			IdempotencyKey:    change.IdempotencyKey(tx.CommitLSN, idx),
-			Action:            sluicev1.Action_ACTION_TRUNCATE,
-			Database:          tx.Database,
-			Schema:            r.Schema,
-			Table:             r.Table,
-			CommitLsn:         tx.CommitLSN,
-			CommitIdx:         idx,
-			CommitTimestampUs: tx.CommitTime,
+			IdempotencyKey:         change.IdempotencyKey(tx.CommitLSN, idx),
+			Action:                 sluicev1.Action_ACTION_TRUNCATE,
+			Database:               tx.Database,
+			Host:                   tx.Host,
+			Schema:                 r.Schema,
+			Table:                  r.Table,
+			CommitLsn:              tx.CommitLSN,
+			CommitIdx:              idx,
+			CommitTimestampUs:      tx.CommitTime,
+			TransactionAnnotations: tx.Annotations,
 		}
 	}
 	return evs
 }
 
 // Read builds the event of a row copied by backfill id for sink. Its
-// idempotency key is Sequin's for backfills: base64 of "<id>:<pk values>".
+// idempotency key is Sequin's for backfills: base64 of
+// "<id>:<pk1>:<pk2>…".
 func (r *Relation) Read(tx *Tx, row pgoutput.Tuple, id, sink string) (*sluicev1.ChangeEvent, error) {
 	ev, err := r.event(tx, sluicev1.Action_ACTION_READ, row, nil)
 	if err != nil {
 		return nil, err
 	}
-	ev.IdempotencyKey = base64.StdEncoding.EncodeToString([]byte(id + ":" + strings.Join(ev.PkValues, "")))
+	ev.IdempotencyKey = base64.StdEncoding.EncodeToString([]byte(id + ":" + strings.Join(ev.PkValues, ":")))
 	ev.BackfillId, ev.BackfillSink = id, sink
 	return ev, nil
 }
@@ -165,19 +184,20 @@ func (r *Relation) event(tx *Tx, action sluicev1.Action, row, old pgoutput.Tuple
 	if err != nil {
 		return nil, err
 	}
-	idx := tx.nextIdx
-	tx.nextIdx++
+	idx := tx.Next()
 	ev := &sluicev1.ChangeEvent{
-		IdempotencyKey:    change.IdempotencyKey(tx.CommitLSN, idx),
-		Action:            action,
-		Database:          tx.Database,
-		Schema:            r.Schema,
-		Table:             r.Table,
-		PkColumns:         r.pkNames,
-		PkValues:          pk,
-		CommitLsn:         tx.CommitLSN,
-		CommitIdx:         idx,
-		CommitTimestampUs: tx.CommitTime,
+		IdempotencyKey:         change.IdempotencyKey(tx.CommitLSN, idx),
+		Action:                 action,
+		Database:               tx.Database,
+		Host:                   tx.Host,
+		Schema:                 r.Schema,
+		Table:                  r.Table,
+		PkColumns:              r.pkNames,
+		PkValues:               pk,
+		CommitLsn:              tx.CommitLSN,
+		CommitIdx:              idx,
+		CommitTimestampUs:      tx.CommitTime,
+		TransactionAnnotations: tx.Annotations,
 	}
 	ev.Record, ev.UnchangedToastColumns = r.record(row, old)
 	return ev, nil

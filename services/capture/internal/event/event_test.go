@@ -48,7 +48,7 @@ func orders(t *testing.T) *Relation {
 }
 
 func newTx() *Tx {
-	return NewTx("app", &pgoutput.Begin{FinalLSN: 0x1000, CommitTime: time.UnixMicro(1795636800123456)})
+	return NewTx(Origin{Database: "app", Host: "db"}, &pgoutput.Begin{FinalLSN: 0x1000, CommitTime: time.UnixMicro(1795636800123456)})
 }
 
 func TestInsert(t *testing.T) {

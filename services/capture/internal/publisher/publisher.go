@@ -21,6 +21,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -86,7 +87,7 @@ type item struct {
 // batch is a partition's events not yet published.
 type batch struct {
 	partition int
-	id        string // the message id: its first event's position
+	id        string // the message id: its partition and first event's position
 	data      []byte
 	events    int
 }
@@ -192,7 +193,8 @@ func (p *Publisher) Add(ctx context.Context, partition int, ev *sluicev1.ChangeE
 		}
 	}
 	if b.events == 0 {
-		b.id = change.IdempotencyKey(ev.CommitLsn, ev.CommitIdx)
+		// A TRUNCATE's copies share a position, one in each partition.
+		b.id = strconv.Itoa(partition) + ":" + change.IdempotencyKey(ev.CommitLsn, ev.CommitIdx)
 	}
 	var err error
 	if b.data, err = change.AppendEvent(b.data, ev); err != nil {

@@ -106,6 +106,9 @@ func (s *Source) connect(ctx context.Context) (*pgx.Conn, error) {
 // Database is the name of the captured database.
 func (s *Source) Database() string { return s.database }
 
+// Host is the host of the server, as the connection names it.
+func (s *Source) Host() string { return s.conn.Config().Host }
+
 // Close closes the catalog connection.
 func (s *Source) Close(ctx context.Context) error { return s.conn.Close(ctx) }
 

@@ -5,6 +5,8 @@
 package command
 
 import (
+	"encoding/json"
+	"fmt"
 	"slices"
 	"strings"
 
@@ -42,22 +44,34 @@ type Command struct {
 
 // Renderer builds the commands of one sink.
 type Renderer struct {
-	prefix      string
-	consumer    change.Consumer
-	expireMS    int64
-	tombstoneMS int64
-	truncate    bool
-	deletes     bool // the sink applies deletes
-	filter      *expression.Filter
-	transform   *expression.Transform
-	routing     *expression.Routing
+	prefix   string
+	consumer change.Consumer
+	database *change.Database
+	// what the expressions see of the annotations configured
+	consumerAnnotations, databaseAnnotations map[string]any
+	expireMS                                 int64
+	tombstoneMS                              int64
+	truncate                                 bool
+	deletes                                  bool // the sink applies deletes
+	filter                                   *expression.Filter
+	transform                                *expression.Transform
+	routing                                  *expression.Routing
 }
 
 // NewRenderer returns the renderer of a sink, compiling its expressions.
-func NewRenderer(s *config.Sink) (*Renderer, error) {
+func NewRenderer(s *config.Sink, pg config.Postgres) (*Renderer, error) {
+	consumer, err := annotations(s.Annotations)
+	if err != nil {
+		return nil, fmt.Errorf("annotations: %w", err)
+	}
+	database, err := annotations(pg.Annotations)
+	if err != nil {
+		return nil, fmt.Errorf("postgres.annotations: %w", err)
+	}
 	r := &Renderer{
 		prefix:      s.Destination.KeyPrefix,
-		consumer:    change.NewConsumer(s.Name),
+		consumer:    change.NewConsumer(s.Name, consumer),
+		database:    change.NewDatabase(pg.Name, database),
 		tombstoneMS: s.TombstoneTTL.Milliseconds(),
 		truncate:    s.OnTruncate == "delete",
 		deletes:     slices.Contains(s.Actions, "delete"),
@@ -65,7 +79,8 @@ func NewRenderer(s *config.Sink) (*Renderer, error) {
 	if s.Destination.ExpireMS != nil {
 		r.expireMS = *s.Destination.ExpireMS // 0 means no expiry: Redis refuses PX 0
 	}
-	var err error
+	r.consumerAnnotations, _ = expression.DecodeObject(r.consumer.Annotations)
+	r.databaseAnnotations, _ = expression.DecodeObject(r.database.Annotations)
 	if s.Filter != "" {
 		if r.filter, err = expression.CompileFilter(s.Filter); err != nil {
 			return nil, err
@@ -169,7 +184,7 @@ func (r *Renderer) Append(cmds []Command, ev *sluicev1.ChangeEvent) ([]Command, 
 		}
 		c.Value = v
 	} else {
-		c.Value, c.Message = change.AppendMessage(nil, ev, r.consumer), true
+		c.Value, c.Message = change.AppendMessage(nil, ev, r.consumer, r.database), true
 	}
 	if c.ExpireMS > 0 {
 		// The version outlives the value, so a late older change cannot
@@ -207,6 +222,11 @@ func (r *Renderer) input(ev *sluicev1.ChangeEvent) (*expression.Input, error) {
 	for i, v := range ev.PkValues {
 		pks[i] = v
 	}
+	annotations, err := expression.Decode(change.AppendAnnotations(nil, ev.TransactionAnnotations))
+	if err != nil {
+		return nil, err
+	}
+	name, id := r.database.NameAndID(ev.Database)
 	return &expression.Input{
 		Action:  change.Action(ev.Action),
 		Record:  rec,
@@ -217,13 +237,23 @@ func (r *Renderer) input(ev *sluicev1.ChangeEvent) (*expression.Input, error) {
 			"commit_timestamp":        string(change.AppendTimestamp(nil, ev.CommitTimestampUs)),
 			"commit_lsn":              int64(ev.CommitLsn),
 			"commit_idx":              int64(ev.CommitIdx),
-			"database_name":           ev.Database,
-			"transaction_annotations": nil,
+			"database_name":           name,
+			"database":                map[string]any{"annotations": r.databaseAnnotations, "database": ev.Database, "hostname": ev.Host, "id": id, "name": name},
+			"enrichment":              nil,
+			"transaction_annotations": annotations,
 			"idempotency_key":         ev.IdempotencyKey,
 			"record_pks":              pks,
-			"consumer":                map[string]any{"id": r.consumer.ID, "name": r.consumer.Name},
+			"consumer":                map[string]any{"annotations": r.consumerAnnotations, "id": r.consumer.ID, "name": r.consumer.Name},
 		},
 	}, nil
+}
+
+// annotations encodes configured annotations as a JSON object.
+func annotations(m map[string]any) ([]byte, error) {
+	if m == nil {
+		return nil, nil
+	}
+	return json.Marshal(m)
 }
 
 // oldInput approximates the row before an UPDATE that moved its key, to

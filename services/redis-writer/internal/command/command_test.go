@@ -15,7 +15,7 @@ func sink(expire *int64) *config.Sink {
 
 func render(t *testing.T, s *config.Sink, ev *sluicev1.ChangeEvent) []Command {
 	t.Helper()
-	r, err := NewRenderer(s)
+	r, err := NewRenderer(s, config.Postgres{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +91,7 @@ func TestExpressions(t *testing.T) {
 		t.Fatalf("string transform, routed expiry: %+v", cmds)
 	}
 	s.Routing = `record.missing.field`
-	r, _ := NewRenderer(s)
+	r, _ := NewRenderer(s, config.Postgres{})
 	if _, err := r.Append(nil, ev); err == nil {
 		t.Fatal("a failing routing expression gave no error")
 	}

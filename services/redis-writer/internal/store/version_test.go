@@ -18,7 +18,7 @@ import (
 func msg(key string, lsn uint64, idx uint32, changes string) command.Command {
 	ev := &sluicev1.ChangeEvent{Action: sluicev1.Action_ACTION_UPDATE, Schema: "public", Table: "t", PkValues: []string{key},
 		Record: []byte(`{"id":1}`), Changes: []byte(changes), CommitLsn: lsn, CommitIdx: idx, IdempotencyKey: change.IdempotencyKey(lsn, idx)}
-	return command.Command{Key: key, Value: change.AppendMessage(nil, ev, change.NewConsumer("s")), Message: true, Version: v(lsn, idx), Partition: -1}
+	return command.Command{Key: key, Value: change.AppendMessage(nil, ev, change.NewConsumer("s", nil), change.NewDatabase("", nil)), Message: true, Version: v(lsn, idx), Partition: -1}
 }
 
 func applyAll(t *testing.T, s *Store, cmds ...command.Command) int {
