@@ -33,20 +33,24 @@ type consumers struct {
 	stream    jetstream.Stream
 	store     *store.Store
 	sink      string
-	receive   func(jetstream.Msg)
+	receive   func(gen uint64) jetstream.MessageHandler
+	gen       uint64         // of the last consumer started
+	gens      map[int]uint64 // of each running partition's consumer
 	expiry    time.Duration
 	log       *zap.Logger
 	warn      *throttle
 	want      []int // the partitions assigned
 	running   map[int]jetstream.ConsumeContext
 	handlers  map[int]jetstream.Consumer
-	releasing map[int]bool // draining, not yet unpinned
-	drained   chan int     // partitions whose consumer stopped
+	releasing map[int]bool      // draining, not yet unpinned
+	heard     map[int]time.Time // when each running partition last delivered, or started
+	drained   chan int          // partitions whose consumer stopped
 }
 
-func newConsumers(stream jetstream.Stream, st *store.Store, sink string, receive func(jetstream.Msg), expiry time.Duration, log *zap.Logger, warn *throttle) *consumers {
+func newConsumers(stream jetstream.Stream, st *store.Store, sink string, receive func(gen uint64) jetstream.MessageHandler, expiry time.Duration, log *zap.Logger, warn *throttle) *consumers {
 	return &consumers{stream: stream, store: st, sink: sink, receive: receive, expiry: expiry, log: log, warn: warn,
-		running: map[int]jetstream.ConsumeContext{}, handlers: map[int]jetstream.Consumer{}, releasing: map[int]bool{}, drained: make(chan int, 64)}
+		running: map[int]jetstream.ConsumeContext{}, handlers: map[int]jetstream.Consumer{}, gens: map[int]uint64{},
+		releasing: map[int]bool{}, heard: map[int]time.Time{}, drained: make(chan int, 64)}
 }
 
 // set makes the running consumers those of partitions: it releases the
@@ -91,7 +95,9 @@ func (c *consumers) start(ctx context.Context, p int) error {
 	if err := c.store.Acquire(ctx, p); err != nil {
 		return err
 	}
-	cc, err := cons.Consume(c.receive,
+	c.gen++
+	gen := c.gen
+	cc, err := cons.Consume(c.receive(gen),
 		jetstream.PullPriorityGroup(topology.PriorityGroup),
 		jetstream.PullExpiry(c.expiry),
 		jetstream.PullMaxBytes(prefetchBytes),
@@ -106,7 +112,7 @@ func (c *consumers) start(ctx context.Context, p int) error {
 		c.store.Release(p)
 		return err
 	}
-	c.running[p], c.handlers[p] = cc, cons
+	c.running[p], c.handlers[p], c.gens[p], c.heard[p] = cc, cons, gen, time.Now()
 	return nil
 }
 
@@ -117,6 +123,8 @@ func (c *consumers) release(p int) {
 	cc := c.running[p]
 	delete(c.running, p)
 	delete(c.handlers, p)
+	delete(c.gens, p)
+	delete(c.heard, p)
 	c.store.Release(p)
 	pending.DeleteLabelValues(c.sink, strconv.Itoa(p))
 	c.releasing[p] = true
@@ -136,10 +144,28 @@ func (c *consumers) unpin(ctx context.Context, p int) {
 	_ = c.stream.UnpinConsumer(uctx, topology.ConsumerName(c.sink, p), topology.PriorityGroup)
 }
 
-// owns reports whether messages of partition p are this writer's to write.
-func (c *consumers) owns(p int) bool {
-	_, ok := c.running[p]
-	return ok
+// owns reports whether messages of partition p that the consumer of
+// generation gen delivered are this writer's to write, and notes that p
+// delivered.
+func (c *consumers) owns(p int, gen uint64) bool {
+	g, ok := c.gens[p]
+	if ok && g == gen {
+		c.heard[p] = time.Now()
+	}
+	return ok && g == gen
+}
+
+// quiet returns the running partitions that have work waiting in the
+// stream (pending, as updatePending last read it) but delivered nothing
+// for stall: their consumer is stuck.
+func (c *consumers) quiet(pending map[int]uint64, stall time.Duration) []int {
+	var stuck []int
+	for p, n := range pending {
+		if heard, ok := c.heard[p]; ok && n > 0 && time.Since(heard) > stall {
+			stuck = append(stuck, p)
+		}
+	}
+	return stuck
 }
 
 // releaseAll gives up every partition.
@@ -153,13 +179,17 @@ func (c *consumers) releaseAll() []int {
 	return released
 }
 
-// updatePending reads each owned partition's backlog into the pending gauge.
-func (c *consumers) updatePending(ctx context.Context) {
+// updatePending reads each owned partition's backlog into the pending
+// gauge, and returns it.
+func (c *consumers) updatePending(ctx context.Context) map[int]uint64 {
+	backlog := map[int]uint64{}
 	for p, cons := range c.handlers {
 		if info, err := cons.Info(ctx); err == nil {
-			pending.WithLabelValues(c.sink, strconv.Itoa(p)).Set(float64(info.NumPending + uint64(info.NumAckPending)))
+			backlog[p] = info.NumPending + uint64(info.NumAckPending)
+			pending.WithLabelValues(c.sink, strconv.Itoa(p)).Set(float64(backlog[p]))
 		}
 	}
+	return backlog
 }
 
 // partition is the partition of a message of the change stream, from its

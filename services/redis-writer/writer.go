@@ -127,10 +127,12 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 
 	held := &holding{msgs: map[jetstream.Msg]struct{}{}}
-	msgs := make(chan jetstream.Msg, 64)
-	receive := func(m jetstream.Msg) {
-		held.add(m)
-		msgs <- m
+	msgs := make(chan delivery, 64)
+	receive := func(gen uint64) jetstream.MessageHandler {
+		return func(m jetstream.Msg) {
+			held.add(m)
+			msgs <- delivery{m, gen}
+		}
 	}
 	expiry := max(time.Second, s.sink.Failover/3)
 	l := &loop{Service: s, st: st, group: g, jobs: jobs, held: held, msgs: msgs,
@@ -138,7 +140,7 @@ func (s *Service) Run(ctx context.Context) error {
 		a:    &applier{Service: s, store: st, box: box, js: js, changes: stream, m: newSinkMetrics(s.sink.Name), holding: held},
 		up:   redisUp.WithLabelValues(s.sink.Name)}
 	st.EnableFences(s.sink.Name, s.id, l.leaseHolds)
-	parked, err := retries.Consume(receive, jetstream.PullMaxMessages(16), jetstream.PullExpiry(expiry),
+	parked, err := retries.Consume(receive(0), jetstream.PullMaxMessages(16), jetstream.PullExpiry(expiry),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) { s.warn.log(s.log, "consume changes to retry", err) }))
 	if err != nil {
 		return fmt.Errorf("consume changes to retry: %w", err)
@@ -178,7 +180,9 @@ func (s *Service) Run(ctx context.Context) error {
 	s.log.Info("writing", zap.String("redis", st.Addr()))
 	err = l.run(ctx, assigned)
 	parked.Stop()
-	l.handBack(drain(msgs))
+	for _, d := range drain(msgs) {
+		l.handBack([]jetstream.Msg{d.m})
+	}
 	for p := range l.cons.releasing {
 		l.cons.unpin(context.WithoutCancel(ctx), p) // now that all of it is handed back
 	}
@@ -200,7 +204,7 @@ type loop struct {
 	cons     *consumers
 	a        *applier
 	held     *holding
-	msgs     <-chan jetstream.Msg
+	msgs     <-chan delivery
 	queue    []jetstream.Msg // received, not started
 	lapses   uint64          // of the lease, as last seen
 	retryAt  <-chan time.Time
@@ -245,6 +249,10 @@ func (l *loop) run(ctx context.Context, assigned <-chan []int) error {
 			l.queue = nil
 			return nil
 		case mine := <-assigned:
+			if !l.leased() {
+				l.cons.want = mine // taken once the lease holds again
+				continue
+			}
 			released, err := l.cons.set(ctx, mine)
 			l.giveUp(released)
 			if err != nil {
@@ -252,20 +260,23 @@ func (l *loop) run(ctx context.Context, assigned <-chan []int) error {
 			}
 		case p := <-l.cons.drained:
 			l.cons.unpin(ctx, p)
+			if !l.leased() {
+				continue
+			}
 			if err := l.cons.resume(ctx); err != nil {
 				l.warn.log(l.log, "start partition consumers", err)
 			}
 		case <-tick.C:
 			l.tick(ctx)
-		case m := <-l.msgs:
-			l.take(m)
+		case d := <-l.msgs:
+			l.take(d)
 		case <-work:
 			// Take in what has arrived meanwhile, for a fuller batch.
 		more:
 			for len(l.queue) < l.sink.BatchSize {
 				select {
-				case m := <-l.msgs:
-					l.take(m)
+				case d := <-l.msgs:
+					l.take(d)
 				default:
 					break more
 				}
@@ -293,14 +304,23 @@ func (l *loop) run(ctx context.Context, assigned <-chan []int) error {
 	}
 }
 
+// delivery is a received message, and the generation of the partition
+// consumer that delivered it (0: the retry consumer).
+type delivery struct {
+	m   jetstream.Msg
+	gen uint64
+}
+
 // take queues a received message, or hands it back when its partition is
-// no longer this writer's (it arrived from a consumer being drained).
-func (l *loop) take(m jetstream.Msg) {
-	if p := partition(m); p >= 0 && !l.cons.owns(p) {
-		l.handBack([]jetstream.Msg{m})
+// not this writer's, or was given up and taken again since (it arrived
+// from a consumer being drained): only what the current consumer delivers
+// comes after what the partition's previous owner wrote.
+func (l *loop) take(d delivery) {
+	if p := partition(d.m); p >= 0 && !l.cons.owns(p, d.gen) {
+		l.handBack([]jetstream.Msg{d.m})
 		return
 	}
-	l.queue = append(l.queue, m)
+	l.queue = append(l.queue, d.m)
 }
 
 // batch takes messages (each holding changes) from the queue until they
@@ -328,22 +348,24 @@ func (l *loop) leaseHolds() bool {
 
 // leased reports whether this writer's lease holds. When it ran out (a
 // pause, NATS cut off), others may have taken its partitions: it gives up
-// everything it holds, and takes its partitions again once it holds a new
-// lease.
+// everything it holds, and takes partitions again only as the group
+// assigns them anew, under a new lease.
 func (l *loop) leased() bool {
-	if l.leaseHolds() {
+	until, lapses := l.group.Lease()
+	holds := time.Until(until) > l.sink.Failover/10
+	if lapses == l.lapses && holds {
 		return true
 	}
-	until, lapses := l.group.Lease()
 	if lapses != l.lapses || len(l.cons.running) > 0 || len(l.queue) > 0 || len(l.a.held) > 0 {
-		l.log.Warn("lease in the writer group ran out; giving up the partitions until it is renewed", zap.Time("lease_until", until))
-		l.lapses = lapses
+		l.log.Warn("lease in the writer group ran out; giving up the partitions until the group assigns them again", zap.Time("lease_until", until))
 		l.giveUp(l.cons.releaseAll())
 		l.a.release(nil)
 		l.handBack(l.queue)
 		l.queue = nil
+		l.cons.want = nil
 	}
-	return false
+	l.lapses = lapses
+	return holds
 }
 
 // giveUp hands back what the writer holds of partitions it released.
@@ -365,7 +387,17 @@ func (l *loop) giveUp(partitions []int) {
 }
 
 func (l *loop) tick(ctx context.Context) {
-	l.cons.updatePending(ctx)
+	backlog := l.cons.updatePending(ctx)
+	if len(l.a.held) == 0 {
+		// A partition whose consumer delivers nothing while its backlog
+		// waits is stuck: it starts over, handing back what it delivered.
+		for _, p := range l.cons.quiet(backlog, max(3*tickEvery, 2*l.sink.Failover)) {
+			l.log.Warn("partition delivered nothing while changes wait; starting its consumer again", zap.Int("partition", p), zap.Uint64("backlog", backlog[p]))
+			l.cons.release(p)
+			l.giveUp([]int{p})
+			l.held.purge(p, l.handBack)
+		}
+	}
 	l.checkPolicy(ctx)
 	if err := l.checkReset(ctx); err != nil {
 		l.warn.log(l.log, "check whether redis lost its data", err)
@@ -440,12 +472,12 @@ func fragmented(m jetstream.Msg) bool { return m.Headers().Get(fragment.Header) 
 
 // drain returns what arrives on msgs until it has been quiet for a moment:
 // the stopped consumers' last deliveries.
-func drain(msgs <-chan jetstream.Msg) []jetstream.Msg {
-	var got []jetstream.Msg
+func drain(msgs <-chan delivery) []delivery {
+	var got []delivery
 	for {
 		select {
-		case m := <-msgs:
-			got = append(got, m)
+		case d := <-msgs:
+			got = append(got, d)
 		case <-time.After(200 * time.Millisecond):
 			return got
 		}
@@ -471,6 +503,20 @@ func (h *holding) remove(m jetstream.Msg) {
 	h.mu.Lock()
 	delete(h.msgs, m)
 	h.mu.Unlock()
+}
+
+// purge hands back what is held of partition p that nothing else holds
+// any more.
+func (h *holding) purge(p int, handBack func([]jetstream.Msg)) {
+	h.mu.Lock()
+	var lost []jetstream.Msg
+	for m := range h.msgs {
+		if partition(m) == p {
+			lost = append(lost, m)
+		}
+	}
+	h.mu.Unlock()
+	handBack(lost)
 }
 
 // keepAlive marks every held message in progress each period while alive

@@ -107,7 +107,8 @@ func (g *Group) Lease() (until time.Time, lapses uint64) {
 func (g *Group) ID() string { return g.id }
 
 // Run keeps the membership alive and calls changed with the sorted live
-// members each time they change, until ctx is done. Then it removes the
+// members each time they change, and after the member's lease ran out,
+// until ctx is done. Then it removes the
 // member, so the others take its partitions at once, and returns nil.
 func (g *Group) Run(ctx context.Context, changed func(members []string)) error {
 	defer func() {
@@ -168,11 +169,17 @@ func (g *Group) watch(ctx context.Context, changed func(members []string)) error
 				return fmt.Errorf("watch of %s stalled", g.kv.Bucket())
 			}
 			// Put also brings the member back after a pause made it expire.
+			lapses := g.lapses.Load()
 			rev, err := g.refresh(ctx)
 			if err != nil && ctx.Err() == nil {
 				return fmt.Errorf("refresh membership: %w", err)
 			}
 			echo = rev
+			if g.lapses.Load() != lapses && !initial {
+				// The member gave up its partitions when its lease ran
+				// out: it hears the group again, changed or not.
+				changed(last)
+			}
 		case e, ok := <-w.Updates():
 			if !ok {
 				return fmt.Errorf("watch of %s ended", g.kv.Bucket())
