@@ -134,15 +134,7 @@ sinks:
 func TestDeadLetters(t *testing.T) {
 	e := harness.NewEnv(t)
 	e.Exec(harness.AccountsSchema)
-	cfg := e.WriteConfig(fmt.Sprintf(`postgres: {url: %q, tables: [accounts], status_interval: 200ms}
-nats: {url: %q, partitions: 4}
-sinks:
-  - name: cache
-    max_deliver: 2
-    ack_wait: 1s
-    failover: 3s
-    destination: {type: redis_string, host: 127.0.0.1, port: %d}
-`, e.PG.URL, e.NATS.URL(), e.Redis.Port))
+	cfg := e.SinkConfig(4, "    max_deliver: 2\n    ack_wait: 1s\n    failover: 3s\n")
 	e.RunPipeline(cfg, "cache")
 	ctx := context.Background()
 	// The version record of key 13 is not a string: its writes fail (WRONGTYPE).
@@ -151,13 +143,7 @@ sinks:
 	}
 	e.Exec(`INSERT INTO accounts (id) SELECT generate_series(1, 20)`)
 
-	dlq := func(args ...string) string {
-		p := harness.Start(t, "sluice", append([]string{"dlq"}, append(args, "--config", cfg, "--sink", "cache")...)...)
-		if code := p.WaitExit(30 * time.Second); code != 0 {
-			t.Fatalf("sluice dlq %v exited %d: %s", args, code, p.Output())
-		}
-		return p.Output()
-	}
+	dlq := func(args ...string) string { return harness.DLQ(t, cfg, args...) }
 	harness.Eventually(t, 30*time.Second, func() string {
 		if out := dlq("list"); !strings.Contains(out, "sequin:accounts:13") {
 			return "no dead letter yet: " + out

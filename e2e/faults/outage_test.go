@@ -111,13 +111,7 @@ sinks:
 		}
 		return ""
 	})
-	dlq := func(args ...string) string {
-		p := harness.Start(t, "sluice", append([]string{"dlq"}, append(args, "--config", cfg, "--sink", "cache")...)...)
-		if code := p.WaitExit(30 * time.Second); code != 0 {
-			t.Fatalf("sluice dlq %v exited %d: %s", args, code, p.Output())
-		}
-		return p.Output()
-	}
+	dlq := func(args ...string) string { return harness.DLQ(t, cfg, args...) }
 	harness.Eventually(t, 30*time.Second, func() string {
 		out := dlq("list")
 		lines := strings.Split(strings.TrimSpace(out), "\n")[1:]
@@ -149,16 +143,7 @@ sinks:
 func TestFailingKeyHoldsNothingBack(t *testing.T) {
 	e := harness.NewEnv(t)
 	e.Exec(harness.AccountsSchema)
-	cfg := e.WriteConfig(fmt.Sprintf(`postgres: {url: %q, tables: [accounts], status_interval: 200ms}
-nats: {url: %q, partitions: 2}
-sinks:
-  - name: cache
-    max_deliver: 10
-    backoff: 2s
-    ack_wait: 1s
-    failover: 3s
-    destination: {type: redis_string, host: 127.0.0.1, port: %d}
-`, e.PG.URL, e.NATS.URL(), e.Redis.Port))
+	cfg := e.SinkConfig(2, "    max_deliver: 10\n    backoff: 2s\n    ack_wait: 1s\n    failover: 3s\n")
 	e.RunPipeline(cfg, "cache")
 	ctx := context.Background()
 	const bad = "sequin:accounts:1"
@@ -238,14 +223,7 @@ func TestRedisResetRefills(t *testing.T) {
 func TestReplayNeverResurrects(t *testing.T) {
 	e := harness.NewEnv(t)
 	e.Exec(harness.AccountsSchema)
-	cfg := e.WriteConfig(fmt.Sprintf(`postgres: {url: %q, tables: [accounts], status_interval: 200ms}
-nats: {url: %q, partitions: 4}
-sinks:
-  - name: cache
-    max_deliver: 1
-    tombstone_ttl: 100ms
-    destination: {type: redis_string, host: 127.0.0.1, port: %d}
-`, e.PG.URL, e.NATS.URL(), e.Redis.Port))
+	cfg := e.SinkConfig(4, "    max_deliver: 1\n    tombstone_ttl: 100ms\n")
 	e.RunPipeline(cfg, "cache")
 	ctx := context.Background()
 	// The version records of keys 7 and 8 are not strings: their inserts
@@ -256,13 +234,7 @@ sinks:
 		}
 	}
 	e.Exec(`INSERT INTO accounts (id, note) VALUES (7, 'old'), (8, 'old'), (9, 'old')`)
-	dlq := func(args ...string) string {
-		p := harness.Start(t, "sluice", append([]string{"dlq"}, append(args, "--config", cfg, "--sink", "cache")...)...)
-		if code := p.WaitExit(time.Minute); code != 0 {
-			t.Fatalf("sluice dlq %v exited %d: %s", args, code, p.Output())
-		}
-		return p.Output()
-	}
+	dlq := func(args ...string) string { return harness.DLQ(t, cfg, args...) }
 	harness.Eventually(t, 30*time.Second, func() string {
 		if out := dlq("list"); strings.Count(out, "WRONGTYPE") != 2 {
 			return "want the letters of keys 7 and 8: " + out

@@ -115,6 +115,30 @@ log:
 	return doc
 }
 
+// SinkConfig writes a config file that captures Accounts into partitions
+// partitions and one sink, cache, on the env's Redis, with settings (YAML
+// lines, indented as a sink's) added to the sink, and returns its path.
+func (e *Env) SinkConfig(partitions int, settings string) string {
+	e.T.Helper()
+	return e.WriteConfig(fmt.Sprintf(`postgres: {url: %q, tables: [accounts], status_interval: 200ms}
+nats: {url: %q, partitions: %d}
+sinks:
+  - name: cache
+%s    destination: {type: redis_string, host: 127.0.0.1, port: %d}
+`, e.PG.URL, e.NATS.URL(), partitions, settings, e.Redis.Port))
+}
+
+// DLQ runs `sluice dlq <args> --config cfg --sink cache`, fails the test
+// unless it exits 0, and returns its output.
+func DLQ(t testing.TB, cfg string, args ...string) string {
+	t.Helper()
+	p := Start(t, "sluice", append([]string{"dlq"}, append(args, "--config", cfg, "--sink", "cache")...)...)
+	if code := p.WaitExit(time.Minute); code != 0 {
+		t.Fatalf("sluice dlq %v exited %d: %s", args, code, p.Output())
+	}
+	return p.Output()
+}
+
 // WriteConfig writes a config file and returns its path.
 func (e *Env) WriteConfig(doc string) string {
 	e.T.Helper()

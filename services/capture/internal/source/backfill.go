@@ -111,14 +111,7 @@ const maxChunkBytes = 32 << 20
 // the key (in Order) of the last row read.
 func (s *Source) Chunk(ctx context.Context, sh *Shape, where string, after []string, limit int) ([]pgoutput.Tuple, []string, error) {
 	var q strings.Builder
-	q.WriteString("SELECT ")
-	for i, c := range sh.Relation.Columns {
-		if i > 0 {
-			q.WriteString(", ")
-		}
-		q.WriteString(pgx.Identifier{c.Name}.Sanitize())
-	}
-	q.WriteString(" FROM " + ident2(sh.Relation.Namespace, sh.Relation.Name))
+	q.WriteString(selectFrom(sh))
 	order := make([]string, len(sh.Order))
 	for i, c := range sh.Order {
 		order[i] = pgx.Identifier{c}.Sanitize()
@@ -145,29 +138,7 @@ func (s *Source) Chunk(ctx context.Context, sh *Shape, where string, after []str
 	for i, c := range sh.Order {
 		idx[i] = slices.IndexFunc(sh.Relation.Columns, func(col pgoutput.Column) bool { return col.Name == c })
 	}
-	var rows []pgoutput.Tuple
-	err := s.readOnly(ctx, func() error {
-		rr := s.conn.PgConn().ExecParams(ctx, q.String(), params, nil, nil, nil)
-		size := 0
-		for rr.NextRow() {
-			vals := rr.Values()
-			row := make(pgoutput.Tuple, len(vals))
-			for i, v := range vals {
-				if v == nil {
-					row[i] = pgoutput.Value{Kind: pgoutput.Null}
-					continue
-				}
-				row[i] = pgoutput.Value{Kind: pgoutput.Text, Data: slices.Clone(v)}
-				size += len(v)
-			}
-			rows = append(rows, row)
-			if size > maxChunkBytes {
-				break
-			}
-		}
-		_, err := rr.Close()
-		return err
-	})
+	rows, err := s.tuples(ctx, q.String(), params, maxChunkBytes)
 	if err != nil {
 		return nil, nil, fmt.Errorf("read a chunk of %s.%s: %w", sh.Relation.Namespace, sh.Relation.Name, err)
 	}
@@ -199,18 +170,12 @@ func (s *Source) Watermark(ctx context.Context, payload string) error {
 // stream. Rows that no longer exist are left out.
 func (s *Source) Rows(ctx context.Context, sh *Shape, keys [][]string) ([]pgoutput.Tuple, error) {
 	var q strings.Builder
-	q.WriteString("SELECT ")
-	for i, c := range sh.Relation.Columns {
-		if i > 0 {
-			q.WriteString(", ")
-		}
-		q.WriteString(pgx.Identifier{c.Name}.Sanitize())
-	}
+	q.WriteString(selectFrom(sh))
 	pk := make([]string, len(sh.PK))
 	for i, c := range sh.PK {
 		pk[i] = pgx.Identifier{c}.Sanitize()
 	}
-	q.WriteString(" FROM " + ident2(sh.Relation.Namespace, sh.Relation.Name) + " WHERE (" + strings.Join(pk, ", ") + ") IN (")
+	q.WriteString(" WHERE (" + strings.Join(pk, ", ") + ") IN (")
 	params := make([][]byte, 0, len(keys)*len(pk))
 	for i, key := range keys {
 		if len(key) != len(pk) {
@@ -230,9 +195,35 @@ func (s *Source) Rows(ctx context.Context, sh *Shape, keys [][]string) ([]pgoutp
 		q.WriteByte(')')
 	}
 	q.WriteByte(')')
+	rows, err := s.tuples(ctx, q.String(), params, 0)
+	if err != nil {
+		return nil, fmt.Errorf("read rows of %s.%s by key: %w", sh.Relation.Namespace, sh.Relation.Name, err)
+	}
+	return rows, nil
+}
+
+// selectFrom selects the replicated columns of the table.
+func selectFrom(sh *Shape) string {
+	var q strings.Builder
+	q.WriteString("SELECT ")
+	for i, c := range sh.Relation.Columns {
+		if i > 0 {
+			q.WriteString(", ")
+		}
+		q.WriteString(pgx.Identifier{c.Name}.Sanitize())
+	}
+	q.WriteString(" FROM " + ident2(sh.Relation.Namespace, sh.Relation.Name))
+	return q.String()
+}
+
+// tuples runs a query, read-only, and returns its rows with their values
+// in the text format of the replication stream, stopping after maxBytes
+// of values (0: no limit).
+func (s *Source) tuples(ctx context.Context, q string, params [][]byte, maxBytes int) ([]pgoutput.Tuple, error) {
 	var rows []pgoutput.Tuple
 	err := s.readOnly(ctx, func() error {
-		rr := s.conn.PgConn().ExecParams(ctx, q.String(), params, nil, nil, nil)
+		rr := s.conn.PgConn().ExecParams(ctx, q, params, nil, nil, nil)
+		size := 0
 		for rr.NextRow() {
 			vals := rr.Values()
 			row := make(pgoutput.Tuple, len(vals))
@@ -240,15 +231,16 @@ func (s *Source) Rows(ctx context.Context, sh *Shape, keys [][]string) ([]pgoutp
 				row[i] = pgoutput.Value{Kind: pgoutput.Null}
 				if v != nil {
 					row[i] = pgoutput.Value{Kind: pgoutput.Text, Data: slices.Clone(v)}
+					size += len(v)
 				}
 			}
 			rows = append(rows, row)
+			if maxBytes > 0 && size > maxBytes {
+				break
+			}
 		}
 		_, err := rr.Close()
 		return err
 	})
-	if err != nil {
-		return nil, fmt.Errorf("read rows of %s.%s by key: %w", sh.Relation.Namespace, sh.Relation.Name, err)
-	}
-	return rows, nil
+	return rows, err
 }
