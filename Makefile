@@ -4,16 +4,19 @@
 #   make test    every test, end-to-end ones included (real Postgres, NATS, Redis)
 #   make build   bin/sluice, bin/sluice-capture, bin/sluice-redis-writer
 
-MODULES  := proto pkg services/capture services/redis-writer services/sluice e2e bench
+MODULES  := proto pkg services/capture services/redis-writer services/sluice e2e bench deploy
 PKGS     := $(foreach m,$(MODULES),./$(m)/...)
 BINARIES := ./services/sluice/cmd/sluice ./services/capture/cmd/sluice-capture ./services/redis-writer/cmd/sluice-redis-writer
 FUZZTIME ?= 20s
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+LDFLAGS  := -X github.com/sluicehq/sluice/pkg/buildinfo.version=$(VERSION) -X github.com/sluicehq/sluice/pkg/buildinfo.revision=$(REVISION)
 PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 
 .PHONY: build demo test vet fuzz bench proto tidy clean
 
 build:
-	go build -o bin/ $(BINARIES)
+	go build -ldflags '$(LDFLAGS)' -o bin/ $(BINARIES)
 
 demo: build
 	bin/sluice demo

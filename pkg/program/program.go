@@ -12,6 +12,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/sluicehq/sluice/pkg/buildinfo"
 	"github.com/sluicehq/sluice/pkg/config"
 	"github.com/sluicehq/sluice/pkg/logging"
 	"github.com/sluicehq/sluice/pkg/metrics"
@@ -28,9 +29,15 @@ type Run func(ctx context.Context, cfg *config.Config, log *zap.Logger) error
 func Main(name string, fs *flag.FlagSet, args []string, run Run) {
 	path := fs.String("config", "sluice.yaml", "the configuration file")
 	httpAddr := fs.String("http", "", "serve /metrics, /healthz and /readyz on this address (overrides http.listen)")
+	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		os.Exit(2)
 	}
+	if *showVersion {
+		fmt.Println(name, buildinfo.Get())
+		os.Exit(0)
+	}
+	buildinfo.Register()
 	if fs.NArg() > 0 {
 		Exit(name, fmt.Errorf("unexpected argument %q", fs.Arg(0)))
 	}

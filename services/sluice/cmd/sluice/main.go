@@ -13,6 +13,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/sluicehq/sluice/pkg/buildinfo"
 	"github.com/sluicehq/sluice/pkg/config"
 	"github.com/sluicehq/sluice/pkg/program"
 	"github.com/sluicehq/sluice/services/sluice/internal/backfill"
@@ -51,6 +52,7 @@ Commands:
   dlq list   --config FILE --sink NAME               a sink's dead letters
   dlq replay --config FILE --sink NAME [--seq N]...  apply them again; remove those that succeed
   dlq drop   --config FILE --sink NAME (--seq N... | --all)
+  version               the build: version, revision and Go version
 `
 
 func main() {
@@ -119,6 +121,8 @@ func main() {
 			}
 			return dlq.Run(ctx, os.Stdout, cfg, log, action, *sink, seqs, *all)
 		})
+	case "version", "--version":
+		fmt.Println("sluice", buildinfo.Get())
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 	default:
