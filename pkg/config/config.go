@@ -22,13 +22,16 @@ import (
 	"github.com/sluicehq/sluice/pkg/expression"
 )
 
-// Config is the whole file.
+// Config is the whole file, or the part of it that one service reads (see
+// Scope).
 type Config struct {
 	Postgres Postgres `yaml:"postgres"`
 	NATS     NATS     `yaml:"nats"`
 	Sinks    []Sink   `yaml:"sinks"`
 	Log      Log      `yaml:"log"`
 	HTTP     HTTP     `yaml:"http"`
+
+	scope Scope
 }
 
 // HTTP is the address of /metrics, /healthz and /readyz.
@@ -36,6 +39,8 @@ type HTTP struct {
 	// Listen is host:port; empty disables the endpoints. The commands'
 	// --http flag overrides it, for several services on one host.
 	Listen string `yaml:"listen"`
+	// PProf also serves Go's profiles on /debug/pprof/.
+	PProf bool `yaml:"pprof"`
 }
 
 // Postgres is the source database.
@@ -95,6 +100,9 @@ type Sink struct {
 	Filter    string `yaml:"filter"`
 	Transform string `yaml:"transform"`
 	Routing   string `yaml:"routing"`
+	// Writers is how many writers the sink should have running; capture
+	// exports it beside the live count, for alerts. 0: not checked.
+	Writers int `yaml:"writers"`
 	// MaxDeliver is how many times a change that fails on its own is tried
 	// before it goes to the dead-letter stream.
 	MaxDeliver int `yaml:"max_deliver"`
@@ -190,23 +198,27 @@ const (
 // Actions a sink can select.
 var Actions = []string{"insert", "update", "delete", "read"}
 
-// Load reads, interpolates, defaults and validates the file at path.
-func Load(path string) (*Config, error) {
+// Load reads, interpolates, defaults and validates the part of the file at
+// path that scope reads.
+func Load(path string, scope Scope) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	return Parse(data, os.LookupEnv)
+	return Parse(data, scope, os.LookupEnv)
 }
 
 // Parse is Load without the file: lookup resolves ${VAR} references.
-func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
+func Parse(data []byte, scope Scope, lookup func(string) (string, bool)) (*Config, error) {
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
-		return nil, yamlError(err)
+		return nil, yamlError(data, err)
 	}
 	if len(root.Content) == 0 {
 		return nil, errors.New("the file is empty")
+	}
+	if err := scope.prune(root.Content[0]); err != nil {
+		return nil, err
 	}
 	if err := interpolate(&root, lookup); err != nil {
 		return nil, err
@@ -214,9 +226,9 @@ func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
 	if err := checkFields(root.Content[0], reflect.TypeFor[Config](), ""); err != nil {
 		return nil, err
 	}
-	var cfg Config
+	cfg := Config{scope: scope}
 	if err := root.Decode(&cfg); err != nil {
-		return nil, yamlError(err)
+		return nil, yamlError(data, err)
 	}
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -225,13 +237,22 @@ func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
 	return &cfg, nil
 }
 
-func yamlError(err error) error {
+// yamlError shortens the parser's errors, and explains the one an
+// unquoted ${VAR} inside a flow mapping causes: YAML reads its braces as
+// another mapping.
+func yamlError(data []byte, err error) error {
 	var te *yaml.TypeError
 	if errors.As(err, &te) {
 		return errors.New(strings.Join(te.Errors, "; "))
 	}
+	if unquotedVar.Match(data) {
+		return fmt.Errorf("%w (a ${VAR} inside {…} must be quoted: password: \"${VAR}\")", err)
+	}
 	return err
 }
+
+// unquotedVar finds a flow mapping with an unquoted ${…} value.
+var unquotedVar = regexp.MustCompile(`\{[^}\n]*:\s*\$\{`)
 
 // SetDefaults fills every field left out.
 func (c *Config) SetDefaults() {
@@ -347,7 +368,7 @@ var (
 func (c *Config) Validate() error {
 	var errs fieldErrors
 	p := c.Postgres
-	if p.URL == "" {
+	if p.URL == "" && c.scope.postgresURL() {
 		errs.add("postgres.url", "is required")
 	}
 	if !pgName.MatchString(p.Slot) {
@@ -491,6 +512,12 @@ func (c *Config) validateSink(i int, errs *fieldErrors) {
 	}
 	if s.Failover < 3*time.Second {
 		errs.add(at+".failover", "must be at least 3s")
+	}
+	if s.Writers < 0 {
+		errs.add(at+".writers", "must be 0 or more")
+	}
+	if !c.scope.destination(s.Name) {
+		return
 	}
 	d := s.Destination
 	at += ".destination"

@@ -34,7 +34,7 @@ sinks:
 `
 
 func TestParseFull(t *testing.T) {
-	cfg, err := Parse([]byte(full), env(map[string]string{"REDIS_PORT": "6380", "REDIS_EU_PASSWORD": "null"}))
+	cfg, err := Parse([]byte(full), Everything, env(map[string]string{"REDIS_PORT": "6380", "REDIS_EU_PASSWORD": "null"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +72,7 @@ func TestParseFull(t *testing.T) {
 func TestAnnotations(t *testing.T) {
 	doc := `postgres: {url: u, tables: [users], name: prod, annotations: {team: core, tier: 1}}
 sinks: [{name: s, annotations: {owner: {name: ann}}, destination: {type: redis_string, host: h, port: 1}}]`
-	cfg, err := Parse([]byte(doc), env(nil))
+	cfg, err := Parse([]byte(doc), Everything, env(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +88,7 @@ sinks:
   - {name: b, tables: [b.users], destination: {type: redis_string, host: h, port: 1, key_prefix: b}}
   - {name: routed, routing: 'metadata.table_schema + ":" + string(record.id)', destination: {type: redis_string, host: h, port: 1}}
 `
-	if _, err := Parse([]byte(doc), env(nil)); err != nil {
+	if _, err := Parse([]byte(doc), Everything, env(nil)); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -136,7 +136,7 @@ sinks: [{name: s, destination: {type: redis_string, host: h, port: 1}}]`, "sinks
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			_, err := Parse([]byte(c.yaml), env(nil))
+			_, err := Parse([]byte(c.yaml), Everything, env(nil))
 			if err == nil {
 				t.Fatalf("no error, want %q", c.want)
 			}
@@ -184,7 +184,7 @@ func TestExpand(t *testing.T) {
 // An environment value is data, never YAML: it cannot add fields.
 func TestInterpolationCannotInjectStructure(t *testing.T) {
 	doc := "postgres: {url: x, tables: [a]}\nsinks:\n- name: a\n  destination:\n    type: redis_string\n    host: h\n    port: 1\n    password: ${P}\n"
-	cfg, err := Parse([]byte(doc), env(map[string]string{"P": "a: b\nport: 2 # c"}))
+	cfg, err := Parse([]byte(doc), Everything, env(map[string]string{"P": "a: b\nport: 2 # c"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,11 +209,71 @@ func FuzzExpand(f *testing.F) {
 // The example shipped in deploy/ stays valid.
 func TestDeployExample(t *testing.T) {
 	t.Setenv("REDIS_EU_PASSWORD", "secret")
-	cfg, err := Load("../../deploy/sluice.example.yaml")
+	cfg, err := Load("../../deploy/sluice.example.yaml", Everything)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(cfg.Sinks) != 2 || cfg.Sinks[0].Destination.Password != "secret" || cfg.NATS.URL != "nats://nats:4222" {
 		t.Fatalf("example = %+v", cfg)
+	}
+}
+
+// Each service resolves and validates only the part of the file it reads:
+// capture needs no Redis secret, a writer neither Postgres's nor the other
+// sinks'.
+func TestScopes(t *testing.T) {
+	doc := `postgres: {url: "postgres://app:${PG_PASSWORD}@db/app", tables: [users]}
+nats: {url: "nats://${NATS_TOKEN}@nats:4222"}
+sinks:
+  - name: eu
+    destination:
+      type: redis_string
+      host: redis-eu
+      port: ${EU_PORT}
+      password: ${EU_PASSWORD}
+  - name: us
+    destination: {type: redis_string, host: redis-us, port: 6379, password: "${US_PASSWORD}"}
+`
+	cases := []struct {
+		scope Scope
+		env   map[string]string
+		err   string
+	}{
+		{Capture, map[string]string{"PG_PASSWORD": "p", "NATS_TOKEN": "t"}, ""},
+		{Capture, map[string]string{"NATS_TOKEN": "t", "EU_PASSWORD": "e"}, "PG_PASSWORD"},
+		{Writer("eu"), map[string]string{"NATS_TOKEN": "t", "EU_PORT": "6380", "EU_PASSWORD": "e"}, ""},
+		{Writer("eu"), map[string]string{"NATS_TOKEN": "t", "EU_PORT": "6380"}, "EU_PASSWORD"},
+		{Writer("eu"), map[string]string{"NATS_TOKEN": "t", "EU_PORT": "0", "EU_PASSWORD": "e"}, "sinks[0].destination.port"},
+		{Writer("us"), map[string]string{"NATS_TOKEN": "t", "US_PASSWORD": "u"}, ""},
+		{Writer("asia"), map[string]string{"NATS_TOKEN": "t"}, `no sink named "asia"`},
+		{Everything, map[string]string{"PG_PASSWORD": "p", "NATS_TOKEN": "t", "EU_PORT": "1", "EU_PASSWORD": "e"}, "US_PASSWORD"},
+	}
+	for _, c := range cases {
+		cfg, err := Parse([]byte(doc), c.scope, env(c.env))
+		if c.err == "" && err != nil || c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err)) {
+			t.Errorf("%s with %v: %v, want %q", c.scope, c.env, err, c.err)
+			continue
+		}
+		if err != nil {
+			continue
+		}
+		for _, s := range cfg.Sinks {
+			if used := c.scope.destination(s.Name); used != (s.Destination.Host != "") {
+				t.Errorf("%s: sink %s has destination %+v", c.scope, s.Name, s.Destination)
+			}
+		}
+		if cfg.Postgres.URL != "" != c.scope.postgresURL() {
+			t.Errorf("%s: postgres.url = %q", c.scope, cfg.Postgres.URL)
+		}
+	}
+}
+
+// An unquoted ${VAR} inside {…} is a YAML syntax error; the message says
+// how to write it.
+func TestUnquotedVariableHint(t *testing.T) {
+	doc := "postgres: {url: ${DATABASE_URL}, tables: [users]}\n"
+	_, err := Parse([]byte(doc), Everything, env(map[string]string{"DATABASE_URL": "postgres://db"}))
+	if err == nil || !strings.Contains(err.Error(), `must be quoted: password: "${VAR}"`) {
+		t.Fatalf("error = %v", err)
 	}
 }

@@ -12,10 +12,10 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/sluicehq/sluice/pkg/admin"
 	"github.com/sluicehq/sluice/pkg/buildinfo"
 	"github.com/sluicehq/sluice/pkg/config"
 	"github.com/sluicehq/sluice/pkg/logging"
-	"github.com/sluicehq/sluice/pkg/metrics"
 	"github.com/sluicehq/sluice/pkg/shutdown"
 )
 
@@ -23,10 +23,29 @@ import (
 // or on failure.
 type Run func(ctx context.Context, cfg *config.Config, log *zap.Logger) error
 
-// Main parses args with fs, to which it adds --config, loads the config and
-// calls run until SIGINT or SIGTERM. Any failure is printed as one line,
-// "name: error", and exits with status 1.
+// Command is one of Sluice's commands.
+type Command struct {
+	Name  string
+	Flags *flag.FlagSet
+	// Scope is the part of the config file the command reads, asked once
+	// its flags are parsed; nil reads all of it.
+	Scope func() config.Scope
+	Run   Run
+}
+
+// Main is Command{name, fs, nil, run}.Main(args): a command that reads
+// the whole config file.
 func Main(name string, fs *flag.FlagSet, args []string, run Run) {
+	Command{Name: name, Flags: fs, Run: run}.Main(args)
+}
+
+// Main parses args with the command's flags, to which it adds --config,
+// --http and --version, loads its part of the config and runs it until
+// SIGINT or SIGTERM. While it drains, /readyz fails and the other
+// endpoints keep answering. Any failure is printed as one line, "name:
+// error", and exits with status 1.
+func (c Command) Main(args []string) {
+	name, fs := c.Name, c.Flags
 	path := fs.String("config", "sluice.yaml", "the configuration file")
 	httpAddr := fs.String("http", "", "serve /metrics, /healthz and /readyz on this address (overrides http.listen)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
@@ -41,7 +60,11 @@ func Main(name string, fs *flag.FlagSet, args []string, run Run) {
 	if fs.NArg() > 0 {
 		Exit(name, fmt.Errorf("unexpected argument %q", fs.Arg(0)))
 	}
-	cfg, err := config.Load(*path)
+	scope := config.Everything
+	if c.Scope != nil {
+		scope = c.Scope()
+	}
+	cfg, err := config.Load(*path, scope)
 	if err != nil {
 		Exit(name, fmt.Errorf("config %s: %w", *path, err))
 	}
@@ -68,13 +91,15 @@ func Main(name string, fs *flag.FlagSet, args []string, run Run) {
 		cfg.HTTP.Listen = *httpAddr
 	}
 	if cfg.HTTP.Listen != "" {
-		addr, err := metrics.Start(ctx, cfg.HTTP.Listen)
+		srv, err := admin.Start(cfg.HTTP.Listen, cfg.HTTP.PProf)
 		if err != nil {
 			Exit(name, err)
 		}
-		log.Info("serving /metrics, /healthz and /readyz", zap.String("address", addr))
+		defer srv.Close()
+		go func() { <-ctx.Done(); srv.Drain() }()
+		log.Info("serving /metrics, /healthz and /readyz", zap.String("address", srv.Addr()))
 	}
-	err = run(ctx, cfg, log)
+	err = c.Run(ctx, cfg, log)
 	cancel()
 	_ = log.Sync()
 	if err != nil {

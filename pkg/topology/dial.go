@@ -2,17 +2,22 @@ package topology
 
 import (
 	"fmt"
+	"net/url"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 	"go.uber.org/zap"
 )
 
 // Dial connects to NATS for a service. The connection reconnects forever:
 // a NATS restart pauses the services, it does not stop them.
-func Dial(url, name string, log *zap.Logger, opts ...jetstream.JetStreamOpt) (*nats.Conn, jetstream.JetStream, error) {
-	nc, err := nats.Connect(url,
+func Dial(servers, name string, log *zap.Logger, opts ...jetstream.JetStreamOpt) (*nats.Conn, jetstream.JetStream, error) {
+	nc, err := nats.Connect(servers,
 		nats.Name(name),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(500*time.Millisecond),
@@ -23,10 +28,12 @@ func Dial(url, name string, log *zap.Logger, opts ...jetstream.JetStreamOpt) (*n
 			}
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("reconnected to nats", zap.String("url", c.ConnectedUrlRedacted())) }),
+		nats.ClosedHandler(func(c *nats.Conn) { conns.Delete(c) }),
 	)
 	if err != nil {
-		return nil, nil, fmt.Errorf("connect to nats at %s: %w", url, err)
+		return nil, nil, fmt.Errorf("connect to nats at %s: %w", Redact(servers), err)
 	}
+	conns.Store(nc, struct{}{})
 	js, err := jetstream.New(nc, opts...)
 	if err != nil {
 		nc.Close()
@@ -34,3 +41,39 @@ func Dial(url, name string, log *zap.Logger, opts ...jetstream.JetStreamOpt) (*n
 	}
 	return nc, js, nil
 }
+
+// Redact replaces the passwords and tokens in a comma-separated list of
+// NATS URLs, for messages.
+func Redact(servers string) string {
+	list := strings.Split(servers, ",")
+	for i, s := range list {
+		u, err := url.Parse(strings.TrimSpace(s))
+		if err != nil || u.User == nil {
+			continue
+		}
+		if _, ok := u.User.Password(); ok {
+			u.User = url.UserPassword(u.User.Username(), "xxxxx")
+		} else {
+			u.User = url.User("xxxxx") // a token
+		}
+		list[i] = u.String()
+	}
+	return strings.Join(list, ",")
+}
+
+// conns are the process's open NATS connections.
+var conns sync.Map
+
+var _ = promauto.NewGaugeFunc(prometheus.GaugeOpts{
+	Name: "sluice_nats_up",
+	Help: "1 while every NATS connection of the process is connected; 0 while one is reconnecting.",
+}, func() float64 {
+	up := 1.0
+	conns.Range(func(k, _ any) bool {
+		if !k.(*nats.Conn).IsConnected() {
+			up = 0
+		}
+		return up == 1
+	})
+	return up
+})

@@ -2,6 +2,7 @@ package topology
 
 import (
 	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -75,5 +76,17 @@ func BenchmarkPartition(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		top.Partition("public", "orders", pk)
+	}
+}
+
+func TestRedact(t *testing.T) {
+	for in, want := range map[string]string{
+		"nats://nats:4222":                       "nats://nats:4222",
+		"nats://app:s3cret@a:4222,nats://b:4222": "nats://app:xxxxx@a:4222,nats://b:4222",
+		"nats://t0ken@a:4222, tls://u:p@b:4222":  "nats://xxxxx@a:4222,tls://u:xxxxx@b:4222",
+	} {
+		if got := Redact(in); got != want || strings.Contains(got, "s3cret") || strings.Contains(got, "t0ken") {
+			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
+		}
 	}
 }

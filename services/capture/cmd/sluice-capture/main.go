@@ -16,10 +16,15 @@ import (
 func main() {
 	const name = "sluice-capture"
 	fs := flag.NewFlagSet(name, flag.ExitOnError)
-	program.Main(name, fs, os.Args[1:], func(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
-		if err := program.RequireNATS(name, cfg); err != nil {
-			return err
-		}
-		return capture.New(cfg, log).Run(ctx)
-	})
+	program.Command{
+		Name:  name,
+		Flags: fs,
+		Scope: func() config.Scope { return config.Capture },
+		Run: func(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
+			if err := program.RequireNATS(name, cfg); err != nil {
+				return err
+			}
+			return capture.New(cfg, log).Run(ctx)
+		},
+	}.Main(os.Args[1:])
 }

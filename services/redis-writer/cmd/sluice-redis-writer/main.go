@@ -18,17 +18,24 @@ func main() {
 	const name = "sluice-redis-writer"
 	fs := flag.NewFlagSet(name, flag.ExitOnError)
 	sink := fs.String("sink", "", "the sink to write (its name in the config)")
-	program.Main(name, fs, os.Args[1:], func(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
-		if *sink == "" {
-			return errors.New("--sink is required")
-		}
-		if err := program.RequireNATS(name, cfg); err != nil {
-			return err
-		}
-		w, err := rediswriter.New(cfg, *sink, log)
-		if err != nil {
-			return err
-		}
-		return w.Run(ctx)
-	})
+	program.Command{
+		Name:  name,
+		Flags: fs,
+		Scope: func() config.Scope {
+			if *sink == "" {
+				program.Exit(name, errors.New("--sink is required"))
+			}
+			return config.Writer(*sink)
+		},
+		Run: func(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
+			if err := program.RequireNATS(name, cfg); err != nil {
+				return err
+			}
+			w, err := rediswriter.New(cfg, *sink, log)
+			if err != nil {
+				return err
+			}
+			return w.Run(ctx)
+		},
+	}.Main(os.Args[1:])
 }

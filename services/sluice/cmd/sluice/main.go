@@ -17,6 +17,7 @@ import (
 	"github.com/sluicehq/sluice/pkg/config"
 	"github.com/sluicehq/sluice/pkg/program"
 	"github.com/sluicehq/sluice/services/sluice/internal/backfill"
+	"github.com/sluicehq/sluice/services/sluice/internal/configcheck"
 	"github.com/sluicehq/sluice/services/sluice/internal/demo"
 	"github.com/sluicehq/sluice/services/sluice/internal/dev"
 	"github.com/sluicehq/sluice/services/sluice/internal/dlq"
@@ -50,8 +51,11 @@ Commands:
   status --config FILE  the slot, the stream, each sink's backlog, dead letters
                         and writers with their partitions
   dlq list   --config FILE --sink NAME               a sink's dead letters
-  dlq replay --config FILE --sink NAME [--seq N]...  apply them again; remove those that succeed
+  dlq replay --config FILE --sink NAME [--seq N]...  write their rows again as Postgres holds them now
   dlq drop   --config FILE --sink NAME (--seq N... | --all)
+  config check --config FILE [--service capture|writer --sink NAME]
+                        validate the file as that service reads it, resolving
+                        its ${VAR} references, without connecting to anything
   version               the build: version, revision and Go version
 `
 
@@ -121,6 +125,25 @@ func main() {
 			}
 			return dlq.Run(ctx, os.Stdout, cfg, log, action, *sink, seqs, *all)
 		})
+	case "config":
+		if len(args) == 0 || args[0] != "check" {
+			fmt.Fprint(os.Stderr, usage)
+			os.Exit(2)
+		}
+		fs := flag.NewFlagSet("sluice config check", flag.ExitOnError)
+		path := fs.String("config", "sluice.yaml", "the configuration file")
+		service := fs.String("service", "all", "the service whose part to check: capture, writer or all")
+		sink := fs.String("sink", "", "with --service writer: the writer's sink")
+		if err := fs.Parse(args[1:]); err != nil {
+			os.Exit(2)
+		}
+		scope, err := configcheck.Scope(*service, *sink)
+		if err == nil {
+			err = configcheck.Run(os.Stdout, *path, scope)
+		}
+		if err != nil {
+			program.Exit("sluice config check", err)
+		}
 	case "version", "--version":
 		fmt.Println("sluice", buildinfo.Get())
 	case "help", "-h", "--help":
