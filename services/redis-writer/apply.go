@@ -109,8 +109,10 @@ func (a *applier) retry(ctx context.Context) (unavailable error) {
 	for _, w := range a.held {
 		if !w.read {
 			if err := a.read(ctx, w); err != nil {
+				// Its changes may precede later ones of the same keys:
+				// hold it and every message after it.
 				unavailable = cmp(unavailable, err)
-				continue
+				break
 			}
 		}
 		for _, it := range w.items {

@@ -47,10 +47,11 @@ type consumers struct {
 	drained   chan int          // partitions whose consumer stopped
 }
 
-func newConsumers(stream jetstream.Stream, st *store.Store, sink string, receive func(gen uint64) jetstream.MessageHandler, expiry time.Duration, log *zap.Logger, warn *throttle) *consumers {
+func newConsumers(stream jetstream.Stream, st *store.Store, sink string, partitions int, receive func(gen uint64) jetstream.MessageHandler, expiry time.Duration, log *zap.Logger, warn *throttle) *consumers {
+	// One release at a time per partition: its drained notice never waits.
 	return &consumers{stream: stream, store: st, sink: sink, receive: receive, expiry: expiry, log: log, warn: warn,
 		running: map[int]jetstream.ConsumeContext{}, handlers: map[int]jetstream.Consumer{}, gens: map[int]uint64{},
-		releasing: map[int]bool{}, heard: map[int]time.Time{}, drained: make(chan int, 64)}
+		releasing: map[int]bool{}, heard: map[int]time.Time{}, drained: make(chan int, partitions)}
 }
 
 // set makes the running consumers those of partitions: it releases the

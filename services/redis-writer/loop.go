@@ -50,6 +50,16 @@ func (l *loop) ready() error {
 	return nil
 }
 
+// quiet is how long since the loop, or a long Redis operation of it, last
+// made progress.
+func (l *loop) quiet() time.Duration {
+	last := time.Unix(0, l.progress.Load())
+	if p := l.st.Progressed(); p.After(last) {
+		last = p
+	}
+	return time.Since(last)
+}
+
 func (l *loop) run(ctx context.Context, assigned <-chan []int) error {
 	tick := time.NewTicker(tickEvery)
 	defer tick.Stop()
@@ -166,7 +176,7 @@ func (l *loop) batch() []jetstream.Msg {
 // it.
 func (l *loop) leaseHolds() bool {
 	until, lapses := l.group.Lease()
-	return lapses == l.lapses && time.Until(until) > l.sink.Failover/10
+	return lapses == l.lapses && time.Now().Before(until)
 }
 
 // leased reports whether this writer's lease holds. When it ran out (a
@@ -175,7 +185,7 @@ func (l *loop) leaseHolds() bool {
 // assigns them anew, under a new lease.
 func (l *loop) leased() bool {
 	until, lapses := l.group.Lease()
-	holds := time.Until(until) > l.sink.Failover/10
+	holds := time.Now().Before(until)
 	if lapses == l.lapses && holds {
 		return true
 	}

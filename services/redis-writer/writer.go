@@ -19,11 +19,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/sluicehq/sluice/pkg/admin"
 	"github.com/sluicehq/sluice/pkg/backfill"
 	"github.com/sluicehq/sluice/pkg/config"
 	"github.com/sluicehq/sluice/pkg/deadletter"
 	"github.com/sluicehq/sluice/pkg/fragment"
-	"github.com/sluicehq/sluice/pkg/metrics"
 	"github.com/sluicehq/sluice/pkg/topology"
 	"github.com/sluicehq/sluice/services/redis-writer/internal/command"
 	"github.com/sluicehq/sluice/services/redis-writer/internal/group"
@@ -131,7 +131,7 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	expiry := max(time.Second, s.sink.Failover/3)
 	l := &loop{Service: s, st: st, group: g, jobs: jobs, held: held, msgs: msgs,
-		cons: newConsumers(stream, st, s.sink.Name, receive, expiry, s.log, &s.warn),
+		cons: newConsumers(stream, st, s.sink.Name, s.topo.Partitions, receive, expiry, s.log, &s.warn),
 		a:    &applier{Service: s, store: st, box: box, js: js, changes: stream, m: newSinkMetrics(s.sink.Name), holding: held},
 		up:   redisUp.WithLabelValues(s.sink.Name)}
 	st.EnableFences(s.sink.Name, s.id, l.leaseHolds)
@@ -163,10 +163,19 @@ func (s *Service) Run(ctx context.Context) error {
 	go func() {
 		defer wg.Done()
 		held.keepAlive(gctx, s.sink.AckWait/3, func() bool {
-			return time.Since(time.Unix(0, l.progress.Load())) < applyTimeout+2*tickEvery
+			return l.quiet() < applyTimeout+2*tickEvery
 		})
 	}()
-	metrics.Ready("redis writer "+s.sink.Name, l.ready)
+	admin.Ready("redis writer "+s.sink.Name, l.ready)
+	l.progress.Store(time.Now().UnixNano())
+	admin.Live("redis writer "+s.sink.Name, func() error {
+		// Redis calls are bounded by applyTimeout; a loop quiet for much
+		// longer is stuck, and only a restart frees it.
+		if quiet := l.quiet(); quiet > 4*applyTimeout {
+			return fmt.Errorf("the apply loop made no progress for %s", quiet.Round(time.Second))
+		}
+		return nil
+	})
 	l.up.Set(1)
 	l.checkPolicy(ctx)
 	if err := l.checkReset(ctx); err != nil {
@@ -175,12 +184,7 @@ func (s *Service) Run(ctx context.Context) error {
 	s.log.Info("writing", zap.String("redis", st.Addr()))
 	err = l.run(ctx, assigned)
 	parked.Stop()
-	for _, d := range drain(msgs) {
-		l.handBack([]jetstream.Msg{d.m})
-	}
-	for p := range l.cons.releasing {
-		l.cons.unpin(context.WithoutCancel(ctx), p) // now that all of it is handed back
-	}
+	l.drainReleased(context.WithoutCancel(ctx), msgs)
 	leave()
 	wg.Wait()
 	// Acks are asynchronous: send them before the connection closes.
@@ -194,14 +198,40 @@ func fragmented(m jetstream.Msg) bool { return m.Headers().Get(fragment.Header) 
 
 // drain returns what arrives on msgs until it has been quiet for a moment:
 // the stopped consumers' last deliveries.
-func drain(msgs <-chan delivery) []delivery {
-	var got []delivery
+// drainReleased hands back what the released consumers still deliver, and
+// unpins each partition once its consumer closed, so that its next owner
+// starts after everything of it is handed back; after 5 s it unpins the
+// rest anyway.
+func (l *loop) drainReleased(ctx context.Context, msgs <-chan delivery) {
+	deadline := time.After(5 * time.Second)
+	quiet := time.NewTimer(200 * time.Millisecond)
+	defer quiet.Stop()
 	for {
 		select {
 		case d := <-msgs:
-			got = append(got, d)
-		case <-time.After(200 * time.Millisecond):
-			return got
+			l.handBack([]jetstream.Msg{d.m})
+			continue
+		case p := <-l.cons.drained:
+			l.cons.unpin(ctx, p)
+			continue
+		case <-deadline:
+			for p := range l.cons.releasing {
+				l.cons.unpin(ctx, p)
+			}
+		case <-quiet.C:
+			if len(l.cons.releasing) > 0 {
+				quiet.Reset(200 * time.Millisecond)
+				continue
+			}
+		}
+		// What the closed consumers delivered last may still wait here.
+		for {
+			select {
+			case d := <-msgs:
+				l.handBack([]jetstream.Msg{d.m})
+			default:
+				return
+			}
 		}
 	}
 }

@@ -139,6 +139,9 @@ func (r *Renderer) Append(cmds []Command, ev *sluicev1.ChangeEvent) ([]Command, 
 	c := Command{Key: r.Key(ev.Table, ev.PkValues), Del: del || rejected, Version: version, ExpireMS: r.expireMS, Partition: -1}
 	if r.routing != nil {
 		rt, err := r.routing.Route(in)
+		if err != nil && del {
+			return cmds, fmt.Errorf("%w (a delete's record holds its key columns only, unless the table has REPLICA IDENTITY FULL)", err)
+		}
 		if err != nil {
 			return cmds, err
 		}

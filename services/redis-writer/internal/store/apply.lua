@@ -17,7 +17,7 @@
 --
 -- Change i (from 1) has the key KEYS[f+2i-1] and its record KEYS[f+2i],
 -- and 6 arguments: its version; its operation, 'm' (SET a message value,
--- which carries the version and needs no record), 's' (SET any other
+-- which carries the version and needs no record unless it expires), 's' (SET any other
 -- value: a record keeps its version) or 'd' (DEL); the value; the key's PX
 -- and the record's PX (0: none); and 'k' when it may be written only over
 -- a known version (a retried change while Redis may evict keys), else ''.
@@ -39,6 +39,9 @@ local function pad(digits, width)
   end
   return string.rep('0', width - #digits) .. digits
 end
+
+-- head is how much of a value is read first to find its version.
+local head = 256
 
 -- skip returns the position after the JSON object that starts at p in s,
 -- or nil when s ends first.
@@ -96,7 +99,9 @@ local function message(s)
   end
   local idx, lsn = string.match(s, '^"metadata":{"commit_idx":(%d+),"commit_lsn":(%d+),', q)
   if not idx then
-    if #s - q < 64 then
+    -- A head cut anywhere in the metadata's first fields fails to match:
+    -- read the whole value rather than guess how long they can be.
+    if #s >= head then
       return false
     end
     return nil
@@ -120,7 +125,6 @@ local function record(r)
   return nil
 end
 
-local head = 256
 local out = {}
 local f = tonumber(ARGV[1])
 local n = (#KEYS - f) / 2
@@ -167,8 +171,10 @@ for i = 1, n do
         r = redis.pcall('SET', key, val)
       end
       if not failed(r) then
-        if op == 'm' then
+        if op == 'm' and px == '0' then
           -- The value carries its version: a record is no longer needed.
+          -- A value that expires keeps one (vpx, longer than px), so that
+          -- an older change cannot bring the key back once it expired.
           step = 'x'
           if rec then
             r = redis.pcall('DEL', vkey)

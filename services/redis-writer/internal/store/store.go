@@ -47,6 +47,9 @@ var applyLua string
 
 var applyScript = redis.NewScript(applyLua)
 
+// truncatePage bounds one page of a truncate's scan and its deletes.
+const truncatePage = 30 * time.Second
+
 // Store is one Redis destination.
 type Store struct {
 	client      redis.UniversalClient
@@ -56,6 +59,7 @@ type Store struct {
 	wait        int // replicas that must confirm a batch
 	waitTimeout time.Duration
 	evicts      atomic.Bool // the server may evict keys (maxmemory-policy)
+	progressed  atomic.Int64
 
 	mu     sync.Mutex
 	fences map[int]string // partition → this writer's token; nil: no fencing
@@ -169,36 +173,44 @@ func (s *Store) Apply(ctx context.Context, cmds []command.Command) (errs []error
 // truncate deletes, as of c's version, every key starting with c.Key:
 // keys written by later changes are newer and stay. It scans each master
 // of a cluster.
+//
+// A table's keys can take longer to scan than a batch may: each page of
+// the scan has its own deadline instead of ctx's, and marks progress (see
+// Progressed), so that a long truncate is neither cut short and started
+// over forever nor taken for a stuck writer.
 func (s *Store) truncate(ctx context.Context, c command.Command) error {
+	base := context.WithoutCancel(ctx)
 	pattern := escapeGlob(c.Key) + "*"
-	scan := func(ctx context.Context, rc *redis.Client) error {
-		iter := rc.Scan(ctx, 0, pattern, 500).Iterator()
-		var dels []command.Command
-		flush := func() error {
-			errs := make([]error, len(dels))
-			s.apply(ctx, dels, errs)
-			dels = dels[:0]
-			return errors.Join(errs...)
-		}
-		for iter.Next(ctx) {
-			dels = append(dels, command.Command{Del: true, Key: iter.Val(), Version: c.Version, VersionExpireMS: c.VersionExpireMS, Partition: c.Partition})
-			if len(dels) == 500 {
-				if err := flush(); err != nil {
-					return err
+	scan := func(_ context.Context, rc *redis.Client) error {
+		var cursor uint64
+		for {
+			pctx, cancel := context.WithTimeout(base, truncatePage)
+			keys, next, err := rc.Scan(pctx, cursor, pattern, 500).Result()
+			if err == nil && len(keys) > 0 {
+				dels := make([]command.Command, len(keys))
+				for i, k := range keys {
+					dels[i] = command.Command{Del: true, Key: k, Version: c.Version, VersionExpireMS: c.VersionExpireMS, Partition: c.Partition}
 				}
+				errs := make([]error, len(dels))
+				s.apply(pctx, dels, errs)
+				err = errors.Join(errs...)
+			}
+			cancel()
+			if err != nil {
+				return err
+			}
+			s.progressed.Store(time.Now().UnixNano())
+			if cursor = next; cursor == 0 {
+				return nil
 			}
 		}
-		if err := iter.Err(); err != nil {
-			return err
-		}
-		return flush()
 	}
 	var err error
 	switch rc := s.client.(type) {
 	case *redis.ClusterClient:
-		err = rc.ForEachMaster(ctx, scan)
+		err = rc.ForEachMaster(base, scan)
 	case *redis.Client:
-		err = scan(ctx, rc)
+		err = scan(base, rc)
 	default:
 		err = fmt.Errorf("unexpected client %T", rc)
 	}
@@ -206,6 +218,15 @@ func (s *Store) truncate(ctx context.Context, c command.Command) error {
 		return fmt.Errorf("truncate %s*: %w", c.Key, err)
 	}
 	return nil
+}
+
+// Progressed is when a long operation (a truncate) last made progress;
+// zero when none ran.
+func (s *Store) Progressed() time.Time {
+	if n := s.progressed.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
 }
 
 // escapeGlob escapes the SCAN pattern characters of s.

@@ -349,4 +349,7 @@ func TestTruncate(t *testing.T) {
 	if strings.Join(keys, ",") != "sequin:users:7,sequin:users:newer,sequin:users_x:1" {
 		t.Fatalf("keys after truncate: %v", keys)
 	}
+	if s.Progressed().IsZero() {
+		t.Fatal("a truncate marked no progress")
+	}
 }

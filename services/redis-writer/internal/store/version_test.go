@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sluicehq/sluice/pkg/change"
 	"github.com/sluicehq/sluice/pkg/config"
@@ -216,5 +217,41 @@ func TestWaitReplicas(t *testing.T) {
 	}
 	if errs[0] != nil || !strings.Contains(rc.Get(ctx, "k").Val(), `"commit_lsn":2,`) {
 		t.Fatalf("with a replica: %v", errs)
+	}
+}
+
+// A message value that expires keeps a version record that outlives it:
+// once the key expired, an older change is still refused.
+func TestExpiringMessageKeepsItsVersion(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, testenv.NewRedis(t))
+	rc := s.Client()
+	c := msg("e", 100, 1, "")
+	c.ExpireMS, c.VersionExpireMS = 50, 3_600_000
+	applyAll(t, s, c)
+	if rc.Get(ctx, VersionKey("e")).Val() != v(100, 1) {
+		t.Fatal("an expiring message value has no version record")
+	}
+	for deadline := time.Now().Add(5 * time.Second); rc.Exists(ctx, "e").Val() != 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the key did not expire")
+		}
+	}
+	if stale := applyAll(t, s, msg("e", 100, 0, "")); stale != 1 || rc.Exists(ctx, "e").Val() != 0 {
+		t.Fatal("an older change brought an expired key back")
+	}
+}
+
+// A value whose metadata head is cut by the first read is read whole,
+// wherever the cut falls in the commit index and LSN, at their widest.
+func TestLongMessageHeadIsReadWhole(t *testing.T) {
+	s := open(t, testenv.NewRedis(t))
+	const lsn, idx = 1<<63 + 12345, 1<<32 - 1
+	for pad := 120; pad < 230; pad++ {
+		key := fmt.Sprintf("h%d", pad)
+		applyAll(t, s, msg(key, lsn, idx, `{"pad":"`+strings.Repeat("x", pad)+`"}`))
+		if stale := applyAll(t, s, msg(key, lsn, idx-1, "")); stale != 1 {
+			t.Fatalf("pad %d: an older change was written over a value whose head was cut", pad)
+		}
 	}
 }
