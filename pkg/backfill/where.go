@@ -47,6 +47,9 @@ func CheckWhere(where string) (calls []string, err error) {
 				return nil, fail("this ')' closes more than it opened", i)
 			}
 			i++
+		case (c == 'U' || c == 'u') && (strings.HasPrefix(where[i+1:], "&'") || strings.HasPrefix(where[i+1:], `&"`)) && (i == 0 || !identChar(where[i-1])):
+			// U&'…' and U&"…" take escapes with a UESCAPE of any character.
+			return nil, fail("Unicode escapes (U&) are not allowed", i)
 		case c == '\'':
 			escapes := i > 0 && (where[i-1] == 'E' || where[i-1] == 'e') && (i < 2 || !identChar(where[i-2]))
 			end := quoted(where, i, '\'', escapes)
@@ -133,7 +136,7 @@ func identStart(c byte) bool {
 func identChar(c byte) bool { return identStart(c) || c >= '0' && c <= '9' || c == '$' }
 
 func skipSpace(s string, i int) int {
-	for i < len(s) && strings.IndexByte(" \t\r\n\f", s[i]) >= 0 {
+	for i < len(s) && strings.IndexByte(" \t\r\n\f\v", s[i]) >= 0 {
 		i++
 	}
 	return i
@@ -153,6 +156,11 @@ func CheckWhereIn(ctx context.Context, conn *pgx.Conn, table, where string) erro
 		return fmt.Errorf("--where: %w", err)
 	}
 	defer tx.Rollback(ctx)
+	// CheckWhere reads '…' strings as this setting does; a server where it
+	// is off would end a string at a \' that CheckWhere reads inside it.
+	if _, err := tx.Exec(ctx, "SET LOCAL standard_conforming_strings = on"); err != nil {
+		return fmt.Errorf("--where: %w", err)
+	}
 	if len(calls) > 0 {
 		var volatile []string
 		err := tx.QueryRow(ctx, `SELECT coalesce(array_agg(DISTINCT proname::text ORDER BY proname::text), '{}') FROM pg_proc

@@ -21,6 +21,7 @@ func TestCheckWhere(t *testing.T) {
 		`"Weird""Col" = $x$a ); b$x$ AND lower(n) = 'a'`: {"lower"},
 		`id = ANY (ARRAY[1,2]) AND "MyFn"(id)`:           {"any", "MyFn"},
 		`(select count(*) from t2) > 0`:                  {"count"},
+		"lower\v(n) = 'a' AND u & 1 = 0":                 {"lower"}, // \v is a space to Postgres
 	}
 	for where, want := range good {
 		calls, err := CheckWhere(where)
@@ -38,6 +39,8 @@ func TestCheckWhere(t *testing.T) {
 		`note = $q$open`:                    "unterminated dollar",
 		`   `:                               "empty",
 		`true) OR (pg_terminate_backend(1)`: "closes more than it opened",
+		`U&"\0073etval"('s', 5) > 0`:        "Unicode escapes",
+		`u&'x' = note`:                      "Unicode escapes",
 	}
 	for where, want := range bad {
 		_, err := CheckWhere(where)
@@ -93,6 +96,13 @@ func TestCheckWhereIn(t *testing.T) {
 		if err := CheckWhereIn(ctx, conn, "public.t", where); err == nil || !errors.As(err, &invalid) || !strings.Contains(err.Error(), want) {
 			t.Errorf("CheckWhereIn(%q) = %v; want %q", where, err, want)
 		}
+	}
+	// The server's setting does not change where a string ends.
+	if _, err := conn.Exec(ctx, `SET standard_conforming_strings = off`); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckWhereIn(ctx, conn, "public.t", `'a\' IS NOT NULL`); err != nil {
+		t.Fatalf("with standard_conforming_strings off: %v", err)
 	}
 	var n, seq int64
 	if err := conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM t), (SELECT last_value FROM s)`).Scan(&n, &seq); err != nil || n != 1 || seq != 1 {

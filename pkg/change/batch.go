@@ -11,13 +11,14 @@ import (
 
 // AppendEvent appends ev to the encoding of a ChangeBatch: a batch is its
 // events' encodings, each as field 1, so batches grow without re-encoding.
+// On an error the batch is returned as it was.
 func AppendEvent(batch []byte, ev *sluicev1.ChangeEvent) ([]byte, error) {
-	size := proto.Size(ev)
+	size, orig := proto.Size(ev), len(batch)
 	batch = protowire.AppendTag(batch, 1, protowire.BytesType)
 	batch = protowire.AppendVarint(batch, uint64(size))
 	out, err := proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(batch, ev)
 	if err != nil {
-		return batch, fmt.Errorf("encode change: %w", err)
+		return batch[:orig], fmt.Errorf("encode change: %w", err) // the batch as it was
 	}
 	return out, nil
 }

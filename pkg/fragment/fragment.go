@@ -6,8 +6,13 @@
 // body and a header naming the fragments' stream sequences, stands for the
 // whole payload where it belongs: on its own subject, in order with the
 // messages around it. A reader joins the fragments by reading them back
-// from the stream. Fragments live as long as the stream keeps messages;
-// nothing else needs to clean them up.
+// from the stream. Fragments are stored on subjects whose next-to-last
+// token ends in "fragments" ("S.fragments.3", "S.dlqfragments.cache"),
+// and a reader takes nothing else for one.
+//
+// In a stream with limits, fragments go when the stream's limits remove
+// them, like the messages around them; where messages are deleted one by
+// one (dead letters), their fragments are deleted with them.
 package fragment
 
 import (
@@ -110,12 +115,21 @@ func Payload(ctx context.Context, g Getter, h nats.Header, data []byte) ([]byte,
 		if err != nil {
 			return nil, fmt.Errorf("read fragment %d of %d (stream sequence %d): %w", i+1, len(seqs), seq, err)
 		}
+		if !isFragment(m.Subject) {
+			return nil, fmt.Errorf("stream sequence %d, on %s, is not a fragment: %w", seq, m.Subject, ErrMissing)
+		}
 		if out == nil {
 			out = make([]byte, 0, len(m.Data)*len(seqs))
 		}
 		out = append(out, m.Data...)
 	}
 	return out, nil
+}
+
+// isFragment reports whether subject is one that fragments are stored on.
+func isFragment(subject string) bool {
+	i := strings.LastIndexByte(subject, '.')
+	return i > 0 && strings.HasSuffix(subject[:i], "fragments")
 }
 
 // Publish publishes msg, and waits for the stream to store it. When its

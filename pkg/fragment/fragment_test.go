@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/nats-io/nats.go"
@@ -33,7 +34,7 @@ func TestSplit(t *testing.T) {
 func TestPublishAndPayload(t *testing.T) {
 	ctx := context.Background()
 	js := testenv.NewNATS(t).JetStream(t)
-	st, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "S", Subjects: []string{"S.msgs", "S.fragments"}})
+	st, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "S", Subjects: []string{"S.msgs", "S.fragments.*"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +47,7 @@ func TestPublishAndPayload(t *testing.T) {
 		big[i] = byte(i * 7)
 	}
 	for _, data := range [][]byte{[]byte("small"), big} {
-		frags, err := Publish(ctx, js, &nats.Msg{Subject: "S.msgs", Data: data}, "S.fragments", room)
+		frags, err := Publish(ctx, js, &nats.Msg{Subject: "S.msgs", Data: data}, "S.fragments.0", room)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -69,5 +70,15 @@ func TestPublishAndPayload(t *testing.T) {
 				t.Fatalf("with a fragment deleted: %v", err)
 			}
 		}
+	}
+	// A header that names a message other than a fragment is not followed.
+	first, err := st.GetMsg(ctx, 1)
+	if err != nil || first.Subject != "S.msgs" {
+		t.Fatalf("first message: %v, %v", first, err)
+	}
+	h := nats.Header{}
+	SetHeader(h, []uint64{1})
+	if _, err := Payload(ctx, st, h, nil); !errors.Is(err, ErrMissing) || !strings.Contains(err.Error(), "not a fragment") {
+		t.Fatalf("a header naming S.msgs: %v", err)
 	}
 }

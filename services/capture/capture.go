@@ -14,9 +14,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/sluicehq/sluice/pkg/admin"
 	"github.com/sluicehq/sluice/pkg/backfill"
 	"github.com/sluicehq/sluice/pkg/config"
-	"github.com/sluicehq/sluice/pkg/metrics"
 	"github.com/sluicehq/sluice/pkg/topology"
 	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
 	"github.com/sluicehq/sluice/services/capture/internal/backfiller"
@@ -41,6 +41,9 @@ const (
 	// drainTimeout bounds the wait for acknowledgements at shutdown.
 	drainTimeout = 30 * time.Second
 	maxBackoff   = 30 * time.Second
+	// stuckAfter is how long the main loop may make no progress before
+	// /healthz reports the process stuck.
+	stuckAfter = 2 * time.Minute
 )
 
 // Service is the capture service.
@@ -50,6 +53,7 @@ type Service struct {
 	topo      topology.Topology
 	streaming atomic.Bool
 	chunks    *backfiller.Chunks
+	progress  atomic.Int64 // unix nanoseconds of the main loop's last turn
 }
 
 // New returns a capture service for cfg.
@@ -75,6 +79,17 @@ func (s *Service) Run(ctx context.Context) error {
 	if _, err := s.topo.Ensure(ctx, js, s.cfg.Sinks...); err != nil {
 		return err
 	}
+	s.beat()
+	admin.Live("capture", func() error {
+		if quiet := time.Since(time.Unix(0, s.progress.Load())); quiet > stuckAfter {
+			return fmt.Errorf("the main loop made no progress for %s", quiet.Round(time.Second))
+		}
+		return nil
+	})
+	mctx, stopMonitor := context.WithCancel(ctx)
+	monitorDone := make(chan struct{})
+	go func() { defer close(monitorDone); s.monitor(mctx, js) }()
+	defer func() { stopMonitor(); <-monitorDone }()
 	src, err := source.Connect(ctx, s.cfg.Postgres, pgvalue.SessionParams)
 	if err != nil {
 		return err
@@ -115,7 +130,7 @@ func (s *Service) Run(ctx context.Context) error {
 	}()
 	defer func() { <-workerDone }() // before its connection closes
 
-	metrics.Ready("capture", func() error {
+	admin.Ready("capture", func() error {
 		if !s.streaming.Load() {
 			return errors.New("not streaming from the slot")
 		}
@@ -125,7 +140,7 @@ func (s *Service) Run(ctx context.Context) error {
 	for {
 		started := time.Now()
 		err := s.session(ctx, src, js, tables, types)
-		s.streaming.Store(false)
+		s.setStreaming(false)
 		if ctx.Err() != nil {
 			return err
 		}
@@ -140,6 +155,19 @@ func (s *Service) Run(ctx context.Context) error {
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, maxBackoff)
+		s.beat()
+	}
+}
+
+// beat records that the main loop turned.
+func (s *Service) beat() { s.progress.Store(time.Now().UnixNano()) }
+
+func (s *Service) setStreaming(on bool) {
+	s.streaming.Store(on)
+	if on {
+		streamingGauge.Set(1)
+	} else {
+		streamingGauge.Set(0)
 	}
 }
 
@@ -161,7 +189,7 @@ func (s *Service) session(ctx context.Context, src *source.Source, js jetstream.
 	captured := func(schema, table string) bool { _, ok := tables[schema+"."+table]; return ok }
 	sess := &session{Service: s, src: src, pub: pub, resume: resume, dec: decoder.New(event.Origin{Database: src.Database(), Host: src.Host()}, captured, src, types),
 		marks: backfiller.NewTracker(s.chunks)}
-	s.streaming.Store(true)
+	s.setStreaming(true)
 	defer func() {
 		// Drain: whatever JetStream acknowledged is confirmed to the slot.
 		dctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
@@ -201,12 +229,14 @@ func (ss *session) run(ctx context.Context, stream *source.Stream) error {
 	var lastBeat, nextStatus time.Time
 	for ctx.Err() == nil {
 		now := time.Now()
+		ss.beat()
 		if now.Sub(lastBeat) >= ss.cfg.Postgres.HeartbeatInterval {
 			lag, err := ss.src.Heartbeat(ctx)
 			if err != nil {
 				return err
 			}
 			slotLag.Set(float64(lag))
+			slotRead.Set(float64(time.Now().Unix()))
 			lastBeat = now
 		}
 		if !ss.flushAt.IsZero() && !now.Before(ss.flushAt) {
@@ -365,7 +395,7 @@ func (ss *session) chunk(ctx context.Context, m *pgoutput.LogicalMessage) error 
 }
 
 func (ss *session) publish(ctx context.Context, ev *sluicev1.ChangeEvent, partition int) error {
-	if ss.resume.Covers(partition, ev.CommitLsn, ev.CommitIdx) {
+	if ss.resume.Covers(partition, ev.CommitLsn, ev.CommitIdx, ev.Schema+"."+ev.Table) {
 		return nil // published before a restart
 	}
 	return ss.pub.Add(ctx, partition, ev)

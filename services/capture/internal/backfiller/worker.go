@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
 	"time"
 
@@ -127,19 +126,10 @@ func (w *Worker) run(ctx context.Context, id string) error {
 		return err
 	}
 	schema, table := config.SplitTable(job.Table)
+	if refused, err := w.refuse(ctx, job); refused || err != nil {
+		return err
+	}
 	if job.State == backfill.Pending {
-		if job.Where != "" {
-			// Jobs come from the bucket, which anyone with NATS access
-			// can write: the condition is checked here too.
-			var invalid *backfill.InvalidWhereError
-			if err := w.src.CheckWhere(ctx, job.Table, job.Where); errors.As(err, &invalid) {
-				w.finish(ctx, job.ID, backfill.Failed, err.Error())
-				w.log.Error("backfill refused", zap.String("backfill", job.ID), zap.String("table", job.Table), zap.Error(err))
-				return nil
-			} else if err != nil {
-				return err
-			}
-		}
 		sh, err := w.src.Shape(ctx, schema, table)
 		if err != nil {
 			return err
@@ -232,6 +222,11 @@ func (w *Worker) run(ctx context.Context, id string) error {
 				w.log.Info("backfill stopped", zap.String("backfill", job.ID), zap.String("state", string(cur.State)))
 				return nil
 			}
+			if cur.Where != job.Where {
+				if refused, err := w.refuse(ctx, cur); refused || err != nil {
+					return err
+				}
+			}
 			job = cur
 		} else if err != nil {
 			return err
@@ -243,6 +238,25 @@ func (w *Worker) run(ctx context.Context, id string) error {
 			size = max(size/2, minChunk)
 		}
 	}
+}
+
+// refuse checks job's condition, and fails the job when it is invalid.
+// Jobs come from the bucket, which anyone with NATS access can write: the
+// condition is checked whenever a job is taken up or changed, not only
+// when the CLI created it.
+func (w *Worker) refuse(ctx context.Context, job backfill.Job) (bool, error) {
+	if job.Where == "" {
+		return false, nil
+	}
+	var invalid *backfill.InvalidWhereError
+	if err := w.src.CheckWhere(ctx, job.Table, job.Where); errors.As(err, &invalid) {
+		w.finish(ctx, job.ID, backfill.Failed, err.Error())
+		w.log.Error("backfill refused", zap.String("backfill", job.ID), zap.String("table", job.Table), zap.Error(err))
+		return true, nil
+	} else if err != nil {
+		return false, err
+	}
+	return false, nil
 }
 
 // keysPerChunk bounds the rows a backfill by key reads at once.
@@ -262,23 +276,12 @@ func (w *Worker) byKey(ctx context.Context, sh *source.Shape, job backfill.Job) 
 		return nil, nil, nil, nil
 	}
 	keys := job.Keys[from:min(from+keysPerChunk, len(job.Keys))]
-	if rows, err = w.src.Rows(ctx, sh, keys); err != nil {
+	var found []bool
+	if rows, found, err = w.src.Rows(ctx, sh, keys); err != nil {
 		return nil, nil, nil, err
 	}
-	cols := make([]int, len(sh.PK))
-	for i, c := range sh.PK {
-		cols[i] = slices.IndexFunc(sh.Relation.Columns, func(col pgoutput.Column) bool { return col.Name == c })
-	}
-	found := map[string]bool{}
-	for _, row := range rows {
-		pk := make([]string, len(cols))
-		for i, c := range cols {
-			pk[i] = string(row[c].Data)
-		}
-		found[Key(pk)] = true
-	}
-	for _, k := range keys {
-		if !found[Key(k)] {
+	for i, k := range keys {
+		if !found[i] {
 			missing = append(missing, k)
 		}
 	}

@@ -8,6 +8,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
+	"unicode/utf8"
 
 	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
 	"github.com/sluicehq/sluice/services/capture/internal/event"
@@ -76,6 +78,12 @@ func (d *Decoder) Decode(ctx context.Context, m pgoutput.Message) (*sluicev1.Cha
 		switch m.Prefix {
 		case AnnotationsSet:
 			d.annotations = string(m.Content)
+			if !utf8.ValidString(d.annotations) {
+				// JSON is UTF-8: such annotations are invalid, and the
+				// writers write null for them, as for any invalid JSON.
+				// The mark keeps them invalid once made encodable.
+				d.annotations = "(not UTF-8) " + strings.ToValidUTF8(d.annotations, "\uFFFD")
+			}
 		case AnnotationsClear:
 			d.annotations = ""
 		default:

@@ -52,8 +52,12 @@ const (
 type Position struct {
 	LSN uint64
 	Idx uint32
+	// Table is the event's schema.table: the copies of a TRUNCATE of
+	// several tables share one position, in the order of its tables.
+	Table string
 	// Valid is false when the stream holds no event to compare with.
 	Valid bool
+	passed bool // Resume.Covers saw Table's event at this position
 }
 
 // Covers reports whether the event at (lsn, idx) is at or before p.
@@ -69,10 +73,24 @@ func (p Position) Covers(lsn uint64, idx uint32) bool {
 // events, may have been waiting when capture stopped.
 type Resume map[int]Position
 
-// Covers reports whether the event at (lsn, idx) of partition is already
-// in the stream.
-func (r Resume) Covers(partition int, lsn uint64, idx uint32) bool {
-	return r[partition].Covers(lsn, idx)
+// Covers reports whether the event at (lsn, idx) of table, in partition,
+// is already in the stream. It must be given each partition's events in
+// order: of the events that share the last position (a TRUNCATE of
+// several tables), those up to its table's are in the stream, not the
+// ones after it.
+func (r Resume) Covers(partition int, lsn uint64, idx uint32, table string) bool {
+	p := r[partition]
+	if !p.Valid || lsn != p.LSN || idx != p.Idx {
+		return p.Covers(lsn, idx)
+	}
+	if p.passed {
+		return false
+	}
+	if table == p.Table {
+		p.passed = true
+		r[partition] = p
+	}
+	return true
 }
 
 type item struct {
@@ -153,7 +171,7 @@ func Open(ctx context.Context, js jetstream.JetStream, o Options) (*Publisher, R
 			return nil, nil, fmt.Errorf("read the last message of %s (seq %d): %v", subject, msg.Sequence, err)
 		}
 		ev := evs[len(evs)-1]
-		resume[p] = Position{LSN: ev.CommitLsn, Idx: ev.CommitIdx, Valid: true}
+		resume[p] = Position{LSN: ev.CommitLsn, Idx: ev.CommitIdx, Table: ev.Schema + "." + ev.Table, Valid: true}
 	}
 	maxPayload := js.Conn().MaxPayload()
 	p := &Publisher{

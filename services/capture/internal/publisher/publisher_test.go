@@ -85,7 +85,7 @@ func TestPublishAndResume(t *testing.T) {
 	}
 	defer p2.Close(ctx)
 	// Partition 0 got events 0 and 2, partition 1 event 1.
-	if !resume.Covers(0, 10, 2) || resume.Covers(0, 10, 3) || !resume.Covers(1, 10, 1) || resume.Covers(1, 10, 2) || resume.Covers(2, 1, 0) {
+	if !resume.Covers(0, 10, 2, ".") || resume.Covers(0, 10, 3, ".") || !resume.Covers(1, 10, 1, ".") || resume.Covers(1, 10, 2, ".") || resume.Covers(2, 1, 0, ".") {
 		t.Fatalf("positions after 3 events: %+v", resume)
 	}
 	// The chain continues after the stream's last sequence.
@@ -205,10 +205,10 @@ func TestResumeIsPerPartition(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resume.Covers(0, 10, 0) {
+	if resume.Covers(0, 10, 0, ".") {
 		t.Fatal("an event that never left its batch counts as published")
 	}
-	if !resume.Covers(1, 10, maxBatchEvents) || resume.Covers(1, 11, 0) {
+	if !resume.Covers(1, 10, maxBatchEvents, ".") || resume.Covers(1, 11, 0, ".") {
 		t.Fatalf("partition 1 resumes at %+v", resume[1])
 	}
 }
@@ -278,7 +278,49 @@ func TestLargeEvents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !resume.Covers(0, 7, uint32(len(sizes)-1)) || resume.Covers(0, 8, 0) {
+	if !resume.Covers(0, 7, uint32(len(sizes)-1), ".") || resume.Covers(0, 8, 0, ".") {
 		t.Fatalf("resumes at %+v", resume[0])
+	}
+}
+
+// The copies of a TRUNCATE of several tables share a position: after a
+// restart, those of the tables after the last one in the stream are not
+// taken for published.
+func TestResumeWithinATruncate(t *testing.T) {
+	ctx := context.Background()
+	js := setup(t, -1)
+	p, _, err := Open(ctx, js, options(1, 2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	truncate := func(table string) *sluicev1.ChangeEvent {
+		return &sluicev1.ChangeEvent{Action: sluicev1.Action_ACTION_TRUNCATE, Schema: "public", Table: table, CommitLsn: 10, CommitIdx: 4}
+	}
+	for _, table := range []string{"a", "b"} {
+		if err := p.Add(ctx, 0, truncate(table)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The process died before table c's copy was published.
+	_, resume, err := Open(ctx, js, options(1, 2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		table string
+		want  bool
+	}{{"public.a", true}, {"public.b", true}, {"public.c", false}} {
+		if got := resume.Covers(0, 10, 4, c.table); got != c.want {
+			t.Errorf("%s: covered %v, want %v", c.table, got, c.want)
+		}
+	}
+	if resume.Covers(0, 10, 5, "public.d") || !resume.Covers(0, 10, 3, "public.x") {
+		t.Error("positions around the truncate")
 	}
 }

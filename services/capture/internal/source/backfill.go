@@ -90,8 +90,11 @@ func (s *Source) CheckWhere(ctx context.Context, table, where string) error {
 
 // readOnly runs fn in a read-only transaction: a backfill's reads, whose
 // condition comes from an operator's command line, can change nothing.
+// Strings are read as the condition was checked (backfill.CheckWhere),
+// with standard_conforming_strings, whatever the server's setting.
 func (s *Source) readOnly(ctx context.Context, fn func() error) error {
-	if _, err := s.conn.Exec(ctx, "BEGIN READ ONLY"); err != nil {
+	if _, err := s.conn.Exec(ctx, "BEGIN READ ONLY; SET LOCAL standard_conforming_strings = on"); err != nil {
+		_, _ = s.conn.Exec(ctx, "ROLLBACK")
 		return err
 	}
 	if err := fn(); err != nil {
@@ -167,43 +170,54 @@ func (s *Source) Watermark(ctx context.Context, payload string) error {
 
 // Rows reads the rows of the table whose primary keys (values in PK, as
 // text) are keys, with their values in the text format of the replication
-// stream. Rows that no longer exist are left out.
-func (s *Source) Rows(ctx context.Context, sh *Shape, keys [][]string) ([]pgoutput.Tuple, error) {
-	var q strings.Builder
-	q.WriteString(selectFrom(sh))
+// stream, and reports which keys matched a row. Postgres tells which: a
+// key's text need not be the text Postgres prints for it ('01' and '1').
+func (s *Source) Rows(ctx context.Context, sh *Shape, keys [][]string) (rows []pgoutput.Tuple, found []bool, err error) {
 	pk := make([]string, len(sh.PK))
 	for i, c := range sh.PK {
 		pk[i] = pgx.Identifier{c}.Sanitize()
 	}
-	q.WriteString(" WHERE (" + strings.Join(pk, ", ") + ") IN (")
+	row := "(" + strings.Join(pk, ", ") + ")"
 	params := make([][]byte, 0, len(keys)*len(pk))
+	tuples := make([]string, len(keys))
 	for i, key := range keys {
 		if len(key) != len(pk) {
-			return nil, fmt.Errorf("a key of %s.%s has %d values, its primary key %d", sh.Relation.Namespace, sh.Relation.Name, len(key), len(pk))
+			return nil, nil, fmt.Errorf("a key of %s.%s has %d values, its primary key %d", sh.Relation.Namespace, sh.Relation.Name, len(key), len(pk))
 		}
-		if i > 0 {
-			q.WriteString(", ")
-		}
-		q.WriteByte('(')
+		ps := make([]string, len(key))
 		for j, v := range key {
-			if j > 0 {
-				q.WriteString(", ")
-			}
 			params = append(params, []byte(v))
-			q.WriteString("$" + strconv.Itoa(len(params)))
+			ps[j] = "$" + strconv.Itoa(len(params))
 		}
-		q.WriteByte(')')
+		tuples[i] = "(" + strings.Join(ps, ", ") + ")"
 	}
-	q.WriteByte(')')
-	rows, err := s.tuples(ctx, q.String(), params, 0)
+	// The last column is the index of the key the row matched.
+	var match strings.Builder
+	match.WriteString("CASE")
+	for i, t := range tuples {
+		match.WriteString(" WHEN " + row + " = " + t + " THEN " + strconv.Itoa(i))
+	}
+	match.WriteString(" END")
+	q := selectFrom(sh, match.String()) + " WHERE " + row + " IN (" + strings.Join(tuples, ", ") + ")"
+	got, err := s.tuples(ctx, q, params, 0)
 	if err != nil {
-		return nil, fmt.Errorf("read rows of %s.%s by key: %w", sh.Relation.Namespace, sh.Relation.Name, err)
+		return nil, nil, fmt.Errorf("read rows of %s.%s by key: %w", sh.Relation.Namespace, sh.Relation.Name, err)
 	}
-	return rows, nil
+	found = make([]bool, len(keys))
+	for i, r := range got {
+		last := r[len(r)-1]
+		k, err := strconv.Atoi(string(last.Data))
+		if err != nil || k < 0 || k >= len(keys) {
+			return nil, nil, fmt.Errorf("read rows of %s.%s by key: matched key %q", sh.Relation.Namespace, sh.Relation.Name, last.Data)
+		}
+		found[k] = true
+		got[i] = r[: len(r)-1 : len(r)-1]
+	}
+	return got, found, nil
 }
 
-// selectFrom selects the replicated columns of the table.
-func selectFrom(sh *Shape) string {
+// selectFrom selects the replicated columns of the table, then extra.
+func selectFrom(sh *Shape, extra ...string) string {
 	var q strings.Builder
 	q.WriteString("SELECT ")
 	for i, c := range sh.Relation.Columns {
@@ -211,6 +225,9 @@ func selectFrom(sh *Shape) string {
 			q.WriteString(", ")
 		}
 		q.WriteString(pgx.Identifier{c.Name}.Sanitize())
+	}
+	for _, e := range extra {
+		q.WriteString(", " + e)
 	}
 	q.WriteString(" FROM " + ident2(sh.Relation.Namespace, sh.Relation.Name))
 	return q.String()

@@ -2,6 +2,7 @@ package source
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -130,5 +131,32 @@ func TestServerChecks(t *testing.T) {
 	_, err = Connect(ctx, cfg(url, "public.t"), pgvalue.SessionParams)
 	if err == nil || !strings.Contains(err.Error(), `postgres role app may not replicate; grant it: ALTER ROLE "app" REPLICATION`) {
 		t.Errorf("role: %v", err)
+	}
+}
+
+// Rows by key says which keys matched as Postgres compares them, not as
+// their text reads: '01' is the row whose id is 1.
+func TestRowsByKey(t *testing.T) {
+	ctx := context.Background()
+	pg := testenv.NewPostgres(t, testenv.PostgresOptions{})
+	pg.Exec(t, `CREATE TABLE orders (note text, id int, tenant text, PRIMARY KEY (tenant, id));
+		INSERT INTO orders VALUES ('a', 1, 'x'), ('b', 2, 'x'), ('c', 1, 'y')`)
+	src, err := Connect(ctx, cfg(pg.URL, "public.orders"), pgvalue.SessionParams)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close(ctx)
+	sh, err := src.Shape(ctx, "public", "orders")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Keys in PK order (id, tenant).
+	keys := [][]string{{"01", "x"}, {"3", "x"}, {"1", "y"}, {"2", "z"}}
+	rows, found, err := src.Rows(ctx, sh, keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 2 || len(rows[0]) != len(sh.Relation.Columns) || !slices.Equal(found, []bool{true, false, true, false}) {
+		t.Fatalf("%d rows, found %v", len(rows), found)
 	}
 }
