@@ -19,8 +19,13 @@ import (
 	"github.com/sluicehq/sluice/services/sluice/internal/backfill"
 )
 
-// keysPerJob bounds a backfill by key: a job is one message in NATS.
-const keysPerJob = 2000
+// A backfill by key is one message in NATS: its keys are bounded in
+// number and in bytes, well under the server's max_payload (1 MiB by
+// default).
+const (
+	keysPerJob     = 2000
+	keyBytesPerJob = 256 << 10
+)
 
 // replay has capture read the rows of the sink's letters (all, or those
 // in seqs) again, and removes the letters once their rows are in the
@@ -49,8 +54,10 @@ func replay(ctx context.Context, out io.Writer, cfg *config.Config, log *zap.Log
 		return err
 	}
 	keys := map[string][][]string{} // table → keys to read
+	seen := map[string]bool{}       // table and key
 	byTable := map[string][]deadletter.Letter{}
 	var failed []error
+	stay := 0 // letters that are not replayed
 	for _, l := range letters {
 		if len(seqs) > 0 && !slices.Contains(seqs, l.Seq) {
 			continue
@@ -58,19 +65,23 @@ func replay(ctx context.Context, out io.Writer, cfg *config.Config, log *zap.Log
 		var ev sluicev1.ChangeEvent
 		if err := proto.Unmarshal(l.Data, &ev); err != nil || len(l.Data) == 0 {
 			failed = append(failed, fmt.Errorf("letter %d: its change cannot be read (%v); drop it, and `sluice backfill` its table", l.Seq, err))
+			stay++
 			continue
 		}
 		table := ev.Schema + "." + ev.Table
 		switch {
 		case ev.Action == sluicev1.Action_ACTION_TRUNCATE:
 			failed = append(failed, fmt.Errorf("letter %d: a TRUNCATE of %s is not replayed; drop it, and `sluice backfill` the table", l.Seq, table))
+			stay++
 			continue
 		case !slices.Contains(s.Tables, table):
 			failed = append(failed, fmt.Errorf("letter %d: %s is no longer among the tables of sink %s", l.Seq, table, sink))
+			stay++
 			continue
 		}
 		for _, pk := range [][]string{ev.PkValues, ev.OldPkValues} {
-			if len(pk) > 0 && !slices.ContainsFunc(keys[table], func(k []string) bool { return slices.Equal(k, pk) }) {
+			if k := table + "\x00" + strings.Join(pk, "\x00"); len(pk) > 0 && !seen[k] {
+				seen[k] = true
 				keys[table] = append(keys[table], pk)
 			}
 		}
@@ -79,17 +90,29 @@ func replay(ctx context.Context, out io.Writer, cfg *config.Config, log *zap.Log
 	var ids []string
 	idTable := map[string]string{}
 	for table, ks := range keys {
-		for from := 0; from < len(ks); from += keysPerJob {
-			j, err := store.CreateKeys(ctx, sink, table, ks[from:min(from+keysPerJob, len(ks))])
+		for len(ks) > 0 {
+			n, size := 0, 0
+			for n < len(ks) && n < keysPerJob && (n == 0 || size < keyBytesPerJob) {
+				for _, v := range ks[n] {
+					size += len(v) + 3 // quoted, and a comma
+				}
+				n++
+			}
+			j, err := store.CreateKeys(ctx, sink, table, ks[:n])
 			if err != nil {
 				return err
 			}
 			ids = append(ids, j.ID)
 			idTable[j.ID] = table
+			ks = ks[n:]
 		}
 	}
 	if len(ids) > 0 {
-		fmt.Fprintf(out, "reading the rows of %d letter(s) again from Postgres (backfill %s)\n", len(letters), strings.Join(ids, ", "))
+		n := 0
+		for _, ls := range byTable {
+			n += len(ls)
+		}
+		fmt.Fprintf(out, "reading the rows of %d letter(s) again from Postgres (backfill %s)\n", n, strings.Join(ids, ", "))
 	}
 	ended := backfill.Wait(ctx, store, ids)
 	replayed := 0
@@ -102,6 +125,7 @@ func replay(ctx context.Context, out io.Writer, cfg *config.Config, log *zap.Log
 			}
 		}
 		if !done {
+			stay += len(ls)
 			continue
 		}
 		for _, l := range ls {
@@ -113,7 +137,7 @@ func replay(ctx context.Context, out io.Writer, cfg *config.Config, log *zap.Log
 	}
 	fmt.Fprintf(out, "replayed %d letter(s) of sink %s\n", replayed, sink)
 	if len(failed) > 0 {
-		return fmt.Errorf("%d letter(s) stay: %w", len(failed), errors.Join(failed...))
+		return fmt.Errorf("%d letter(s) stay: %w", stay, errors.Join(failed...))
 	}
 	return nil
 }
