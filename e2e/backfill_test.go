@@ -2,9 +2,9 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,16 +23,11 @@ func TestBackfill(t *testing.T) {
 	e.RunPipeline(cfg, "cache")
 	obs := harness.Observe(t, e.Redis, "sequin:accounts:*")
 
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	var changes int
-	wg.Add(1)
-	go func() { defer wg.Done(); changes = harness.Workload(t, e.PG.URL, 200000, 7, stop) }()
+	stopLoad := harness.Background(t, e.PG.URL, 200000, 7)
 
 	bf := harness.Start(t, "sluice", "backfill", "--config", cfg, "--sink", "cache", "--table", "accounts")
 	code := bf.WaitExit(3 * time.Minute)
-	close(stop)
-	wg.Wait()
+	changes := stopLoad()
 	if code != 0 {
 		t.Fatalf("sluice backfill exited %d:\n%s", code, bf.Output())
 	}
@@ -43,6 +38,9 @@ func TestBackfill(t *testing.T) {
 	e.WaitMatch(2*time.Minute, harness.Accounts)
 	obs.Stop()
 	t.Logf("%d concurrent changes; the observer read %d values of %d keys", changes, obs.Sets, len(obs.Floor))
+	if obs.Sets == 0 {
+		t.Fatal("the observer read no value: it checked nothing")
+	}
 	if len(obs.Regressions) > 0 {
 		t.Fatalf("%d regressions, first: %s", len(obs.Regressions), obs.Regressions[0])
 	}
@@ -148,13 +146,16 @@ func TestBackfillCancel(t *testing.T) {
 		t.Fatalf("follower: %d %s", code, follower.Output())
 	}
 	time.Sleep(time.Second) // a chunk in flight when cancelled still lands
-	list, _ := store.List(context.Background())
+	list, err := store.List(context.Background())
+	if err != nil || len(list) != 1 {
+		t.Fatalf("backfills: %v %v", list, err)
+	}
 	if list[0].State != jobs.Cancelled || list[0].Done == 0 || list[0].Done >= 300000 {
 		t.Fatalf("job after cancel: %+v", list[0])
 	}
 	done := list[0].Done
 	time.Sleep(2 * time.Second)
-	if list, _ = store.List(context.Background()); list[0].Done != done {
+	if list, err = store.List(context.Background()); err != nil || list[0].Done != done {
 		t.Fatalf("a cancelled backfill went on: %d, then %d rows", done, list[0].Done)
 	}
 }
@@ -185,6 +186,33 @@ func TestBackfillWhereInjection(t *testing.T) {
 		got, _, err := store.Get(context.Background(), j.ID)
 		if err != nil || got.State != jobs.Failed || !strings.Contains(got.Error, "must be one condition") {
 			return fmt.Sprintf("job: %+v %v", got, err)
+		}
+		return ""
+	})
+	// A job changed in the bucket to run a bad condition, whether capture
+	// has taken it up already or not, is refused too.
+	ctx := context.Background()
+	j, err = store.Create(ctx, "cache", "public.accounts", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		got, rev, err := store.Get(ctx, j.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got.State, got.Where = jobs.Running, `id > 0) OR (SELECT count(*) FROM pg_stat_activity WHERE pg_cancel_backend(pid)) > 0 OR (true`
+		if _, err = store.Update(ctx, got, rev); !errors.Is(err, jobs.ErrChanged) {
+			if err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+	}
+	harness.Eventually(t, 30*time.Second, func() string {
+		got, _, err := store.Get(ctx, j.ID)
+		if err != nil || got.State != jobs.Failed || !strings.Contains(got.Error, "must be one condition") {
+			return fmt.Sprintf("changed job: %+v %v", got, err)
 		}
 		return ""
 	})

@@ -120,25 +120,39 @@ func backlog(b *testing.B, e *harness.Env, n int) int {
 // startCapture runs capture with its metrics on a free port.
 func startCapture(b *testing.B, cfg string) (*harness.Proc, string) {
 	b.Helper()
+	return startServing(b, "sluice-capture", "--config", cfg)
+}
+
+// startServing starts a service with its metrics on a free port.
+func startServing(b *testing.B, name string, args ...string) (*harness.Proc, string) {
+	b.Helper()
 	port, err := testenv.FreePort()
 	if err != nil {
 		b.Fatal(err)
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(port)
-	return harness.Start(b, "sluice-capture", "--config", cfg, "--http", addr), addr
+	return harness.Start(b, name, append(args, "--http", addr)...), addr
 }
 
 // waitStream waits until capture has n events in the stream, as its
 // metrics count them: a stream message holds several.
 func waitStream(b *testing.B, addr string, n int) {
 	b.Helper()
-	for {
+	waitMetric(b, addr, "sluice_capture_events_published_total", n)
+}
+
+// waitMetric waits until the series (its name and labels as /metrics
+// prints them) reaches n.
+func waitMetric(b *testing.B, addr, series string, n int) {
+	b.Helper()
+	deadline := time.Now().Add(20 * time.Minute)
+	for time.Now().Before(deadline) {
 		resp, err := http.Get("http://" + addr + "/metrics")
 		if err == nil {
 			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			for _, line := range strings.Split(string(body), "\n") {
-				if v, ok := strings.CutPrefix(line, "sluice_capture_events_published_total "); ok {
+				if v, ok := strings.CutPrefix(line, series+" "); ok {
 					if f, _ := strconv.ParseFloat(v, 64); int(f) >= n {
 						return
 					}
@@ -147,6 +161,7 @@ func waitStream(b *testing.B, addr string, n int) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	b.Fatalf("%s did not reach %d", series, n)
 }
 
 // BenchmarkBackfill copies a table of b.N rows into Redis with a backfill,
@@ -159,7 +174,7 @@ func BenchmarkBackfill(b *testing.B) {
 	cfg := e.Config([]string{"accounts"}, true)
 	capture := harness.Start(b, "sluice-capture", "--config", cfg)
 	e.WaitStreaming(capture)
-	harness.Start(b, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
+	_, writer := startServing(b, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
 
 	b.ResetTimer()
 	began := time.Now()
@@ -173,10 +188,7 @@ func BenchmarkBackfill(b *testing.B) {
 	if code := bf.WaitExit(10 * time.Minute); code != 0 {
 		b.Fatalf("backfill exited %d: %s", code, bf.Output())
 	}
-	ctx := context.Background()
-	for e.RC.DBSize(ctx).Val() < int64(2*b.N) { // each key and its version record
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitMetric(b, writer, `sluice_writer_changes_total{outcome="applied",sink="cache"}`, b.N)
 	rate := float64(b.N) / time.Since(began).Seconds()
 	b.StopTimer()
 	b.ReportMetric(rate, "rows/s")

@@ -142,6 +142,17 @@ sinks:
 	if a := meta(get("sequin:items:5"))["transaction_annotations"]; a != nil {
 		t.Errorf("annotations outlived their transaction: %v", a)
 	}
+	// Annotations that are not UTF-8 cannot be JSON: null, and the
+	// changes around them still flow.
+	e.Exec(`BEGIN;
+		SELECT pg_logical_emit_message(true, 'sequin:transaction_annotations.set', '\x7b22223affff7d'::bytea);
+		INSERT INTO items VALUES (6, 'six', 6, 6);
+		COMMIT`)
+	e.Exec(`INSERT INTO items VALUES (7, 'seven', 7, 7)`)
+	if a, ok := meta(get("sequin:items:6"))["transaction_annotations"]; !ok || a != nil {
+		t.Errorf("annotations that are not UTF-8: %v", a)
+	}
+	get("sequin:items:7")
 	// Expressions see the annotations and the database: only items 2
 	// passes the annotated sink's filter.
 	harness.Eventually(t, 30*time.Second, func() string {
@@ -160,7 +171,11 @@ sinks:
 	if code := bf.WaitExit(time.Minute); code != 0 {
 		t.Fatalf("backfill: %s", bf.Output())
 	}
-	id := regexp.MustCompile(`backfill (\S+) of`).FindStringSubmatch(bf.Output())[1]
+	m := regexp.MustCompile(`backfill (\S+) of`).FindStringSubmatch(bf.Output())
+	if m == nil {
+		t.Fatalf("sluice backfill names no backfill:\n%s", bf.Output())
+	}
+	id := m[1]
 	read := meta(get("sequin:pairs:1:x:y"))
 	if key, _ := base64.StdEncoding.DecodeString(read["idempotency_key"].(string)); string(key) != id+":1:x:y" {
 		t.Errorf("backfill idempotency key is base64 of %q, want %q", key, id+":1:x:y")

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluicehq/sluice/e2e/harness"
@@ -225,7 +226,10 @@ sinks:
 // holds the new row.
 func TestFilterAndRoutingLeaveNoStaleRow(t *testing.T) {
 	e := harness.NewEnv(t)
-	e.Exec(`CREATE TABLE members (id int PRIMARY KEY, email text NOT NULL, active bool NOT NULL)`)
+	// Routing reads the email: a delete carries it under REPLICA IDENTITY
+	// FULL only.
+	e.Exec(`CREATE TABLE members (id int PRIMARY KEY, email text NOT NULL, active bool NOT NULL);
+		ALTER TABLE members REPLICA IDENTITY FULL`)
 	routed := testenv.NewRedis(t)
 	cfg := e.WriteConfig(fmt.Sprintf(`postgres: {url: %q, tables: [members], status_interval: 200ms}
 nats: {url: %q, partitions: 2}
@@ -270,8 +274,18 @@ sinks:
 				return fmt.Sprintf("members:m%d@x = %q, want the row with id %d", id, v, id+100)
 			}
 		}
-		if n, _ := rc.DBSize(ctx).Result(); n < 30 {
-			return fmt.Sprintf("routed sink holds %d keys", n)
+		rows, err = e.Conn.Query(ctx, `SELECT 'members:' || email FROM members ORDER BY 1`)
+		if err != nil {
+			return err.Error()
+		}
+		emails, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return err.Error()
+		}
+		routedKeys, _ := rc.Keys(ctx, "members:*").Result()
+		slices.Sort(routedKeys)
+		if !slices.Equal(routedKeys, emails) {
+			return fmt.Sprintf("routed sink holds %v, want %v", routedKeys, emails)
 		}
 		return ""
 	})

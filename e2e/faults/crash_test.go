@@ -24,7 +24,7 @@ func TestCaptureKilled(t *testing.T) {
 	// Each restart waits for the killed one's slot to be released, then
 	// streams for a random while before the next kill.
 	const kills = 8
-	done := harness.Chaos(kills, 300*time.Millisecond, 1200*time.Millisecond, func() {
+	done := harness.Chaos(t, kills, 300*time.Millisecond, 1200*time.Millisecond, func() {
 		capture.Signal(syscall.SIGKILL)
 		capture.WaitExit(10 * time.Second)
 		capture = harness.Start(t, "sluice-capture", "--config", cfg)
@@ -71,7 +71,7 @@ func TestWriterKilled(t *testing.T) {
 
 	const kills = 10
 	n := 0
-	done := harness.Chaos(kills, 100*time.Millisecond, 500*time.Millisecond, func() {
+	done := harness.Chaos(t, kills, 100*time.Millisecond, 500*time.Millisecond, func() {
 		victim.Signal(syscall.SIGKILL)
 		victim.WaitExit(10 * time.Second)
 		if n++; n%3 == 0 { // and, now and then, the other one

@@ -3,6 +3,7 @@ package faults
 import (
 	"context"
 	"fmt"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -50,9 +51,8 @@ sinks:
 		victims = append(victims, harness.Start(t, "sluice-redis-writer", "--config", cfg, "--sink", sink))
 	}
 	// Hot keys with deletes, and enough other keys to fill the caches.
+	stopLoad := harness.Background(t, e.PG.URL, 60, 5)
 	stop := make(chan struct{})
-	done := make(chan int)
-	go func() { done <- harness.Workload(t, e.PG.URL, 60, 5, stop) }()
 	filled := make(chan struct{})
 	go func() {
 		defer close(filled)
@@ -86,18 +86,30 @@ sinks:
 	// And the worst time to wake up: after the last changes, once the other
 	// writers applied them, so that a late write would be the key's last.
 	time.Sleep(2 * time.Second)
-	for _, v := range victims {
+	const lapsed = "lease in the writer group ran out"
+	lapses := make([]int, len(victims))
+	for i, v := range victims {
 		v.Signal(syscall.SIGSTOP)
+		lapses[i] = strings.Count(v.Output(), lapsed)
 	}
 	time.Sleep(4 * time.Second)
 	close(stop)
-	t.Logf("%d changes of hot keys", <-done)
+	t.Logf("%d changes of hot keys", stopLoad())
 	<-filled
 	harness.WaitDrained(t, e, "lru", "volatile", "transformed")
 	for _, v := range victims {
 		v.Signal(syscall.SIGCONT)
 	}
-	time.Sleep(3 * time.Second) // whatever they would write late, they write now
+	// Whatever they would write late, they try before they notice that
+	// their lease ran out.
+	harness.Eventually(t, 30*time.Second, func() string {
+		for i, v := range victims {
+			if strings.Count(v.Output(), lapsed) == lapses[i] {
+				return fmt.Sprintf("writer %d has not noticed that it was replaced", i)
+			}
+		}
+		return ""
+	})
 	ctx := context.Background()
 	check := func(name string, r *testenv.Redis, bare bool) {
 		rc := r.Client()

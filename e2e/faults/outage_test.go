@@ -66,9 +66,7 @@ sinks:
 		t.Fatal(err)
 	}
 
-	stop := make(chan struct{})
-	done := make(chan int)
-	go func() { done <- harness.Workload(t, e.PG.URL, 200, 11, stop) }()
+	stopLoad := harness.Background(t, e.PG.URL, 200, 11)
 	outage := func(name string, begin, end func()) {
 		time.Sleep(time.Second)
 		begin()
@@ -96,20 +94,12 @@ sinks:
 	outage("out of memory", func() { admin.ConfigSet(ctx, "maxmemory", "1") }, func() { admin.ConfigSet(ctx, "maxmemory", "0") })
 	outage("permission revoked", func() { admin.Do(ctx, "ACL", "SETUSER", "sluice", "resetkeys") },
 		func() { admin.Do(ctx, "ACL", "SETUSER", "sluice", "~*") })
-	close(stop)
-	t.Logf("%d changes", <-done)
+	t.Logf("%d changes", stopLoad())
 
 	// Every row but the bad one matches; the bad one's changes, and only
 	// those, are dead letters, whose error names the failing command.
 	harness.Eventually(t, 90*time.Second, func() string {
-		diffs, err := testenv.TableDiff(ctx, e.Conn, admin, harness.Accounts)
-		if err != nil {
-			return err.Error()
-		}
-		if len(diffs) != 1 || diffs[0] != "missing in redis: "+badKey {
-			return strings.Join(diffs[:min(len(diffs), 5)], "; ")
-		}
-		return ""
+		return harness.OnlyMissing(e, admin, harness.Accounts, badKey)
 	})
 	dlq := func(args ...string) string { return harness.DLQ(t, cfg, args...) }
 	harness.Eventually(t, 30*time.Second, func() string {
@@ -158,6 +148,9 @@ func TestFailingKeyHoldsNothingBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := 1; st.CachedInfo().State.Msgs < 2*topology.MaxAckPending; i++ {
+		if i > 1000 {
+			t.Fatalf("after %d updates the stream holds %d messages", i, st.CachedInfo().State.Msgs)
+		}
 		e.Exec(`UPDATE accounts SET n = $1 WHERE id = 1`, i)
 		time.Sleep(50 * time.Millisecond)
 		if _, err := st.Info(ctx); err != nil {
@@ -168,14 +161,7 @@ func TestFailingKeyHoldsNothingBack(t *testing.T) {
 	// changes still have minutes of attempts ahead.
 	e.Exec(`INSERT INTO accounts (id) SELECT generate_series(2, 50)`)
 	harness.Eventually(t, 15*time.Second, func() string {
-		diffs, err := testenv.TableDiff(ctx, e.Conn, e.RC, harness.Accounts)
-		if err != nil {
-			return err.Error()
-		}
-		if len(diffs) != 1 || diffs[0] != "missing in redis: "+bad {
-			return strings.Join(diffs[:min(len(diffs), 5)], "; ")
-		}
-		return ""
+		return harness.OnlyMissing(e, e.RC, harness.Accounts, bad)
 	})
 }
 
@@ -191,23 +177,30 @@ func TestRedisResetRefills(t *testing.T) {
 	cfg := e.WriteConfig(doc)
 	e.RunPipeline(cfg, "cache")
 	e.WaitMatch(time.Minute, harness.Accounts)
-	stop := make(chan struct{})
-	done := make(chan int)
-	go func() { done <- harness.Workload(t, e.PG.URL, 3000, 13, stop) }()
+	stopLoad := harness.Background(t, e.PG.URL, 3000, 13)
 	ctx := context.Background()
+	store := harness.OpenJobs(t, e)
+	resets := func(n int) {
+		harness.Eventually(t, time.Minute, func() string {
+			if m, _, err := store.Marker(ctx, "cache"); err != nil || m.Resets != n {
+				return fmt.Sprintf("the writers have not reported reset %d (%+v, %v)", n, m, err)
+			}
+			return ""
+		})
+	}
 	time.Sleep(time.Second)
 	if err := e.RC.FlushAll(ctx).Err(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(8 * time.Second)
+	resets(1)
 	e.Redis.Kill()
 	time.Sleep(time.Second)
 	if err := e.Redis.Restart(ctx); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(8 * time.Second)
-	close(stop)
-	t.Logf("%d changes", <-done)
+	resets(2)
+	time.Sleep(2 * time.Second) // changes keep flowing during the refill
+	t.Logf("%d changes", stopLoad())
 	e.WaitMatch(2*time.Minute, harness.Accounts)
 
 	st := harness.Start(t, "sluice", "status", "--config", cfg)
@@ -243,6 +236,14 @@ func TestReplayNeverResurrects(t *testing.T) {
 	})
 	// Fixed; then row 7 is deleted (its tombstone expires), row 8 changes.
 	e.RC.Del(ctx, "sluice:v:{sequin:accounts:7}", "sluice:v:{sequin:accounts:8}")
+	if err := e.RC.ConfigSet(ctx, "notify-keyspace-events", "K$").Err(); err != nil {
+		t.Fatal(err)
+	}
+	tombstone := e.RC.Subscribe(ctx, "__keyspace@0__:sluice:v:{sequin:accounts:7}")
+	defer tombstone.Close()
+	if _, err := tombstone.Receive(ctx); err != nil {
+		t.Fatal(err)
+	}
 	e.Exec(`DELETE FROM accounts WHERE id = 7`)
 	e.Exec(`UPDATE accounts SET note = 'new' WHERE id = 8`)
 	harness.Eventually(t, 30*time.Second, func() string {
@@ -251,10 +252,17 @@ func TestReplayNeverResurrects(t *testing.T) {
 		}
 		return ""
 	})
-	time.Sleep(500 * time.Millisecond) // the tombstone of 7 is gone
-	if n := e.RC.Exists(ctx, "sluice:v:{sequin:accounts:7}").Val(); n != 0 {
-		t.Fatal("the tombstone of 7 outlived its TTL")
+	select {
+	case <-tombstone.Channel(): // written by the delete of 7
+	case <-time.After(30 * time.Second):
+		t.Fatal("the delete of 7 wrote no tombstone")
 	}
+	harness.Eventually(t, 10*time.Second, func() string {
+		if e.RC.Exists(ctx, "sluice:v:{sequin:accounts:7}").Val() != 0 {
+			return "the tombstone of 7 outlives its TTL"
+		}
+		return ""
+	})
 	if out := dlq("replay"); !strings.Contains(out, "replayed 2 letter") {
 		t.Fatalf("replay: %s", out)
 	}

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -95,11 +94,7 @@ sinks:
 
 	w1 := startWriter(t, cfg)
 	balanced(t, 10*time.Second, partitions, w1)
-	stop := make(chan struct{})
-	var changes int
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); changes = harness.Workload(t, e.PG.URL, 20, 5, stop) }()
+	stopLoad := harness.Background(t, e.PG.URL, 20, 5)
 
 	time.Sleep(500 * time.Millisecond)
 	w2, w3 := startWriter(t, cfg), startWriter(t, cfg)
@@ -135,8 +130,7 @@ sinks:
 	}
 	balanced(t, 10*time.Second, partitions, w1, w3)
 
-	close(stop)
-	wg.Wait()
+	changes := stopLoad()
 	e.WaitMatch(60*time.Second, harness.Accounts)
 	time.Sleep(200 * time.Millisecond) // the observer's last notifications
 	obs.Stop()                         // waits for its watcher: its counts are final

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluicehq/sluice/pkg/testenv"
+	"github.com/sluicehq/sluice/pkg/topology"
 )
 
 // StaleKeys returns what is wrong with the accounts keys present in rc:
@@ -23,8 +25,10 @@ func StaleKeys(e *Env, rc *redis.Client, bare bool) string {
 		return err.Error()
 	}
 	var bad []string
+	checked := 0
 	iter := rc.Scan(ctx, 0, "sequin:accounts:*", 1000).Iterator()
 	for iter.Next(ctx) {
+		checked++
 		key := iter.Val()
 		raw, err := rc.Get(ctx, key).Result()
 		if err == redis.Nil {
@@ -57,11 +61,14 @@ func StaleKeys(e *Env, rc *redis.Client, bare bool) string {
 	if len(bad) > 5 {
 		bad = append(bad[:5], fmt.Sprintf("… %d more", len(bad)-5))
 	}
+	if checked == 0 && len(want) > 0 {
+		return "no accounts key to check"
+	}
 	return strings.Join(bad, "; ")
 }
 
 // WaitDrained waits until every partition consumer of sinks has nothing
-// pending.
+// pending (of every sink when none is named).
 func WaitDrained(t *testing.T, e *Env, sinks ...string) {
 	t.Helper()
 	ctx := context.Background()
@@ -72,12 +79,22 @@ func WaitDrained(t *testing.T, e *Env, sinks ...string) {
 	}
 	Eventually(t, 2*time.Minute, func() string {
 		for c := range st.ListConsumers(ctx).Info() {
+			if len(sinks) > 0 && !slices.ContainsFunc(sinks, func(s string) bool { return ofSink(c.Name, s) }) {
+				continue
+			}
 			if c.NumPending+uint64(c.NumAckPending) > 0 {
 				return fmt.Sprintf("%s: %d pending, %d unacknowledged", c.Name, c.NumPending, c.NumAckPending)
 			}
 		}
 		return ""
 	})
+}
+
+// ofSink says whether a consumer is one of a sink's partition consumers.
+func ofSink(consumer, sink string) bool {
+	i := strings.LastIndexByte(consumer, '-')
+	p, err := strconv.Atoi(consumer[i+1:])
+	return err == nil && consumer == topology.ConsumerName(sink, p)
 }
 
 // InfoInt reads a number from the text of Redis INFO.
@@ -89,4 +106,19 @@ func InfoInt(info, field string) int64 {
 		}
 	}
 	return 0
+}
+
+// OnlyMissing says how Redis differs from Postgres's table, unless the one
+// difference is that key missing.
+func OnlyMissing(e *Env, rc *redis.Client, table testenv.Table, key string) string {
+	diffs, err := testenv.TableDiff(context.Background(), e.Conn, rc, table)
+	switch {
+	case err != nil:
+		return err.Error()
+	case len(diffs) == 0:
+		return "redis holds " + key + ", which should be missing"
+	case len(diffs) != 1 || diffs[0] != "missing in redis: "+key:
+		return strings.Join(diffs[:min(len(diffs), 5)], "; ")
+	}
+	return ""
 }

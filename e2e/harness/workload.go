@@ -3,6 +3,7 @@ package harness
 import (
 	"context"
 	"math/rand/v2"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,13 +27,37 @@ const AccountsSchema = `CREATE TABLE accounts (id int PRIMARY KEY, n int NOT NUL
 
 // Workload commits random transactions of inserts, updates and deletes on
 // ids in [0, keys), with an occasional transaction of 2,000 rows, until stop
-// is closed, and returns how many row changes it committed.
+// is closed, and returns how many row changes it committed. A failure marks
+// the test failed and ends the workload: it may run in any goroutine.
 func Workload(t testing.TB, url string, keys int, seed uint64, stop <-chan struct{}) int {
-	t.Helper()
+	changes, err := workload(url, keys, seed, stop)
+	if err != nil {
+		t.Errorf("workload: %v", err)
+	}
+	return changes
+}
+
+// Background runs Workload in its own goroutine until the returned stop is
+// called (or the test ends); stop returns the changes committed.
+func Background(t testing.TB, url string, keys int, seed uint64) (stop func() int) {
+	quit := make(chan struct{})
+	done := make(chan int, 1)
+	go func() { done <- Workload(t, url, keys, seed, quit) }()
+	var changes int
+	var once sync.Once
+	stop = func() int {
+		once.Do(func() { close(quit); changes = <-done })
+		return changes
+	}
+	t.Cleanup(func() { stop() })
+	return stop
+}
+
+func workload(url string, keys int, seed uint64, stop <-chan struct{}) (int, error) {
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
-		t.Fatal(err)
+		return 0, err
 	}
 	defer conn.Close(ctx)
 	rnd := rand.New(rand.NewPCG(seed, seed))
@@ -40,12 +65,12 @@ func Workload(t testing.TB, url string, keys int, seed uint64, stop <-chan struc
 	for i := 0; ; i++ {
 		select {
 		case <-stop:
-			return changes
+			return changes, nil
 		default:
 		}
 		tx, err := conn.Begin(ctx)
 		if err != nil {
-			t.Fatal(err)
+			return changes, err
 		}
 		stmts := 1 + rnd.IntN(5)
 		if i%250 == 125 {
@@ -53,7 +78,7 @@ func Workload(t testing.TB, url string, keys int, seed uint64, stop <-chan struc
 			tag, err := tx.Exec(ctx, `INSERT INTO accounts (id, note) SELECT g, 'bulk' FROM generate_series($1::int, $1::int + 1999) g
 				ON CONFLICT (id) DO UPDATE SET n = accounts.n + 1`, keys+rnd.IntN(4)*2000)
 			if err != nil {
-				t.Fatal(err)
+				return changes, err
 			}
 			changes += int(tag.RowsAffected())
 		}
@@ -70,27 +95,34 @@ func Workload(t testing.TB, url string, keys int, seed uint64, stop <-chan struc
 			}
 			tag, err := tx.Exec(ctx, sql, id)
 			if err != nil {
-				t.Fatal(err)
+				return changes, err
 			}
 			changes += int(tag.RowsAffected())
 		}
 		if err := tx.Commit(ctx); err != nil {
-			t.Fatal(err)
+			return changes, err
 		}
 	}
 }
 
 // Chaos calls fn times times at random intervals, then closes the
-// returned channel.
-func Chaos(times int, min, max time.Duration, fn func()) <-chan struct{} {
+// returned channel. It stops early when the test ends, and the test's
+// cleanup waits for it, so that fn never runs after the test.
+func Chaos(t testing.TB, times int, min, max time.Duration, fn func()) <-chan struct{} {
 	done := make(chan struct{})
+	quit := make(chan struct{})
 	go func() {
 		defer close(done)
 		for range times {
-			time.Sleep(min + rand.N(max-min))
+			select {
+			case <-quit:
+				return
+			case <-time.After(min + rand.N(max-min)):
+			}
 			fn()
 		}
 	}()
+	t.Cleanup(func() { close(quit); <-done })
 	return done
 }
 
