@@ -3,6 +3,9 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -170,4 +173,52 @@ sinks:
 	if keys, _ := rc.Keys(ctx, "sequin:accounts:*").Result(); len(keys) != 301 {
 		t.Fatalf("the sink that ignores TRUNCATE holds %d keys of accounts, want the 300 from before and 1000", len(keys))
 	}
+}
+
+// Readiness follows the NATS connection: while the server is down, capture
+// and writer answer 503 on /readyz and say why, /healthz stays 200 (a
+// restart would not help), and both are ready again once it is back.
+func TestReadinessFollowsNATS(t *testing.T) {
+	e := harness.NewEnv(t)
+	e.Exec(harness.AccountsSchema)
+	cfg := e.Config([]string{"accounts"}, true)
+	var addrs []string
+	for _, args := range [][]string{{"sluice-capture"}, {"sluice-redis-writer", "--sink", "cache"}} {
+		port, err := testenv.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := "127.0.0.1:" + strconv.Itoa(port)
+		harness.Start(t, args[0], append(args[1:], "--config", cfg, "--http", addr)...)
+		addrs = append(addrs, addr)
+	}
+	get := func(addr, path string) (int, string) {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	all := func(path string, want int, says string) func() string {
+		return func() string {
+			for _, addr := range addrs {
+				if code, body := get(addr, path); code != want || !strings.Contains(body, says) {
+					return fmt.Sprintf("%s%s: %d %s", addr, path, code, body)
+				}
+			}
+			return ""
+		}
+	}
+	harness.Eventually(t, 30*time.Second, all("/readyz", http.StatusOK, ""))
+	e.NATS.Shutdown()
+	harness.Eventually(t, 30*time.Second, all("/readyz", http.StatusServiceUnavailable, "nats"))
+	if msg := all("/healthz", http.StatusOK, "")(); msg != "" {
+		t.Errorf("while NATS is down: %s", msg)
+	}
+	if err := e.NATS.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	harness.Eventually(t, 60*time.Second, all("/readyz", http.StatusOK, ""))
 }

@@ -34,7 +34,8 @@ var (
 func Live(name string, check func() error) { register(liveness, name, check) }
 
 // Ready registers a readiness check under name: /readyz fails while it
-// fails. Registering a name again replaces its check.
+// fails, and until a service registered one. Registering a name again
+// replaces its check.
 func Ready(name string, check func() error) { register(readiness, name, check) }
 
 func register(checks map[string]func() error, name string, check func() error) {
@@ -102,6 +103,12 @@ func (s *Server) handler(withPProf bool) http.Handler {
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		f := failing(readiness)
+		mu.Lock()
+		if len(readiness) == 0 {
+			// Not yet connected to what its checks watch.
+			f = append(f, "starting")
+		}
+		mu.Unlock()
 		if s.draining.Load() {
 			f = append([]string{errDrained.Error()}, f...)
 		}

@@ -35,6 +35,9 @@ func TestEndpoints(t *testing.T) {
 		t.Errorf("/healthz while stuck = %d %q", code, body)
 	}
 	stuck = nil
+	if code, body := get(t, base+"/readyz"); code != 503 || !strings.Contains(body, "starting") {
+		t.Errorf("/readyz before any check = %d %q", code, body)
+	}
 	var failing error = errors.New("slot not streaming")
 	Ready("capture", func() error { return failing })
 	if code, body := get(t, base+"/readyz"); code != 503 || !strings.Contains(body, "capture: slot not streaming") {

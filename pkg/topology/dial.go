@@ -77,3 +77,11 @@ var _ = promauto.NewGaugeFunc(prometheus.GaugeOpts{
 	})
 	return up
 })
+
+// Connected is a readiness check: nil while nc is connected to a server.
+func Connected(nc *nats.Conn) error {
+	if !nc.IsConnected() {
+		return fmt.Errorf("not connected to nats (%s)", strings.ToLower(nc.Status().String()))
+	}
+	return nil
+}

@@ -134,7 +134,7 @@ func (s *Service) Run(ctx context.Context) error {
 		if !s.streaming.Load() {
 			return errors.New("not streaming from the slot")
 		}
-		return nil
+		return topology.Connected(nc)
 	})
 	backoff := time.Second
 	for {

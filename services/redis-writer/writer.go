@@ -166,7 +166,12 @@ func (s *Service) Run(ctx context.Context) error {
 			return l.quiet() < applyTimeout+2*tickEvery
 		})
 	}()
-	admin.Ready("redis writer "+s.sink.Name, l.ready)
+	admin.Ready("redis writer "+s.sink.Name, func() error {
+		if err := l.ready(); err != nil {
+			return err
+		}
+		return topology.Connected(nc)
+	})
 	l.progress.Store(time.Now().UnixNano())
 	admin.Live("redis writer "+s.sink.Name, func() error {
 		// Redis calls are bounded by applyTimeout; a loop quiet for much

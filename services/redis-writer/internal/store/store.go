@@ -95,6 +95,9 @@ func Open(ctx context.Context, d config.Destination) (*Store, error) {
 			return nil, err
 		}
 		opts.TLSConfig = tc
+		if err := handshake(ctx, addrs[0], tc); err != nil {
+			return nil, fmt.Errorf("connect to redis at %s with TLS (destination.tls): %w", addr, err)
+		}
 	}
 	s := &Store{client: redis.NewUniversalClient(opts), addr: addr, cluster: d.Cluster, unversioned: d.Unversioned,
 		wait: d.WaitReplicas, waitTimeout: d.WaitTimeout}
@@ -109,6 +112,27 @@ func Open(ctx context.Context, d config.Destination) (*Store, error) {
 		}
 	}
 	return s, nil
+}
+
+// handshake tries a TLS handshake with addr, so that a server that does
+// not speak TLS is reported as such at once: the client would wait for
+// its reply until timeouts and retries ran out, and say only that.
+func handshake(ctx context.Context, addr string, tc *tls.Config) error {
+	hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	raw, err := (&net.Dialer{}).DialContext(hctx, "tcp", addr)
+	if err != nil {
+		return nil // not about TLS: the client reports it
+	}
+	c := tls.Client(raw, tc)
+	defer c.Close()
+	if err := c.HandshakeContext(hctx); err != nil {
+		if hctx.Err() != nil {
+			err = errors.New("no TLS handshake within 5s")
+		}
+		return fmt.Errorf("%w; does the server serve TLS on this port?", err)
+	}
+	return nil
 }
 
 // tlsConfig verifies the server's certificate against the system's roots

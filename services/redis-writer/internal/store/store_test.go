@@ -280,6 +280,14 @@ func TestOpenTLS(t *testing.T) {
 	if _, err := Open(ctx, d); err == nil {
 		t.Fatal("plain connection to a TLS-only server succeeded")
 	}
+	// TLS to a plaintext server says TLS, at once.
+	plain := testenv.NewRedis(t)
+	began := time.Now()
+	_, err = Open(ctx, config.Destination{Host: "127.0.0.1", Port: plain.Port, TLS: true})
+	if err == nil || !strings.Contains(err.Error(), "TLS") {
+		t.Fatalf("TLS to a plaintext server: %v", err)
+	}
+	t.Logf("TLS to a plaintext server failed after %s: %v", time.Since(began).Round(time.Millisecond), err)
 }
 
 // A Redis Cluster: keys spread over the masters, each command with its
