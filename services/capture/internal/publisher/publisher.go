@@ -56,7 +56,7 @@ type Position struct {
 	// several tables share one position, in the order of its tables.
 	Table string
 	// Valid is false when the stream holds no event to compare with.
-	Valid bool
+	Valid  bool
 	passed bool // Resume.Covers saw Table's event at this position
 }
 
