@@ -3,6 +3,7 @@ package topology
 import (
 	"fmt"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -33,6 +34,10 @@ func Dial(servers, name string, log *zap.Logger, opts ...jetstream.JetStreamOpt)
 	if err != nil {
 		return nil, nil, fmt.Errorf("connect to nats at %s: %w", Redact(servers), err)
 	}
+	if err := checkVersion(nc.ConnectedServerVersion()); err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("nats at %s: %w", Redact(servers), err)
+	}
 	conns.Store(nc, struct{}{})
 	js, err := jetstream.New(nc, opts...)
 	if err != nil {
@@ -40,6 +45,44 @@ func Dial(servers, name string, log *zap.Logger, opts ...jetstream.JetStreamOpt)
 		return nil, nil, fmt.Errorf("jetstream: %w", err)
 	}
 	return nc, js, nil
+}
+
+// MinServerVersion is the oldest NATS server Sluice runs against: the
+// writers' pinned partition consumers and the membership bucket's expiry
+// markers came in 2.11.
+const MinServerVersion = "2.11.0"
+
+// checkVersion refuses a server older than MinServerVersion, at connect,
+// rather than when some feature is first used.
+func checkVersion(v string) error {
+	if !atLeast(v, MinServerVersion) {
+		return fmt.Errorf("the server runs NATS %s; Sluice needs %s or newer", v, MinServerVersion)
+	}
+	return nil
+}
+
+// atLeast compares dotted versions ("2.11.4", "2.12.0-RC.1") numerically,
+// part by part; a pre-release counts as its release.
+func atLeast(v, min string) bool {
+	vs, ms := strings.Split(v, "."), strings.Split(min, ".")
+	for i, m := range ms {
+		want, _ := strconv.Atoi(m)
+		if i >= len(vs) {
+			return want == 0
+		}
+		digits := strings.IndexFunc(vs[i], func(r rune) bool { return r < '0' || r > '9' })
+		if digits < 0 {
+			digits = len(vs[i])
+		}
+		got, err := strconv.Atoi(vs[i][:digits])
+		if err != nil {
+			return false
+		}
+		if got != want {
+			return got > want
+		}
+	}
+	return true
 }
 
 // Redact replaces the passwords and tokens in a comma-separated list of

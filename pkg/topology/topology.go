@@ -8,6 +8,7 @@ package topology
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -92,7 +93,27 @@ func (t Topology) StreamConfig() jetstream.StreamConfig {
 		Storage:     jetstream.FileStorage,
 		Replicas:    t.Replicas,
 		Duplicates:  2 * time.Minute,
+		Metadata:    map[string]string{partitionsKey: strconv.Itoa(t.Partitions)},
 	}
+}
+
+// partitionsKey records in the stream's metadata how many partitions its
+// changes are spread over: a key's changes must stay in one partition.
+const partitionsKey = "sluice.partitions"
+
+// checkPartitions refuses a partition count other than the one the stream
+// was made with: a key's changes would go to another partition than those
+// still waiting, and be applied out of order (or a lower count would leave
+// the higher partitions' backlog to no one).
+func (t Topology) checkPartitions(info *jetstream.StreamInfo) error {
+	was, ok := info.Config.Metadata[partitionsKey]
+	if !ok || was == strconv.Itoa(t.Partitions) {
+		return nil // streams of earlier releases record nothing
+	}
+	return fmt.Errorf("stream %s spreads changes over %s partitions, and nats.partitions is %d: "+
+		"to change the count, stop capture, wait until every sink's backlog is empty (sluice status), "+
+		"delete the stream (nats stream rm %s), then start capture with the new count (it resumes from the slot)",
+		t.Stream, was, t.Partitions, t.Stream)
 }
 
 // ConsumerName is the durable consumer of one partition of a sink.
@@ -177,6 +198,13 @@ func (t Topology) MembersBucket(sink string) string { return t.Stream + "_writer
 
 // Ensure creates or updates the stream and the consumers of sinks.
 func (t Topology) Ensure(ctx context.Context, js jetstream.JetStream, sinks ...config.Sink) (jetstream.Stream, error) {
+	if st, err := js.Stream(ctx, t.Stream); err == nil {
+		if err := t.checkPartitions(st.CachedInfo()); err != nil {
+			return nil, err
+		}
+	} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, fmt.Errorf("read stream %s: %w", t.Stream, err)
+	}
 	st, err := js.CreateOrUpdateStream(ctx, t.StreamConfig())
 	if err != nil {
 		return nil, fmt.Errorf("create stream %s: %w", t.Stream, err)

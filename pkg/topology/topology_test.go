@@ -1,9 +1,14 @@
 package topology
 
 import (
+	"context"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/pkg/config"
+	"github.com/sluicehq/sluice/pkg/testenv"
 )
 
 func TestPartitionIsStable(t *testing.T) {
@@ -88,5 +93,49 @@ func TestRedact(t *testing.T) {
 		if got := Redact(in); got != want || strings.Contains(got, "s3cret") || strings.Contains(got, "t0ken") {
 			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// The stream records its partition count; another count is refused with
+// what to do, and a stream of an earlier release is adopted.
+func TestEnsureKeepsPartitions(t *testing.T) {
+	ctx := context.Background()
+	js := testenv.NewNATS(t).JetStream(t)
+	topo := Topology{Stream: "S", Partitions: 4, Replicas: 1}
+	sink := config.Sink{Name: "cache", AckWait: time.Second, Failover: 3 * time.Second}
+	for range 2 {
+		if _, err := topo.Ensure(ctx, js, sink); err != nil {
+			t.Fatal(err)
+		}
+	}
+	more := topo
+	more.Partitions = 8
+	if _, err := more.Ensure(ctx, js, sink); err == nil || !strings.Contains(err.Error(), "spreads changes over 4 partitions, and nats.partitions is 8") {
+		t.Fatalf("8 partitions over a stream of 4: %v", err)
+	}
+	old := Topology{Stream: "OLD", Partitions: 2, Replicas: 1}
+	cfg := old.StreamConfig()
+	cfg.Metadata = nil
+	if _, err := js.CreateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	st, err := old.Ensure(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := st.Info(ctx); err != nil || info.Config.Metadata[partitionsKey] != "2" {
+		t.Fatalf("an earlier release's stream: %v, %v", info.Config.Metadata, err)
+	}
+}
+
+func TestServerVersion(t *testing.T) {
+	for v, ok := range map[string]bool{"2.11.0": true, "2.11.4": true, "2.12.0-RC.1": true, "3.0": true,
+		"2.10.22": false, "2.9.25": false, "2": false, "": false, "x.y": false} {
+		if got := checkVersion(v) == nil; got != ok {
+			t.Errorf("version %q accepted %v, want %v", v, got, ok)
+		}
+	}
+	if err := checkVersion("2.9.25"); err == nil || !strings.Contains(err.Error(), "NATS 2.9.25; Sluice needs 2.11.0 or newer") {
+		t.Errorf("message: %v", err)
 	}
 }
