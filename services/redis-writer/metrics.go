@@ -55,6 +55,7 @@ type sinkMetrics struct {
 }
 
 func newSinkMetrics(sink string) *sinkMetrics {
+	resets.WithLabelValues(sink) // at 0 from the start, for rates and panels
 	return &sinkMetrics{
 		applied:       changes.WithLabelValues(sink, "applied"),
 		stale:         changes.WithLabelValues(sink, "stale"),
