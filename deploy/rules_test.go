@@ -37,6 +37,7 @@ var sluiceMetricTypes = map[string]string{
 	"sluice_capture_publish_seconds":             "histogram",
 	"sluice_capture_in_flight":                   "gauge",
 	"sluice_capture_confirmed_lsn":               "gauge",
+	"sluice_capture_source_refused":              "gauge",
 	// sinks, measured by capture from JetStream
 	"sluice_sink_backlog_messages":         "gauge",
 	"sluice_sink_oldest_unapplied_seconds": "gauge",

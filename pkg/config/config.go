@@ -65,6 +65,10 @@ type Postgres struct {
 	// the WAL, so that the slot's position advances while the captured
 	// tables are idle and the rest of the database is not.
 	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
+	// OnSlotLoss is what capture does when the slot is gone or invalidated,
+	// or the database is not the one the stream's changes came from:
+	// "stop" (wait for `sluice resync`) or "resync" (do it at once).
+	OnSlotLoss string `yaml:"on_slot_loss"`
 }
 
 // NATS is the JetStream that carries changes from capture to the writers.
@@ -265,6 +269,9 @@ func (c *Config) SetDefaults() {
 	if c.Postgres.StatusInterval == 0 {
 		c.Postgres.StatusInterval = DefaultStatusInterval
 	}
+	if c.Postgres.OnSlotLoss == "" {
+		c.Postgres.OnSlotLoss = "stop"
+	}
 	if c.Postgres.HeartbeatInterval == 0 {
 		c.Postgres.HeartbeatInterval = DefaultHeartbeat
 	}
@@ -396,6 +403,9 @@ func (c *Config) Validate() error {
 	}
 	if p.HeartbeatInterval < 100*time.Millisecond {
 		errs.add("postgres.heartbeat_interval", "must be at least 100ms")
+	}
+	if p.OnSlotLoss != "stop" && p.OnSlotLoss != "resync" {
+		errs.add("postgres.on_slot_loss", fmt.Sprintf("%q is not stop or resync", p.OnSlotLoss))
 	}
 	n := c.NATS
 	if !streamName.MatchString(n.Stream) {

@@ -54,6 +54,10 @@ type Service struct {
 	streaming atomic.Bool
 	chunks    *backfiller.Chunks
 	progress  atomic.Int64 // unix nanoseconds of the main loop's last turn
+	after     uint64       // the stream sequence after which this source's changes start
+	refused   atomic.Pointer[refusal]
+	// interrupt ends the current session (a resync was asked for).
+	interrupt atomic.Pointer[context.CancelCauseFunc]
 }
 
 // New returns a capture service for cfg.
@@ -80,6 +84,7 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	s.beat()
+	setRefused("")
 	admin.Live("capture", func() error {
 		if quiet := time.Since(time.Unix(0, s.progress.Load())); quiet > stuckAfter {
 			return fmt.Errorf("the main loop made no progress for %s", quiet.Round(time.Second))
@@ -100,9 +105,6 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	if err := src.EnsurePublication(ctx); err != nil {
-		return err
-	}
-	if err := src.EnsureSlot(ctx); err != nil {
 		return err
 	}
 	s.log.Info("capturing", zap.String("database", src.Database()), zap.Strings("tables", s.cfg.Postgres.Tables),
@@ -131,6 +133,9 @@ func (s *Service) Run(ctx context.Context) error {
 	defer func() { <-workerDone }() // before its connection closes
 
 	admin.Ready("capture", func() error {
+		if r := s.refused.Load(); r != nil {
+			return r
+		}
 		if !s.streaming.Load() {
 			return errors.New("not streaming from the slot")
 		}
@@ -176,8 +181,20 @@ func (s *Service) session(ctx context.Context, src *source.Source, js jetstream.
 	if err := src.Reconnect(ctx); err != nil {
 		return err
 	}
+	// The source is checked at every start: Postgres may have been
+	// restored or its slot dropped while capture was away.
+	if s.after, err = s.admit(ctx, src, js); err != nil {
+		return err
+	}
+	if err := src.EnsureSlot(ctx); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	s.interrupt.Store(&cancel)
+	defer s.interrupt.Store(nil)
 	pub, resume, err := publisher.Open(ctx, js, publisher.Options{Stream: s.topo.Stream, Partitions: s.topo.Partitions,
-		Subject: s.topo.Subject, FragmentSubject: s.topo.FragmentSubject, MaxInFlight: maxInFlight})
+		Subject: s.topo.Subject, FragmentSubject: s.topo.FragmentSubject, MaxInFlight: maxInFlight, After: s.after})
 	if err != nil {
 		return err
 	}
@@ -202,7 +219,13 @@ func (s *Service) session(ctx context.Context, src *source.Source, js jetstream.
 		}
 		stream.Close(dctx)
 	}()
-	return sess.run(ctx, stream)
+	if err := sess.run(ctx, stream); err != nil {
+		if cause := context.Cause(ctx); errors.Is(cause, errResync) {
+			return cause
+		}
+		return err
+	}
+	return nil
 }
 
 type session struct {

@@ -18,6 +18,10 @@ var (
 		Name: "sluice_capture_streaming",
 		Help: "1 while capture streams from the slot; 0 while it connects or restarts.",
 	})
+	sourceRefused = promauto.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "sluice_capture_source_refused",
+		Help: "1 while capture refuses to stream because the slot is lost or the database is not the stream's source (reason: slot_lost, slot_invalidated, database_replaced, database_behind); see `sluice resync`.",
+	}, []string{"reason"})
 	restarts = promauto.NewCounter(prometheus.CounterOpts{
 		Name: "sluice_capture_restarts_total",
 		Help: "Replication streams restarted after a failure (Postgres or NATS gone, a connection dropped).",

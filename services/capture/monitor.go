@@ -30,6 +30,9 @@ func (s *Service) monitor(ctx context.Context, js jetstream.JetStream) {
 		if err == nil {
 			err = s.readBackfills(ctx, js)
 		}
+		if err == nil {
+			err = s.watchResync(ctx, js)
+		}
 		if err != nil && ctx.Err() == nil {
 			if !failing { // once per failure, not at every tick
 				s.log.Warn("cannot read the sinks' backlog or backfills from nats; their metrics are stale", zap.Error(err))

@@ -93,6 +93,45 @@ func (r Resume) Covers(partition int, lsn uint64, idx uint32, table string) bool
 	return true
 }
 
+// Positions reads where each partition's events end in the stream.
+func Positions(ctx context.Context, st jetstream.Stream, o Options) (Resume, error) {
+	resume := Resume{}
+	for p := range o.Partitions {
+		subject := o.Subject(p)
+		msg, err := st.GetLastMsgForSubject(ctx, subject)
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound): // none yet, or expired
+			continue
+		case err == nil && msg.Sequence <= o.After: // an earlier source's
+			continue
+		case err != nil:
+			return nil, fmt.Errorf("read the last message of %s: %w", subject, err)
+		}
+		data, err := fragment.Payload(ctx, st, msg.Header, msg.Data)
+		if err != nil {
+			return nil, fmt.Errorf("read the last message of %s (seq %d): %w", subject, msg.Sequence, err)
+		}
+		evs, err := change.Events(data)
+		if err != nil || len(evs) == 0 {
+			return nil, fmt.Errorf("read the last message of %s (seq %d): %v", subject, msg.Sequence, err)
+		}
+		ev := evs[len(evs)-1]
+		resume[p] = Position{LSN: ev.CommitLsn, Idx: ev.CommitIdx, Table: ev.Schema + "." + ev.Table, Valid: true}
+	}
+	return resume, nil
+}
+
+// Last is the highest commit position of the events in the stream; false
+// when there is none.
+func (r Resume) Last() (lsn uint64, ok bool) {
+	for _, p := range r {
+		if p.Valid && p.LSN >= lsn {
+			lsn, ok = p.LSN, true
+		}
+	}
+	return lsn, ok
+}
+
 type item struct {
 	fut    jetstream.PubAckFuture // nil for a WAL position marker
 	events int
@@ -120,6 +159,10 @@ type Options struct {
 	// MaxInFlight bounds the messages published and not yet acknowledged,
 	// and, in units of 64 KiB, their size.
 	MaxInFlight int
+	// After is the last stream sequence of an earlier source (see package
+	// lineage): messages up to it say nothing of what was published from
+	// this one.
+	After uint64
 }
 
 // Publisher is one session's publisher. It is not safe for concurrent use,
@@ -152,26 +195,9 @@ func Open(ctx context.Context, js jetstream.JetStream, o Options) (*Publisher, R
 	if err != nil {
 		return nil, nil, fmt.Errorf("read stream %s: %w", o.Stream, err)
 	}
-	resume := Resume{}
-	for p := range o.Partitions {
-		subject := o.Subject(p)
-		msg, err := st.GetLastMsgForSubject(ctx, subject)
-		switch {
-		case errors.Is(err, jetstream.ErrMsgNotFound): // none yet, or expired
-			continue
-		case err != nil:
-			return nil, nil, fmt.Errorf("read the last message of %s: %w", subject, err)
-		}
-		data, err := fragment.Payload(ctx, st, msg.Header, msg.Data)
-		if err != nil {
-			return nil, nil, fmt.Errorf("read the last message of %s (seq %d): %w", subject, msg.Sequence, err)
-		}
-		evs, err := change.Events(data)
-		if err != nil || len(evs) == 0 {
-			return nil, nil, fmt.Errorf("read the last message of %s (seq %d): %v", subject, msg.Sequence, err)
-		}
-		ev := evs[len(evs)-1]
-		resume[p] = Position{LSN: ev.CommitLsn, Idx: ev.CommitIdx, Table: ev.Schema + "." + ev.Table, Valid: true}
+	resume, err := Positions(ctx, st, o)
+	if err != nil {
+		return nil, nil, err
 	}
 	maxPayload := js.Conn().MaxPayload()
 	p := &Publisher{

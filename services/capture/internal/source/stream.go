@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -35,6 +36,22 @@ type Keepalive struct {
 // Connect was given, which fix the text formats of values, and starts streaming the slot from its
 // confirmed position: only committed transactions, in commit order.
 func (s *Source) StartStream(ctx context.Context) (*Stream, error) {
+	conn, err := s.replication(ctx)
+	if err != nil {
+		return nil, err
+	}
+	err = pglogrepl.StartReplication(ctx, conn, s.cfg.Slot, 0, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{"proto_version '1'", fmt.Sprintf("publication_names '%s'", s.cfg.Publication), "messages 'true'"},
+	})
+	if err != nil {
+		conn.Close(ctx)
+		return nil, fmt.Errorf("start replication from slot %s: %w", s.cfg.Slot, err)
+	}
+	return &Stream{conn: conn}, nil
+}
+
+// replication opens a replication connection.
+func (s *Source) replication(ctx context.Context) (*pgconn.PgConn, error) {
 	cfg, err := pgconn.ParseConfig(s.cfg.URL)
 	if err != nil {
 		return nil, fmt.Errorf("postgres.url: %w", err)
@@ -48,14 +65,54 @@ func (s *Source) StartStream(ctx context.Context) (*Stream, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open replication connection: %w", err)
 	}
-	err = pglogrepl.StartReplication(ctx, conn, s.cfg.Slot, 0, pglogrepl.StartReplicationOptions{
-		PluginArgs: []string{"proto_version '1'", fmt.Sprintf("publication_names '%s'", s.cfg.Publication), "messages 'true'"},
-	})
+	return conn, nil
+}
+
+// Identity tells one Postgres source from another, and the state of the
+// slot.
+type Identity struct {
+	// SystemID is the cluster's system identifier.
+	SystemID string
+	// WALPos is how far the server's WAL goes.
+	WALPos pgoutput.LSN
+	// SlotExists and SlotLost: the slot is there, and it was invalidated
+	// (max_slot_wal_keep_size removed WAL it still needed).
+	SlotExists, SlotLost bool
+}
+
+// Identify reads the server's identity (IDENTIFY_SYSTEM, which a
+// replication role may run) and the slot's state.
+func (s *Source) Identify(ctx context.Context) (Identity, error) {
+	var id Identity
+	conn, err := s.replication(ctx)
 	if err != nil {
-		conn.Close(ctx)
-		return nil, fmt.Errorf("start replication from slot %s: %w", s.cfg.Slot, err)
+		return id, err
 	}
-	return &Stream{conn: conn}, nil
+	defer conn.Close(context.WithoutCancel(ctx))
+	sys, err := pglogrepl.IdentifySystem(ctx, conn)
+	if err != nil {
+		return id, fmt.Errorf("identify the postgres server: %w", err)
+	}
+	id.SystemID, id.WALPos = sys.SystemID, pgoutput.LSN(sys.XLogPos)
+	err = s.conn.QueryRow(ctx, `SELECT coalesce(wal_status = 'lost', false) FROM pg_replication_slots WHERE slot_name = $1`,
+		s.cfg.Slot).Scan(&id.SlotLost)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return id, nil
+	case err != nil:
+		return id, fmt.Errorf("inspect replication slot %s: %w", s.cfg.Slot, err)
+	}
+	id.SlotExists = true
+	return id, nil
+}
+
+// DropSlot drops the slot, when it exists and no process uses it.
+func (s *Source) DropSlot(ctx context.Context) error {
+	_, err := s.conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, s.cfg.Slot)
+	if err != nil {
+		return fmt.Errorf("drop replication slot %s: %w", s.cfg.Slot, err)
+	}
+	return nil
 }
 
 // Receive returns the next *XLogData or *Keepalive. When ctx's deadline
