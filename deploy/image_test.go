@@ -30,6 +30,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sluicehq/sluice/pkg/testenv"
 )
 
 // The binaries `make release` builds and `make images` packs, one image each.
@@ -142,7 +144,7 @@ func TestImages(t *testing.T) {
 	imageNeed(t, "go")
 	imageNeed(t, "podman")
 	if os.Geteuid() != 0 {
-		imageMissing(t, "root (to chroot into the images' filesystems and to build with podman)")
+		testenv.Missing(t, "root (to chroot into the images' filesystems and to build with podman)")
 	}
 	if runtime.GOOS != "linux" || imageMachines[runtime.GOARCH] == 0 {
 		t.Skipf("the images are built for this machine's architecture; %s/%s has none", runtime.GOOS, runtime.GOARCH)
@@ -583,17 +585,7 @@ func imageRoot(t *testing.T) string {
 // not on PATH, and skips the test elsewhere.
 func imageNeed(t *testing.T, tool string) {
 	t.Helper()
-	if _, err := exec.LookPath(tool); err != nil {
-		imageMissing(t, tool+" (on PATH)")
-	}
-}
-
-func imageMissing(t *testing.T, what string) {
-	t.Helper()
-	if ci := os.Getenv("CI"); ci != "" && ci != "false" && ci != "0" {
-		t.Fatalf("%s is needed under CI", what)
-	}
-	t.Skipf("%s is needed, skipped", what)
+	testenv.Tool(t, tool, "see the README's Deploying")
 }
 
 func imageRandom(t *testing.T) string {

@@ -13,6 +13,8 @@ import (
 	"testing"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/sluicehq/sluice/pkg/testenv"
 )
 
 // The alert rules, their unit tests and the dashboard, relative to deploy/.
@@ -379,13 +381,7 @@ type alertTestFile struct {
 // elsewhere.
 func runPromtool(t *testing.T, dir string, args ...string) (string, error) {
 	t.Helper()
-	promtool, err := exec.LookPath("promtool")
-	if err != nil {
-		if ci := os.Getenv("CI"); ci != "" && ci != "false" && ci != "0" {
-			t.Fatalf("promtool not found on PATH (install Prometheus's promtool; Debian: apt-get install prometheus): %v", err)
-		}
-		t.Skipf("promtool not found on PATH, skipped (Debian: apt-get install prometheus): %v", err)
-	}
+	promtool := testenv.Tool(t, "promtool", "Debian: apt-get install prometheus")
 	cmd := exec.Command(promtool, args...)
 	cmd.Dir = dir
 	out, err := cmd.CombinedOutput()

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -23,14 +22,7 @@ import (
 // under CI and is skipped elsewhere.
 func PrometheusBin(t testing.TB) string {
 	t.Helper()
-	p, err := exec.LookPath("prometheus")
-	if err != nil {
-		if ci := os.Getenv("CI"); ci != "" && ci != "false" && ci != "0" {
-			t.Fatalf("prometheus not found on PATH (Debian: apt-get install prometheus): %v", err)
-		}
-		t.Skipf("prometheus not found on PATH, skipped (Debian: apt-get install prometheus): %v", err)
-	}
-	return p
+	return testenv.Tool(t, "prometheus", "Debian: apt-get install prometheus")
 }
 
 // ScrapeJob is a Prometheus job: its name and its targets (host:port).
