@@ -91,6 +91,15 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 		return nil
 	})
+	admin.Ready("capture", func() error {
+		if r := s.refused.Load(); r != nil {
+			return r
+		}
+		if !s.streaming.Load() {
+			return errors.New("not streaming from the slot")
+		}
+		return topology.Connected(nc)
+	})
 	mctx, stopMonitor := context.WithCancel(ctx)
 	monitorDone := make(chan struct{})
 	go func() { defer close(monitorDone); s.monitor(mctx, js) }()
@@ -111,6 +120,14 @@ func (s *Service) Run(ctx context.Context) error {
 		zap.String("slot", s.cfg.Postgres.Slot), zap.String("stream", s.topo.Stream))
 
 	types := pgvalue.NewTypes(src)
+	// The slot exists before a backfill writes its first watermark: one
+	// written before the slot's start would never be decoded.
+	if err := s.prepare(ctx, src, js); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
 
 	// Backfills read through a connection of their own.
 	jobs, err := backfill.Open(ctx, js, s.topo)
@@ -132,15 +149,6 @@ func (s *Service) Run(ctx context.Context) error {
 	}()
 	defer func() { <-workerDone }() // before its connection closes
 
-	admin.Ready("capture", func() error {
-		if r := s.refused.Load(); r != nil {
-			return r
-		}
-		if !s.streaming.Load() {
-			return errors.New("not streaming from the slot")
-		}
-		return topology.Connected(nc)
-	})
 	backoff := time.Second
 	for {
 		started := time.Now()
@@ -164,6 +172,14 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 }
 
+// prepare admits the source (see admit) and makes sure the slot exists.
+func (s *Service) prepare(ctx context.Context, src *source.Source, js jetstream.JetStream) (err error) {
+	if s.after, err = s.admit(ctx, src, js); err != nil {
+		return err
+	}
+	return src.EnsureSlot(ctx)
+}
+
 // beat records that the main loop turned.
 func (s *Service) beat() { s.progress.Store(time.Now().UnixNano()) }
 
@@ -183,10 +199,7 @@ func (s *Service) session(ctx context.Context, src *source.Source, js jetstream.
 	}
 	// The source is checked at every start: Postgres may have been
 	// restored or its slot dropped while capture was away.
-	if s.after, err = s.admit(ctx, src, js); err != nil {
-		return err
-	}
-	if err := src.EnsureSlot(ctx); err != nil {
+	if err := s.prepare(ctx, src, js); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
