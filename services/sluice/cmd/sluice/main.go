@@ -21,6 +21,7 @@ import (
 	"github.com/sluicehq/sluice/services/sluice/internal/demo"
 	"github.com/sluicehq/sluice/services/sluice/internal/dev"
 	"github.com/sluicehq/sluice/services/sluice/internal/dlq"
+	"github.com/sluicehq/sluice/services/sluice/internal/resync"
 	"github.com/sluicehq/sluice/services/sluice/internal/status"
 )
 
@@ -46,10 +47,17 @@ Commands:
   demo                  start a throwaway Postgres and Redis, run 'sluice dev'
                         against them, make changes, and show both sides
   backfill --config FILE --sink NAME --table T [--where SQL] [--detach]
+           [--apply-timeout D]
                         copy the table's current rows into the sink (READ events)
-                        and follow the progress; --cancel stops an active one
-  status --config FILE  the slot, the stream, each sink's backlog, dead letters
-                        and writers with their partitions
+                        and follow the progress until the sink has applied them;
+                        --cancel stops an active one
+  status --config FILE [--output text|json]
+                        the slot, the stream, each sink's backlog (in stream
+                        messages), dead letters and writers with their
+                        partitions, the active backfills and the last few that
+                        ended within 24 hours; json for scripts
+  resync --config FILE  after the slot was lost or the database replaced:
+                        have capture make a new slot and backfill every sink
   dlq list   --config FILE --sink NAME               a sink's dead letters
   dlq replay --config FILE --sink NAME [--seq N]...  write their rows again as Postgres holds them now
   dlq drop   --config FILE --sink NAME (--seq N... | --all)
@@ -88,6 +96,7 @@ func main() {
 		fs.StringVar(&r.Where, "where", "", "an SQL condition: copy only the rows it selects")
 		fs.BoolVar(&r.Cancel, "cancel", false, "cancel the active backfill of --table into --sink")
 		fs.BoolVar(&r.Detach, "detach", false, "create the backfill and return, without following it")
+		fs.DurationVar(&r.ApplyTimeout, "apply-timeout", 0, "with the rows in the stream, stop waiting for the sink to apply them after this long, and fail (0: wait until interrupted)")
 		program.Main("sluice backfill", fs, args, func(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
 			if r.Sink == "" || r.Table == "" {
 				return errors.New("--sink and --table are required")
@@ -99,11 +108,23 @@ func main() {
 		})
 	case "status":
 		fs := flag.NewFlagSet("sluice status", flag.ExitOnError)
+		output := fs.String("output", status.Text, "text, or json for scripts")
 		program.Main("sluice status", fs, args, func(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
+			if err := status.CheckOutput(*output); err != nil {
+				return err
+			}
 			if err := program.RequireNATS("sluice status", cfg); err != nil {
 				return err
 			}
-			return status.Run(ctx, os.Stdout, cfg, log)
+			return status.Run(ctx, os.Stdout, cfg, log, *output)
+		})
+	case "resync":
+		fs := flag.NewFlagSet("sluice resync", flag.ExitOnError)
+		program.Main("sluice resync", fs, args, func(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
+			if err := program.RequireNATS("sluice resync", cfg); err != nil {
+				return err
+			}
+			return resync.Run(ctx, os.Stdout, cfg, log)
 		})
 	case "dlq":
 		if len(args) == 0 {

@@ -4,6 +4,7 @@ package backfill
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -12,9 +13,11 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
 	jobs "github.com/sluicehq/sluice/pkg/backfill"
+	"github.com/sluicehq/sluice/pkg/backlog"
 	"github.com/sluicehq/sluice/pkg/config"
 	"github.com/sluicehq/sluice/pkg/topology"
 )
@@ -23,11 +26,14 @@ import (
 type Request struct {
 	Sink, Table, Where string
 	Cancel, Detach     bool
+	// ApplyTimeout bounds the wait for the sink to apply the rows once
+	// they are in the stream; 0: until interrupted.
+	ApplyTimeout time.Duration
 }
 
 // Run creates (or cancels) a backfill and, unless detached, follows it
-// until it ends. Interrupting the command stops following, not the
-// backfill.
+// until it ends and the sink has applied its rows. Interrupting the
+// command stops following, not the backfill.
 func Run(ctx context.Context, out io.Writer, cfg *config.Config, log *zap.Logger, r Request) error {
 	sink, err := cfg.Sink(r.Sink)
 	if err != nil {
@@ -47,7 +53,8 @@ func Run(ctx context.Context, out io.Writer, cfg *config.Config, log *zap.Logger
 		return err
 	}
 	defer nc.Close()
-	store, err := jobs.Open(ctx, js, topology.New(cfg.NATS))
+	topo := topology.New(cfg.NATS)
+	store, err := jobs.Open(ctx, js, topo)
 	if err != nil {
 		return err
 	}
@@ -64,6 +71,9 @@ func Run(ctx context.Context, out io.Writer, cfg *config.Config, log *zap.Logger
 		}
 		return nil
 	}
+	began := time.Now()
+	// The sink's dead letters before, to tell those it adds meanwhile.
+	letters, lettersKnown := deadLetters(ctx, js, topo, sink.Name)
 	j, err := store.Create(ctx, sink.Name, table, r.Where)
 	if err != nil {
 		return err
@@ -72,7 +82,196 @@ func Run(ctx context.Context, out io.Writer, cfg *config.Config, log *zap.Logger
 	if r.Detach {
 		return nil
 	}
-	return follow(ctx, out, store, j.ID)
+	tty := isTerminal(out)
+	j, done, err := follow(ctx, out, store, j.ID, tty)
+	if err != nil || !done {
+		return err
+	}
+	last, applied, err := awaitSink(ctx, out, js, topo, j, r.ApplyTimeout, tty)
+	if err != nil || !applied {
+		return err
+	}
+	// Acknowledged is applied, except for the changes the writers parked
+	// for another attempt or gave up on: say so rather than "done".
+	parked, err := parkedRetries(ctx, js, topo, j.Sink)
+	if err != nil {
+		return untold(j, err)
+	}
+	var added uint64
+	if lettersKnown && last.DeadLetters > letters {
+		added = last.DeadLetters - letters
+	}
+	if msg := exceptions(j.Sink, parked, added); msg != "" {
+		return fmt.Errorf("backfill %s: %d rows in the stream, but %s", j.ID, j.Done, msg)
+	}
+	fmt.Fprintf(out, "done: %d rows in %s, applied by sink %s\n", j.Done, time.Since(began).Round(100*time.Millisecond), j.Sink)
+	return nil
+}
+
+// awaitSink waits, once capture marked job j done (its rows are in the
+// stream), until its sink has applied the stream up to there, and returns
+// where the sink stood last and whether it did. Interrupted, it says how
+// things stand and returns no error: the backfill is complete.
+func awaitSink(ctx context.Context, out io.Writer, js jetstream.JetStream, topo topology.Topology, j jobs.Job, timeout time.Duration, tty bool) (backlog.Sink, bool, error) {
+	seq, err := lastSeq(ctx, js, topo)
+	if err != nil {
+		return backlog.Sink{}, false, untold(j, err)
+	}
+	fmt.Fprintf(out, "rows in the stream (up to sequence %d); waiting for sink %s to apply them\n", seq, j.Sink)
+	wctx := ctx
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		wctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	var shown time.Time
+	last, err := WaitApplied(wctx, js, topo, j.Sink, seq, func(s backlog.Sink) {
+		if time.Since(shown) < every(tty) {
+			return
+		}
+		shown = time.Now()
+		if tty {
+			fmt.Fprintf(out, "\r\033[K%s", applying(s))
+		} else {
+			fmt.Fprintln(out, applying(s))
+		}
+	})
+	if tty && !shown.IsZero() {
+		fmt.Fprintln(out)
+	}
+	switch {
+	case ctx.Err() != nil:
+		fmt.Fprintf(out, "stopped waiting; backfill %s is complete, and sink %s has %d messages pending (sluice status shows its backlog)\n", j.ID, j.Sink, last.Pending())
+		return last, false, nil
+	case wctx.Err() != nil:
+		return last, false, fmt.Errorf("backfill %s is complete, but sink %s had not applied it after %s: %d messages pending, %s", j.ID, j.Sink, timeout, last.Pending(), writersNote(last))
+	case err != nil:
+		return last, false, untold(j, err)
+	}
+	return last, true, nil
+}
+
+// untold is the error of a complete backfill whose application by the
+// sink could not be read.
+func untold(j jobs.Job, err error) error {
+	return fmt.Errorf("backfill %s is complete, but whether sink %s applied it cannot be told: %w", j.ID, j.Sink, err)
+}
+
+// every is how often progress shows: redrawn in place on a terminal, a
+// line every few seconds otherwise.
+func every(tty bool) time.Duration {
+	if tty {
+		return 250 * time.Millisecond
+	}
+	return 2 * time.Second
+}
+
+// WaitApplied waits until the sink has acknowledged every message of the
+// stream up to sequence seq, calling each with where the sink stands
+// while it has not, and returns where it stood last. It returns ctx's
+// error when ctx ends first.
+func WaitApplied(ctx context.Context, js jetstream.JetStream, topo topology.Topology, sink string, seq uint64, each func(backlog.Sink)) (backlog.Sink, error) {
+	last := backlog.Sink{Name: sink}
+	st, err := js.Stream(ctx, topo.Stream)
+	if err != nil {
+		return last, fmt.Errorf("read stream %s: %w", topo.Stream, err)
+	}
+	for {
+		sinks, err := backlog.Read(ctx, js, st, topo, []string{sink})
+		if ctx.Err() != nil {
+			return last, ctx.Err()
+		}
+		if err != nil {
+			return last, err
+		}
+		last = sinks[0]
+		if last.Applied(seq) {
+			return last, nil
+		}
+		if each != nil {
+			each(last)
+		}
+		select {
+		case <-ctx.Done():
+			return last, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// applying renders the wait for the sink on one line.
+func applying(s backlog.Sink) string {
+	return fmt.Sprintf("sink %s: %d messages pending, %s", s.Name, s.Pending(), writersNote(s))
+}
+
+// writersNote says whether anyone is applying the sink's messages.
+func writersNote(s backlog.Sink) string {
+	switch n := len(s.Writers); n {
+	case 0:
+		return "no writer is running"
+	case 1:
+		return "1 writer"
+	default:
+		return fmt.Sprintf("%d writers", n)
+	}
+}
+
+// exceptions says which acknowledged changes the sink did not apply, or
+// "" when there are none.
+func exceptions(sink string, parked, letters uint64) string {
+	var parts []string
+	if parked > 0 {
+		parts = append(parts, fmt.Sprintf("%d changes of sink %s wait for another attempt", parked, sink))
+	}
+	if letters > 0 {
+		parts = append(parts, fmt.Sprintf("%d went to its dead letters meanwhile (sluice dlq list --sink %s)", letters, sink))
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return strings.Join(parts, " and ") + ": some rows may be missing from the sink"
+}
+
+// lastSeq is the stream's last sequence.
+func lastSeq(ctx context.Context, js jetstream.JetStream, topo topology.Topology) (uint64, error) {
+	st, err := js.Stream(ctx, topo.Stream)
+	if err != nil {
+		return 0, fmt.Errorf("read stream %s: %w", topo.Stream, err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("read stream %s: %w", topo.Stream, err)
+	}
+	return info.State.LastSeq, nil
+}
+
+// deadLetters counts the sink's dead letters; false when it cannot tell.
+func deadLetters(ctx context.Context, js jetstream.JetStream, topo topology.Topology, sink string) (uint64, bool) {
+	st, err := js.Stream(ctx, topo.Stream)
+	if err != nil {
+		return 0, false
+	}
+	sinks, err := backlog.Read(ctx, js, st, topo, []string{sink})
+	if err != nil {
+		return 0, false
+	}
+	return sinks[0].DeadLetters, true
+}
+
+// parkedRetries counts the sink's changes waiting for another attempt.
+func parkedRetries(ctx context.Context, js jetstream.JetStream, topo topology.Topology, sink string) (uint64, error) {
+	st, err := js.Stream(ctx, topo.RetryStream())
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return 0, nil // no writer ever ran
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read stream %s: %w", topo.RetryStream(), err)
+	}
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(topo.RetrySubject(sink)))
+	if err != nil {
+		return 0, fmt.Errorf("read stream %s: %w", topo.RetryStream(), err)
+	}
+	return info.State.Subjects[topo.RetrySubject(sink)], nil
 }
 
 // checkWhere has Postgres plan the condition, so a mistake is an error
@@ -89,22 +288,16 @@ func checkWhere(ctx context.Context, url, table, where string) error {
 	return jobs.CheckWhereIn(ctx, conn, table, where)
 }
 
-// follow shows the job's progress until it ends: a bar redrawn in place on
-// a terminal, a line every few seconds otherwise.
-func follow(ctx context.Context, out io.Writer, store *jobs.Store, id string) error {
-	tty := isTerminal(out)
-	every := 2 * time.Second
-	if tty {
-		every = 250 * time.Millisecond
-	}
-	began := time.Now()
+// follow shows the job's progress until it ends, and returns it and
+// whether it is done; not done and no error when interrupted.
+func follow(ctx context.Context, out io.Writer, store *jobs.Store, id string, tty bool) (jobs.Job, bool, error) {
 	var last time.Time
 	for {
 		j, _, err := store.Get(context.WithoutCancel(ctx), id)
 		if err != nil {
-			return err
+			return j, false, err
 		}
-		if !j.State.Active() || time.Since(last) >= every {
+		if !j.State.Active() || time.Since(last) >= every(tty) {
 			line := progress(j)
 			if tty {
 				fmt.Fprintf(out, "\r\033[K%s", line)
@@ -119,12 +312,11 @@ func follow(ctx context.Context, out io.Writer, store *jobs.Store, id string) er
 			}
 			switch j.State {
 			case jobs.Done:
-				fmt.Fprintf(out, "done: %d rows in %s\n", j.Done, time.Since(began).Round(100*time.Millisecond))
-				return nil
+				return j, true, nil
 			case jobs.Failed:
-				return fmt.Errorf("backfill %s failed: %s", j.ID, j.Error)
+				return j, false, fmt.Errorf("backfill %s failed: %s", j.ID, j.Error)
 			default:
-				return fmt.Errorf("backfill %s was %s after %d rows", j.ID, j.State, j.Done)
+				return j, false, fmt.Errorf("backfill %s was %s after %d rows", j.ID, j.State, j.Done)
 			}
 		}
 		select {
@@ -133,7 +325,7 @@ func follow(ctx context.Context, out io.Writer, store *jobs.Store, id string) er
 				fmt.Fprintln(out)
 			}
 			fmt.Fprintf(out, "stopped following; the backfill goes on in capture (sluice backfill --cancel stops it)\n")
-			return nil
+			return j, false, nil
 		case <-time.After(100 * time.Millisecond):
 		}
 	}

@@ -26,8 +26,8 @@ import (
 // takeUp bounds the wait for capture to take the request up.
 const takeUp = 2 * time.Minute
 
-// Run asks for a resync and waits until capture made the new slot and every
-// backfill it started ended.
+// Run asks for a resync and waits until capture made the new slot, every
+// backfill it started ended, and every sink applied them.
 func Run(ctx context.Context, out io.Writer, cfg *config.Config, log *zap.Logger) error {
 	nc, js, err := topology.Dial(cfg.NATS.URL, "sluice resync", log)
 	if err != nil {
@@ -78,6 +78,20 @@ func Run(ctx context.Context, out io.Writer, cfg *config.Config, log *zap.Logger
 	if err := errors.Join(failed...); err != nil {
 		return err
 	}
-	fmt.Fprintln(out, "resync done: every sink's rows, as Postgres holds them now, are in the stream for the writers")
+	st, err := js.Stream(ctx, topo.Stream)
+	if err != nil {
+		return fmt.Errorf("read stream %s: %w", topo.Stream, err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("read stream %s: %w", topo.Stream, err)
+	}
+	fmt.Fprintf(out, "rows in the stream (up to sequence %d); waiting for the sinks to apply them\n", info.State.LastSeq)
+	for _, sink := range cfg.Sinks {
+		if _, err := backfill.WaitApplied(ctx, js, topo, sink.Name, info.State.LastSeq, nil); err != nil {
+			return fmt.Errorf("sink %s: %w", sink.Name, err)
+		}
+	}
+	fmt.Fprintln(out, "resync done: every sink applied the backfill of its tables")
 	return nil
 }

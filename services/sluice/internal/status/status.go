@@ -1,12 +1,16 @@
 // Package status is `sluice status`: where the pipeline stands, read from
 // Postgres and JetStream (the services need not be reachable themselves).
+// Each side is read on its own, so that one being down does not hide the
+// other.
 package status
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,198 +21,242 @@ import (
 	"go.uber.org/zap"
 
 	jobs "github.com/sluicehq/sluice/pkg/backfill"
+	"github.com/sluicehq/sluice/pkg/backlog"
 	"github.com/sluicehq/sluice/pkg/config"
-	"github.com/sluicehq/sluice/pkg/deadletter"
 	"github.com/sluicehq/sluice/pkg/topology"
 )
 
-// Run prints the status of the pipeline of cfg.
-func Run(ctx context.Context, out io.Writer, cfg *config.Config, log *zap.Logger) error {
-	if err := slot(ctx, out, cfg.Postgres); err != nil {
+// Output formats.
+const (
+	Text = "text"
+	JSON = "json"
+)
+
+// CheckOutput refuses an unknown output format.
+func CheckOutput(output string) error {
+	if output != Text && output != JSON {
+		return fmt.Errorf("--output: %q is neither text nor json", output)
+	}
+	return nil
+}
+
+// postgresTimeout bounds the connection to Postgres: an unreachable host
+// must not keep the NATS side from being printed.
+const postgresTimeout = 5 * time.Second
+
+// Run prints the status of the pipeline of cfg in the output format. It
+// prints what it could read before it returns an error for what it could
+// not.
+func Run(ctx context.Context, out io.Writer, cfg *config.Config, log *zap.Logger, output string) error {
+	if err := CheckOutput(output); err != nil {
 		return err
 	}
+	now := time.Now().UTC()
+	r := Report{At: now, NATS: NATS{URL: topology.Redact(cfg.NATS.URL)}, Sinks: []Sink{}, Backfills: []Backfill{}}
+	// Both sides at once: an unreachable Postgres host costs its timeout
+	// once, not on top of NATS's.
+	pg := make(chan Postgres, 1)
+	go func() { pg <- readPostgres(ctx, cfg.Postgres) }()
+	if err := readNATS(ctx, cfg, log, &r, now); err != nil {
+		r.NATS.Error = err.Error()
+	}
+	r.Postgres = <-pg
+	if output == JSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(r); err != nil {
+			return fmt.Errorf("write status: %w", err)
+		}
+	} else {
+		writeText(out, r)
+	}
+	var failed []string
+	if r.Postgres.Error != "" {
+		failed = append(failed, "postgres could not be reached")
+	}
+	if r.NATS.Error != "" {
+		failed = append(failed, "nats could not be read")
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("%s (the status above says what could be read)", strings.Join(failed, " and "))
+	}
+	return nil
+}
+
+// readPostgres reads the replication slot. It never returns the URL's
+// password, nor an error that holds it.
+func readPostgres(ctx context.Context, p config.Postgres) Postgres {
+	r := Postgres{}
+	pc, err := pgx.ParseConfig(p.URL)
+	if err != nil {
+		// The parser's message may quote the URL: say only that it failed.
+		r.Error = "postgres.url cannot be parsed (sluice config check says why)"
+		return r
+	}
+	r.Host = net.JoinHostPort(pc.Host, strconv.Itoa(int(pc.Port)))
+	r.Database = pc.Database
+	ctx, cancel := context.WithTimeout(ctx, postgresTimeout)
+	defer cancel()
+	conn, err := pgx.ConnectConfig(ctx, pc)
+	if err != nil {
+		r.Error = redact(oneLine(err.Error()), pc.Password)
+		return r
+	}
+	defer conn.Close(ctx)
+	s := Slot{Name: p.Slot, Exists: true}
+	var pid *int32
+	var confirmed *string
+	var lag *int64
+	err = conn.QueryRow(ctx, `SELECT active, active_pid, confirmed_flush_lsn::text,
+		pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1`, p.Slot).
+		Scan(&s.Active, &pid, &confirmed, &lag)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		s.Exists = false
+	case err != nil:
+		r.Error = redact(fmt.Sprintf("read slot %s: %v", p.Slot, err), pc.Password)
+		return r
+	}
+	s.WalsenderPID, s.ConfirmedFlushLSN, s.RetainedWALBytes = deref(pid), deref(confirmed), uint64(max(0, deref(lag)))
+	r.Slot = &s
+	return r
+}
+
+// oneLine joins the lines of a message, once each: the driver puts each
+// address it tried on a line of its own, often the same one twice (with
+// TLS, then without).
+func oneLine(msg string) string {
+	var lines []string
+	for _, l := range strings.Split(msg, "\n") {
+		if l = strings.TrimSpace(l); l != "" && !slices.Contains(lines, l) {
+			lines = append(lines, l)
+		}
+	}
+	return strings.Join(lines, " ")
+}
+
+// redact removes a password from a message, should a driver quote it.
+func redact(msg, password string) string {
+	if password == "" {
+		return msg
+	}
+	return strings.ReplaceAll(msg, password, "xxxxx")
+}
+
+// readNATS fills in the stream, the sinks and the backfills. On an error
+// it returns, keeping what it read until then.
+func readNATS(ctx context.Context, cfg *config.Config, log *zap.Logger, r *Report, now time.Time) error {
 	nc, js, err := topology.Dial(cfg.NATS.URL, "sluice status", log)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
 	topo := topology.New(cfg.NATS)
+	r.Stream = &Stream{Name: topo.Stream}
 	st, err := js.Stream(ctx, topo.Stream)
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		fmt.Fprintf(out, "stream    %s does not exist yet (capture creates it)\n", topo.Stream)
-		return nil
-	}
-	if err != nil {
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		st = nil // no backlog to read: capture creates it
+	case err != nil:
 		return fmt.Errorf("read stream %s: %w", topo.Stream, err)
-	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		return fmt.Errorf("read stream %s: %w", topo.Stream, err)
-	}
-	s := info.State
-	fmt.Fprintf(out, "stream    %s: %d changes held (%s), sequence %d, last at %s\n", topo.Stream, s.Msgs, size(s.Bytes), s.LastSeq, when(s.LastTime))
-	var letters map[string]uint64
-	if dlq, err := js.Stream(ctx, deadletter.StreamName(topo)); err == nil {
-		if di, err := dlq.Info(ctx, jetstream.WithSubjectFilter(topo.Stream+".dlq.*")); err == nil {
-			letters = di.State.Subjects
+	default:
+		info, err := st.Info(ctx)
+		if err != nil {
+			return fmt.Errorf("read stream %s: %w", topo.Stream, err)
 		}
+		s := info.State
+		r.Stream.Exists = true
+		r.Stream.Messages, r.Stream.Bytes, r.Stream.FirstSeq, r.Stream.LastSeq, r.Stream.LastTime = s.Msgs, s.Bytes, s.FirstSeq, s.LastSeq, s.LastTime
 	}
+	// Status reads: it does not create the jobs' bucket when no backfill
+	// ever ran.
 	var store *jobs.Store
 	if _, err := js.KeyValue(ctx, jobs.BucketName(topo)); err == nil {
 		if store, err = jobs.Open(ctx, js, topo); err != nil {
 			return err
 		}
+	} else if !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return fmt.Errorf("read backfill jobs: %w", err)
 	}
-	for _, sink := range cfg.Sinks {
-		if err := sinkStatus(ctx, out, js, st, topo, sink.Name, letters[topo.Stream+".dlq."+sink.Name]); err != nil {
+	if st != nil {
+		names := make([]string, len(cfg.Sinks))
+		for i, s := range cfg.Sinks {
+			names[i] = s.Name
+		}
+		sinks, err := backlog.Read(ctx, js, st, topo, names)
+		if err != nil {
 			return err
 		}
-		if store != nil {
-			if m, _, err := store.Marker(ctx, sink.Name); err == nil && m.Resets > 0 {
-				fmt.Fprintf(out, "  redis lost its data %d times, last at %s\n", m.Resets, when(m.LastReset))
+		for _, b := range sinks {
+			s := Sink{Sink: b, PendingMessages: b.Pending(), OldestUnapplied: b.Oldest(), Assignment: map[string][]int{}}
+			for _, w := range b.Writers {
+				s.Assignment[w] = topo.Assign(b.Writers, w)
 			}
+			if store != nil {
+				m, _, err := store.Marker(ctx, b.Name)
+				if err != nil {
+					return err
+				}
+				s.RedisResets, s.LastRedisReset = m.Resets, m.LastReset
+			}
+			r.Sinks = append(r.Sinks, s)
 		}
 	}
 	if store == nil {
-		return nil // no backfill ever
+		return nil
 	}
-	return backfills(ctx, out, store)
-}
-
-// backfills lists the active backfills and the last few that ended.
-func backfills(ctx context.Context, out io.Writer, store *jobs.Store) error {
 	list, err := store.List(ctx)
 	if err != nil {
 		return err
 	}
+	for _, j := range listed(list, now) {
+		r.Backfills = append(r.Backfills, backfillOf(j))
+	}
+	return nil
+}
+
+// Ended backfills are listed for a day, at most the last few of them;
+// active ones always are.
+const (
+	endedFor   = 24 * time.Hour
+	endedShown = 5
+)
+
+// listed picks, from every job (oldest first), those status lists: the
+// active ones, and the last endedShown that ended within endedFor of now.
+func listed(list []jobs.Job, now time.Time) []jobs.Job {
 	var shown []jobs.Job
 	ended := 0
 	for i := len(list) - 1; i >= 0; i-- {
-		if j := list[i]; j.State.Active() || ended < 5 {
-			if !j.State.Active() {
-				ended++
+		j := list[i]
+		if !j.State.Active() {
+			if ended >= endedShown || now.Sub(endedAt(j)) > endedFor {
+				continue
 			}
-			shown = append(shown, j)
+			ended++
 		}
+		shown = append(shown, j)
 	}
 	slices.Reverse(shown)
-	for _, j := range shown {
-		line := fmt.Sprintf("backfill  %s %s → %s: %s, %d of ~%d rows", j.ID, j.Table, j.Sink, j.State, j.Done, j.Total)
-		if j.State == jobs.Running {
-			line += fmt.Sprintf(", %.0f rows/s", j.Rate)
-			if eta := j.ETA(); eta > 0 {
-				line += ", ETA " + eta.Round(time.Second).String()
-			}
-		}
-		if j.Error != "" {
-			line += ": " + j.Error
-		}
-		fmt.Fprintln(out, line)
-	}
-	return nil
+	return shown
 }
 
-func slot(ctx context.Context, out io.Writer, p config.Postgres) error {
-	conn, err := pgx.Connect(ctx, p.URL)
-	if err != nil {
-		return fmt.Errorf("connect to postgres: %w", err)
+// endedAt is when an ended job last changed: when it ended.
+func endedAt(j jobs.Job) time.Time {
+	if j.Updated.IsZero() {
+		return j.Created
 	}
-	defer conn.Close(ctx)
-	var active bool
-	var pid *int32
-	var confirmed *string
-	var lag *int64
-	err = conn.QueryRow(ctx, `SELECT active, active_pid, confirmed_flush_lsn::text,
-		pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1`, p.Slot).
-		Scan(&active, &pid, &confirmed, &lag)
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		fmt.Fprintf(out, "postgres  slot %s does not exist yet (capture creates it)\n", p.Slot)
-		return nil
-	case err != nil:
-		return fmt.Errorf("read slot %s: %w", p.Slot, err)
-	}
-	state := "idle: no capture is streaming it"
-	if active && pid != nil {
-		state = fmt.Sprintf("streaming (walsender pid %d)", *pid)
-	}
-	fmt.Fprintf(out, "postgres  slot %s: %s, confirmed %s, retains %s of WAL\n", p.Slot, state, deref(confirmed), size(uint64(max(0, deref(lag)))))
-	return nil
+	return j.Updated
 }
 
-func sinkStatus(ctx context.Context, out io.Writer, js jetstream.JetStream, st jetstream.Stream, topo topology.Topology, sink string, letters uint64) error {
-	var total uint64
-	var busy []string
-	for p := range topo.Partitions {
-		c, err := st.Consumer(ctx, topology.ConsumerName(sink, p))
-		if errors.Is(err, jetstream.ErrConsumerNotFound) {
-			busy = append(busy, fmt.Sprintf("%d: no consumer", p))
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("read consumer of sink %s: %w", sink, err)
-		}
-		ci := c.CachedInfo()
-		n := ci.NumPending + uint64(ci.NumAckPending)
-		total += n
-		if n > 0 {
-			busy = append(busy, fmt.Sprintf("%d: %d", p, n))
-		}
+func backfillOf(j jobs.Job) Backfill {
+	b := Backfill{ID: j.ID, Sink: j.Sink, Table: j.Table, Where: j.Where, Keys: len(j.Keys), State: j.State,
+		RowsRead: j.Done, RowsEstimated: j.Total, Error: j.Error, Created: j.Created, Updated: j.Updated}
+	if j.State == jobs.Running {
+		b.RowsPerSecond = j.Rate
+		b.ETASeconds = j.ETA().Round(time.Second).Seconds()
 	}
-	detail := ""
-	if len(busy) > 0 {
-		detail = " (partition " + strings.Join(busy, ", ") + ")"
-	}
-	fmt.Fprintf(out, "sink      %s: %d pending%s, %d dead letters\n", sink, total, detail, letters)
-
-	var members []string
-	if kv, err := js.KeyValue(ctx, topo.MembersBucket(sink)); err == nil {
-		if keys, err := kv.ListKeys(ctx); err == nil {
-			for k := range keys.Keys() {
-				members = append(members, k)
-			}
-		}
-	}
-	slices.Sort(members)
-	if len(members) == 0 {
-		fmt.Fprintln(out, "  writers none running")
-		return nil
-	}
-	for i, m := range members {
-		label := "         "
-		if i == 0 {
-			label = "  writers"
-		}
-		fmt.Fprintf(out, "%s %s  partitions %s\n", label, m, ints(topo.Assign(members, m)))
-	}
-	return nil
-}
-
-func ints(v []int) string {
-	s := make([]string, len(v))
-	for i, n := range v {
-		s[i] = strconv.Itoa(n)
-	}
-	return strings.Join(s, ",")
-}
-
-func size(b uint64) string {
-	switch {
-	case b >= 1<<30:
-		return fmt.Sprintf("%.1f GiB", float64(b)/(1<<30))
-	case b >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20))
-	case b >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(b)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", b)
-}
-
-func when(t time.Time) string {
-	if t.IsZero() {
-		return "never"
-	}
-	return t.UTC().Format(time.RFC3339)
+	return b
 }
 
 func deref[T any](p *T) T {
