@@ -44,17 +44,28 @@ func register(checks map[string]func() error, name string, check func() error) {
 	checks[name] = check
 }
 
-func failing(checks map[string]func() error) []string {
+// Note is what a check returns to pass with something to say: a standby
+// is ready, and says it stands by.
+type Note string
+
+func (n Note) Error() string { return string(n) }
+
+// failing runs checks: the failures, and the notes of those that pass.
+func failing(checks map[string]func() error) (failed, notes []string) {
 	mu.Lock()
 	defer mu.Unlock()
-	var out []string
 	for name, check := range checks {
-		if err := check(); err != nil {
-			out = append(out, fmt.Sprintf("%s: %v", name, err))
+		var note Note
+		switch err := check(); {
+		case errors.As(err, &note):
+			notes = append(notes, fmt.Sprintf("%s: %s", name, note))
+		case err != nil:
+			failed = append(failed, fmt.Sprintf("%s: %v", name, err))
 		}
 	}
-	sort.Strings(out)
-	return out
+	sort.Strings(failed)
+	sort.Strings(notes)
+	return failed, notes
 }
 
 // Server serves the endpoints.
@@ -99,10 +110,11 @@ func (s *Server) handler(withPProf bool) http.Handler {
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	}
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		answer(w, failing(liveness), "ok")
+		f, notes := failing(liveness)
+		answer(w, f, "ok", notes)
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		f := failing(readiness)
+		f, notes := failing(readiness)
 		mu.Lock()
 		if len(readiness) == 0 {
 			// Not yet connected to what its checks watch.
@@ -112,12 +124,12 @@ func (s *Server) handler(withPProf bool) http.Handler {
 		if s.draining.Load() {
 			f = append([]string{errDrained.Error()}, f...)
 		}
-		answer(w, f, "ready")
+		answer(w, f, "ready", notes)
 	})
 	return mux
 }
 
-func answer(w http.ResponseWriter, failing []string, ok string) {
+func answer(w http.ResponseWriter, failing []string, ok string, notes []string) {
 	if len(failing) > 0 {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		for _, f := range failing {
@@ -126,4 +138,7 @@ func answer(w http.ResponseWriter, failing []string, ok string) {
 		return
 	}
 	fmt.Fprintln(w, ok)
+	for _, n := range notes {
+		fmt.Fprintln(w, n)
+	}
 }

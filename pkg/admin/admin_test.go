@@ -47,6 +47,11 @@ func TestEndpoints(t *testing.T) {
 	if code, _ := get(t, base+"/readyz"); code != 200 {
 		t.Errorf("/readyz when ready = %d", code)
 	}
+	failing = Note("standing by")
+	if code, body := get(t, base+"/readyz"); code != 200 || !strings.Contains(body, "capture: standing by") {
+		t.Errorf("/readyz with a note = %d %q", code, body)
+	}
+	failing = nil
 	if code, body := get(t, base+"/metrics"); code != 200 || !strings.Contains(body, "go_goroutines") {
 		t.Errorf("/metrics = %d", code)
 	}

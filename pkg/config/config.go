@@ -69,6 +69,9 @@ type Postgres struct {
 	// or the database is not the one the stream's changes came from:
 	// "stop" (wait for `sluice resync`) or "resync" (do it at once).
 	OnSlotLoss string `yaml:"on_slot_loss"`
+	// Failover is how soon a standby capture takes over from one that died
+	// or hangs: the lease of the streaming one lives this long unrenewed.
+	Failover time.Duration `yaml:"failover"`
 }
 
 // NATS is the JetStream that carries changes from capture to the writers.
@@ -269,6 +272,9 @@ func (c *Config) SetDefaults() {
 	if c.Postgres.StatusInterval == 0 {
 		c.Postgres.StatusInterval = DefaultStatusInterval
 	}
+	if c.Postgres.Failover == 0 {
+		c.Postgres.Failover = 5 * time.Second
+	}
 	if c.Postgres.OnSlotLoss == "" {
 		c.Postgres.OnSlotLoss = "stop"
 	}
@@ -403,6 +409,9 @@ func (c *Config) Validate() error {
 	}
 	if p.HeartbeatInterval < 100*time.Millisecond {
 		errs.add("postgres.heartbeat_interval", "must be at least 100ms")
+	}
+	if p.Failover < time.Second {
+		errs.add("postgres.failover", "must be at least 1s")
 	}
 	if p.OnSlotLoss != "stop" && p.OnSlotLoss != "resync" {
 		errs.add("postgres.on_slot_loss", fmt.Sprintf("%q is not stop or resync", p.OnSlotLoss))

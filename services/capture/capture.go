@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"sync/atomic"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 	"github.com/sluicehq/sluice/services/capture/internal/backfiller"
 	"github.com/sluicehq/sluice/services/capture/internal/decoder"
 	"github.com/sluicehq/sluice/services/capture/internal/event"
+	"github.com/sluicehq/sluice/services/capture/internal/leader"
 	"github.com/sluicehq/sluice/services/capture/internal/pgoutput"
 	"github.com/sluicehq/sluice/services/capture/internal/pgvalue"
 	"github.com/sluicehq/sluice/services/capture/internal/publisher"
@@ -58,6 +60,14 @@ type Service struct {
 	refused   atomic.Pointer[refusal]
 	// interrupt ends the current session (a resync was asked for).
 	interrupt atomic.Pointer[context.CancelCauseFunc]
+	lease     *leader.Lease
+	standby   atomic.Pointer[string] // the leader's id while standing by
+}
+
+// processID names this process in the capture lease: where it runs.
+func processID() string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s-%d", host, os.Getpid())
 }
 
 // New returns a capture service for cfg.
@@ -92,6 +102,10 @@ func (s *Service) Run(ctx context.Context) error {
 		return nil
 	})
 	admin.Ready("capture", func() error {
+		if holder := s.standby.Load(); holder != nil {
+			// Ready: standing by is this process's work now.
+			return admin.Note("standing by; the streaming capture is " + *holder)
+		}
 		if r := s.refused.Load(); r != nil {
 			return r
 		}
@@ -100,10 +114,57 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 		return topology.Connected(nc)
 	})
+	lease, err := leader.Open(ctx, js, s.topo.Stream+"_capture", processID(), s.cfg.Postgres.Failover, s.topo.Replicas)
+	if err != nil {
+		return err
+	}
+	s.lease = lease
 	mctx, stopMonitor := context.WithCancel(ctx)
 	monitorDone := make(chan struct{})
 	go func() { defer close(monitorDone); s.monitor(mctx, js) }()
 	defer func() { stopMonitor(); <-monitorDone }()
+	for {
+		standby := ""
+		err := lease.Acquire(ctx, func(holder string) {
+			s.beat()
+			s.standby.Store(&holder)
+			if holder != standby {
+				s.log.Info("standing by: another capture streams", zap.String("leader", holder))
+				standby = holder
+			}
+		})
+		if err != nil {
+			return nil // shut down while standing by
+		}
+		s.standby.Store(nil)
+		leading.Set(1)
+		s.log.Info("leading: this capture streams from the slot")
+		lctx, cancel := context.WithCancelCause(ctx)
+		held := make(chan struct{})
+		go func() {
+			defer close(held)
+			if err := lease.Hold(lctx); err != nil {
+				cancel(err)
+			}
+		}()
+		err = s.lead(lctx, js)
+		cancel(nil)
+		<-held // and released, when this process stops or failed
+		leading.Set(0)
+		if ctx.Err() != nil {
+			return err
+		}
+		if cause := context.Cause(lctx); errors.Is(cause, leader.ErrLost) || errors.Is(err, leader.ErrLost) {
+			s.log.Warn("lost the lease (paused or cut off from NATS for longer than postgres.failover); standing by", zap.Error(cause))
+			continue
+		}
+		return err
+	}
+}
+
+// lead streams from the slot, and runs the backfills, while this process
+// holds the lease (until ctx ends).
+func (s *Service) lead(ctx context.Context, js jetstream.JetStream) error {
 	src, err := source.Connect(ctx, s.cfg.Postgres, pgvalue.SessionParams)
 	if err != nil {
 		return err
@@ -121,12 +182,25 @@ func (s *Service) Run(ctx context.Context) error {
 
 	types := pgvalue.NewTypes(src)
 	// The slot exists before a backfill writes its first watermark: one
-	// written before the slot's start would never be decoded.
-	if err := s.prepare(ctx, src, js); err != nil {
+	// written before the slot's start would never be decoded. A former
+	// leader may take a moment to let go of it.
+	for backoff := time.Second; ; backoff = min(2*backoff, maxBackoff) {
+		err := s.prepare(ctx, src, js)
 		if ctx.Err() != nil {
 			return nil
 		}
-		return err
+		if err == nil {
+			break
+		}
+		if !source.SlotBusy(err) {
+			return err
+		}
+		s.log.Warn("the replication slot is still held; trying again", zap.Error(err), zap.Duration("backoff", backoff))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
 	}
 
 	// Backfills read through a connection of their own.
@@ -154,7 +228,7 @@ func (s *Service) Run(ctx context.Context) error {
 		started := time.Now()
 		err := s.session(ctx, src, js, tables, types)
 		s.setStreaming(false)
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || errors.Is(err, leader.ErrLost) {
 			return err
 		}
 		if time.Since(started) > time.Minute {
@@ -175,6 +249,15 @@ func (s *Service) Run(ctx context.Context) error {
 // prepare admits the source (see admit) and makes sure the slot exists.
 func (s *Service) prepare(ctx context.Context, src *source.Source, js jetstream.JetStream) (err error) {
 	if s.after, err = s.admit(ctx, src, js); err != nil {
+		return err
+	}
+	// This process holds the lease: a capture still holding the slot is
+	// a former leader (or this one's dead predecessor, whose walsender
+	// Postgres has not noticed yet).
+	if !s.lease.Valid() {
+		return leader.ErrLost
+	}
+	if err := src.TakeSlot(ctx); err != nil {
 		return err
 	}
 	return src.EnsureSlot(ctx)
@@ -266,6 +349,10 @@ func (ss *session) run(ctx context.Context, stream *source.Stream) error {
 	for ctx.Err() == nil {
 		now := time.Now()
 		ss.beat()
+		if !ss.lease.Valid() {
+			// Paused past the lease, say: another capture may stream now.
+			return leader.ErrLost
+		}
 		if now.Sub(lastBeat) >= ss.cfg.Postgres.HeartbeatInterval {
 			lag, err := ss.src.Heartbeat(ctx)
 			if err != nil {

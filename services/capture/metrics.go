@@ -22,6 +22,10 @@ var (
 		Name: "sluice_capture_source_refused",
 		Help: "1 while capture refuses to stream because the slot is lost or the database is not the stream's source (reason: slot_lost, slot_invalidated, database_replaced, database_behind); see `sluice resync`.",
 	}, []string{"reason"})
+	leading = promauto.NewGauge(prometheus.GaugeOpts{
+		Name: "sluice_capture_leader",
+		Help: "1 while this capture holds the lease and streams; 0 while it stands by.",
+	})
 	restarts = promauto.NewCounter(prometheus.CounterOpts{
 		Name: "sluice_capture_restarts_total",
 		Help: "Replication streams restarted after a failure (Postgres or NATS gone, a connection dropped).",

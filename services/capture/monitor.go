@@ -22,10 +22,19 @@ func (s *Service) monitor(ctx context.Context, js jetstream.JetStream) {
 	names := make([]string, len(s.cfg.Sinks))
 	for i, sink := range s.cfg.Sinks {
 		names[i] = sink.Name
-		sinkWritersExpected.WithLabelValues(sink.Name).Set(float64(sink.Writers))
 	}
 	failing := false
 	for {
+		if s.lease == nil || !s.lease.Valid() {
+			// Only the streaming capture exports them: one series each.
+			s.resetSinkMetrics()
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
+			continue
+		}
 		err := s.readBacklog(ctx, js, names)
 		if err == nil {
 			err = s.readBackfills(ctx, js)
@@ -74,6 +83,9 @@ func (s *Service) readBacklog(ctx context.Context, js jetstream.JetStream, names
 		sinkDeadLetters.WithLabelValues(sink.Name).Set(float64(sink.DeadLetters))
 		sinkWriters.WithLabelValues(sink.Name).Set(float64(len(sink.Writers)))
 	}
+	for _, sink := range s.cfg.Sinks {
+		sinkWritersExpected.WithLabelValues(sink.Name).Set(float64(sink.Writers))
+	}
 	return nil
 }
 
@@ -117,4 +129,11 @@ func (s *Service) readBackfills(ctx context.Context, js jetstream.JetStream) err
 		backfillEstimated.WithLabelValues(k.sink, k.table).Set(total[k])
 	}
 	return nil
+}
+
+func (s *Service) resetSinkMetrics() {
+	for _, v := range []interface{ Reset() }{sinkBacklog, sinkOldest, sinkDeadLetters, sinkWriters, sinkWritersExpected,
+		backfillActive, backfillDone, backfillEstimated} {
+		v.Reset()
+	}
 }

@@ -143,10 +143,29 @@ type item struct {
 
 // batch is a partition's events not yet published.
 type batch struct {
-	partition int
-	id        string // the message id: its partition and first event's position
-	data      []byte
-	events    int
+	partition   int
+	first, last string // the positions of its first and last events
+	data        []byte
+	events      int
+}
+
+// id is the message's id: its partition, first and last events. JetStream
+// drops a message whose id it saw within its duplicate window as a resend:
+// the id must tell apart batches that start at one event but end at
+// another (a former leader's late batch, and its successor's cut
+// elsewhere), or the second one's later events would be dropped with it.
+func (b *batch) id() string {
+	return strconv.Itoa(b.partition) + ":" + b.first + "-" + b.last
+}
+
+// eventKey is an event's position: a TRUNCATE's copies share one, and are
+// told apart by table.
+func eventKey(ev *sluicev1.ChangeEvent) string {
+	k := change.IdempotencyKey(ev.CommitLsn, ev.CommitIdx)
+	if ev.Action == sluicev1.Action_ACTION_TRUNCATE {
+		k += "/" + ev.Schema + "." + ev.Table
+	}
+	return k
 }
 
 // Options configure a publisher.
@@ -236,14 +255,14 @@ func (p *Publisher) Add(ctx context.Context, partition int, ev *sluicev1.ChangeE
 			return err
 		}
 	}
-	if b.events == 0 {
-		// A TRUNCATE's copies share a position, one in each partition.
-		b.id = strconv.Itoa(partition) + ":" + change.IdempotencyKey(ev.CommitLsn, ev.CommitIdx)
-	}
 	var err error
 	if b.data, err = change.AppendEvent(b.data, ev); err != nil {
 		return err
 	}
+	if b.events == 0 {
+		b.first = eventKey(ev)
+	}
+	b.last = eventKey(ev)
 	b.events++
 	switch {
 	case encoded > p.maxBatch:
@@ -292,7 +311,7 @@ func (p *Publisher) publish(ctx context.Context, b *batch) error {
 	msg := &nats.Msg{Subject: p.opts.Subject(b.partition), Data: b.data, Header: nats.Header{}}
 	events := b.events
 	b.data, b.events = nil, 0
-	return p.send(ctx, msg, events, jetstream.WithMsgID(b.id))
+	return p.send(ctx, msg, events, jetstream.WithMsgID(b.id()))
 }
 
 // publishFragments publishes the one event of b as fragments, then the
@@ -309,7 +328,7 @@ func (p *Publisher) publishFragments(ctx context.Context, b *batch) error {
 	msg := &nats.Msg{Subject: p.opts.Subject(b.partition), Header: nats.Header{}}
 	fragment.SetHeader(msg.Header, seqs)
 	b.data, b.events = nil, 0
-	return p.send(ctx, msg, 1, jetstream.WithMsgID(b.id))
+	return p.send(ctx, msg, 1, jetstream.WithMsgID(b.id()))
 }
 
 // send publishes msg as the stream's next message once the in-flight

@@ -247,13 +247,36 @@ func (s *Source) EnsureSlot(ctx context.Context) error {
 	}
 }
 
+// TakeSlot ends the replication connection of another sluice-capture that
+// holds the slot, for the process that now holds the capture lease: the
+// other is a former leader, which must not read on, or a dead one's
+// connection Postgres has not noticed yet (wal_sender_timeout). A holder
+// that is not sluice-capture is left alone (EnsureSlot reports it).
+func (s *Source) TakeSlot(ctx context.Context) error {
+	_, err := s.conn.Exec(ctx, `SELECT pg_terminate_backend(r.active_pid)
+		FROM pg_replication_slots r JOIN pg_stat_activity a ON a.pid = r.active_pid
+		WHERE r.slot_name = $1 AND r.active AND a.application_name = 'sluice-capture'`, s.cfg.Slot)
+	if err != nil {
+		return fmt.Errorf("take replication slot %s over: %w", s.cfg.Slot, err)
+	}
+	return nil
+}
+
 type slotBusyError struct {
 	slot string
 	pid  int32
+	app  string
 }
 
 func (e *slotBusyError) Error() string {
-	return fmt.Sprintf("replication slot %s is in use by another process (pid %d); is another sluice-capture running?", e.slot, e.pid)
+	return fmt.Sprintf("replication slot %s is in use by another process (pid %d, application %q); is another sluice-capture running with another stream?", e.slot, e.pid, e.app)
+}
+
+// SlotBusy reports whether err is EnsureSlot's: another process reads the
+// slot.
+func SlotBusy(err error) bool {
+	var busy *slotBusyError
+	return errors.As(err, &busy)
 }
 
 func (s *Source) ensureSlot(ctx context.Context) error {
@@ -261,8 +284,10 @@ func (s *Source) ensureSlot(ctx context.Context) error {
 	var plugin, database string
 	var active bool
 	var pid *int32
-	err := s.conn.QueryRow(ctx, `SELECT coalesce(plugin, ''), coalesce(database, ''), active, active_pid
-		FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&plugin, &database, &active, &pid)
+	var app string
+	err := s.conn.QueryRow(ctx, `SELECT coalesce(plugin, ''), coalesce(database, ''), active, active_pid,
+		coalesce((SELECT application_name FROM pg_stat_activity WHERE pid = active_pid), '')
+		FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&plugin, &database, &active, &pid, &app)
 	if errors.Is(err, pgx.ErrNoRows) {
 		_, err = s.conn.Exec(ctx, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", slot)
 		var pgErr *pgconn.PgError
@@ -283,7 +308,7 @@ func (s *Source) ensureSlot(ctx context.Context) error {
 	case database != s.database:
 		return fmt.Errorf("replication slot %s belongs to database %s, not %s; choose another postgres.slot", slot, database, s.database)
 	case active && pid != nil:
-		return &slotBusyError{slot, *pid}
+		return &slotBusyError{slot, *pid, app}
 	}
 	return nil
 }

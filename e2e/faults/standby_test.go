@@ -1,0 +1,132 @@
+package faults
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/e2e/harness"
+	"github.com/sluicehq/sluice/pkg/testenv"
+)
+
+// Three captures with one config: one streams, the others stand by (ready,
+// and saying so). SIGKILL the streaming one, then SIGSTOP its successor
+// past postgres.failover and wake it: each time another takes over, the
+// woken one stands by, Redis ends equal to Postgres, and the stream holds
+// every change exactly once, in commit order per key.
+func TestStandbyCaptures(t *testing.T) {
+	e := harness.NewEnv(t)
+	e.Exec(harness.AccountsSchema)
+	const failover = 3 * time.Second
+	cfg := e.WriteConfig(strings.Replace(e.ConfigText([]string{"accounts"}, true),
+		"status_interval: 200ms", "status_interval: 200ms\n  failover: 3s", 1))
+	type capture struct {
+		p    *harness.Proc
+		addr string
+	}
+	var captures []capture
+	for range 3 {
+		port, err := testenv.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := "127.0.0.1:" + strconv.Itoa(port)
+		captures = append(captures, capture{harness.Start(t, "sluice-capture", "--config", cfg, "--http", addr), addr})
+	}
+	harness.Start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
+	get := func(c capture, path string) string {
+		resp, err := http.Get("http://" + c.addr + path)
+		if err != nil {
+			return err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Sprintf("%d %s", resp.StatusCode, b)
+	}
+	// streaming waits until exactly one of the live captures leads and
+	// streams, and the others stand by; it returns the leader.
+	streaming := func(live ...int) int {
+		t.Helper()
+		leader := -1
+		harness.Eventually(t, 60*time.Second, func() string {
+			leader = -1
+			for _, i := range live {
+				m := get(captures[i], "/metrics")
+				lead := strings.Contains(m, "\nsluice_capture_leader 1\n")
+				switch {
+				case lead && leader >= 0:
+					return fmt.Sprintf("captures %d and %d both lead", leader, i)
+				case lead && !strings.Contains(m, "\nsluice_capture_streaming 1\n"):
+					return fmt.Sprintf("capture %d leads and does not stream yet", i)
+				case lead:
+					leader = i
+				case !strings.Contains(get(captures[i], "/readyz"), "standing by"):
+					return fmt.Sprintf("capture %d neither leads nor stands by: %s", i, get(captures[i], "/readyz"))
+				}
+			}
+			if leader < 0 {
+				return "no capture streams"
+			}
+			return ""
+		})
+		return leader
+	}
+	first := streaming(0, 1, 2)
+	stop := harness.Background(t, e.PG.URL, 300, 21)
+	rest := func(except ...int) []int {
+		var out []int
+		for i := range captures {
+			if !slices.Contains(except, i) {
+				out = append(out, i)
+			}
+		}
+		return out
+	}
+	// A workload under way when the leader dies.
+	underWay := func() {
+		t.Helper()
+		from := e.WALPosition()
+		harness.Eventually(t, 30*time.Second, func() string {
+			if n := e.WALPosition() - from; n < 64<<10 {
+				return fmt.Sprintf("the workload wrote %d bytes of WAL", n)
+			}
+			return ""
+		})
+	}
+	underWay()
+
+	captures[first].p.Signal(syscall.SIGKILL)
+	began := time.Now()
+	second := streaming(rest(first)...)
+	t.Logf("SIGKILL of the streaming capture: capture %d streams after %s (failover %s)", second, time.Since(began).Round(100*time.Millisecond), failover)
+
+	underWay()
+	captures[second].p.Signal(syscall.SIGSTOP)
+	began = time.Now()
+	third := rest(first, second)[0]
+	harness.Eventually(t, 60*time.Second, func() string {
+		if m := get(captures[third], "/metrics"); !strings.Contains(m, "\nsluice_capture_leader 1\n") || !strings.Contains(m, "\nsluice_capture_streaming 1\n") {
+			return fmt.Sprintf("capture %d does not stream", third)
+		}
+		return ""
+	})
+	t.Logf("SIGSTOP of the streaming capture: capture %d streams after %s", third, time.Since(began).Round(100*time.Millisecond))
+	captures[second].p.Signal(syscall.SIGCONT)
+	if got := streaming(second, third); got != third {
+		t.Fatalf("after the paused capture woke, capture %d streams, not %d", got, third)
+	}
+	if !strings.Contains(captures[second].p.Output(), "lost the lease") {
+		t.Errorf("the woken capture did not say it lost the lease:\n%s", captures[second].p.Tail(3000))
+	}
+
+	total := stop()
+	e.WaitMatch(90*time.Second, harness.Accounts)
+	harness.CheckStream(t, e.NATS.URL(), total)
+}
+

@@ -1,0 +1,71 @@
+package leader
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/pkg/testenv"
+)
+
+func TestOneLeader(t *testing.T) {
+	ctx := context.Background()
+	js := testenv.NewNATS(t).JetStream(t)
+	const ttl = time.Second
+	a, err := Open(ctx, js, "L", "a", ttl, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Open(ctx, js, "L", "b", ttl, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Acquire(ctx, func(string) {}); err != nil || !a.Valid() {
+		t.Fatalf("a: %v", err)
+	}
+	hctx, stop := context.WithCancel(ctx)
+	held := make(chan error, 1)
+	go func() { held <- a.Hold(hctx) }()
+
+	// b stands by while a renews, well past ttl.
+	bctx, cancel := context.WithTimeout(ctx, 3*ttl)
+	var seen string
+	err = b.Acquire(bctx, func(h string) { seen = h })
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) || seen != "a" {
+		t.Fatalf("b acquired while a held the lease: %v (saw %q)", err, seen)
+	}
+	if h, _ := b.Holder(ctx); h != "a" {
+		t.Fatalf("holder %q", h)
+	}
+
+	// a stops: it releases, and b takes over at once.
+	stop()
+	if err := <-held; err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now()
+	if err := b.Acquire(ctx, func(string) {}); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(began); took > ttl/2 {
+		t.Errorf("takeover after a release took %s", took)
+	}
+
+	// b pauses (no renewals) past ttl: a takes over; b finds out by its
+	// own clock, and its renewal is refused.
+	if err := a.Acquire(ctx, func(string) {}); err != nil {
+		t.Fatal(err)
+	}
+	if b.Valid() {
+		t.Fatal("b's lease still valid after a took over")
+	}
+	b.until.Store(time.Now().Add(time.Hour).UnixNano()) // a clock that did not see the pause
+	if err := b.Hold(ctx); !errors.Is(err, ErrLost) {
+		t.Fatalf("b's renewal of a's lease: %v", err)
+	}
+	if h, _ := a.Holder(ctx); h != "a" {
+		t.Fatalf("holder after b's refused renewal: %q", h)
+	}
+}
