@@ -90,17 +90,19 @@ func checkRelease(t *testing.T, objs *objects, vals chartutil.Values) {
 	t.Helper()
 	cfgText, cfg := checkConfigMap(t, objs)
 
-	// Capture: exactly one pod, never two at once.
+	// Capture: one Deployment, a leader and standbys, replaced one pod at
+	// a time so that a standby is left to take over.
 	capture := objs.deployments("capture")
 	if len(capture) != 1 {
 		t.Fatalf("%d capture Deployments, want 1", len(capture))
 	}
 	cd := capture[0]
-	if cd.Spec.Replicas == nil || *cd.Spec.Replicas != 1 {
-		t.Errorf("capture replicas = %v, want 1", cd.Spec.Replicas)
+	if cd.Spec.Replicas == nil || *cd.Spec.Replicas < 1 {
+		t.Errorf("capture replicas = %v", cd.Spec.Replicas)
 	}
-	if cd.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType {
-		t.Errorf("capture strategy = %q, want Recreate", cd.Spec.Strategy.Type)
+	if ru := cd.Spec.Strategy.RollingUpdate; cd.Spec.Strategy.Type != appsv1.RollingUpdateDeploymentStrategyType ||
+		ru == nil || ru.MaxSurge == nil || ru.MaxSurge.IntValue() != 0 || ru.MaxUnavailable == nil || ru.MaxUnavailable.IntValue() != 1 {
+		t.Errorf("capture strategy = %+v, want a rolling update of one pod at a time", cd.Spec.Strategy)
 	}
 	if args := container(t, cd).Args; slices.Contains(args, "--sink") {
 		t.Errorf("capture args %q name a sink", args)
