@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -78,6 +79,10 @@ func TestStandbyCaptures(t *testing.T) {
 		return leader
 	}
 	first := streaming(0, 1, 2)
+	st := harness.Start(t, "sluice", "status", "--config", cfg, "--output", "json")
+	if code := st.WaitExit(30 * time.Second); code != 0 || !regexp.MustCompile(`"leader": "[^"]+"`).MatchString(st.Output()) {
+		t.Errorf("sluice status does not name the streaming capture (exit %d):\n%s", code, st.Output())
+	}
 	stop := harness.Background(t, e.PG.URL, 300, 21)
 	rest := func(except ...int) []int {
 		var out []int
@@ -129,4 +134,3 @@ func TestStandbyCaptures(t *testing.T) {
 	e.WaitMatch(90*time.Second, harness.Accounts)
 	harness.CheckStream(t, e.NATS.URL(), total)
 }
-

@@ -192,6 +192,10 @@ func (t Topology) EnsureRetries(ctx context.Context, js jetstream.JetStream, sin
 	return c, nil
 }
 
+// CaptureLeaseBucket is the key-value bucket whose "leader" key names the
+// capture process that streams (see capture's leader package).
+func (t Topology) CaptureLeaseBucket() string { return t.Stream + "_capture" }
+
 // MembersBucket is the key-value bucket where a sink's live writers
 // announce themselves.
 func (t Topology) MembersBucket(sink string) string { return t.Stream + "_writers_" + sink }

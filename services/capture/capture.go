@@ -114,7 +114,7 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 		return topology.Connected(nc)
 	})
-	lease, err := leader.Open(ctx, js, s.topo.Stream+"_capture", processID(), s.cfg.Postgres.Failover, s.topo.Replicas)
+	lease, err := leader.Open(ctx, js, s.topo.CaptureLeaseBucket(), processID(), s.cfg.Postgres.Failover, s.topo.Replicas)
 	if err != nil {
 		return err
 	}

@@ -19,10 +19,25 @@ type Report struct {
 	At       time.Time `json:"at"`
 	Postgres Postgres  `json:"postgres"`
 	NATS     NATS      `json:"nats"`
+	// Capture is nil when NATS could not be reached.
+	Capture *Capture `json:"capture,omitempty"`
 	// Stream is nil when NATS could not be reached.
 	Stream    *Stream    `json:"stream,omitempty"`
 	Sinks     []Sink     `json:"sinks"`
 	Backfills []Backfill `json:"backfills"`
+}
+
+// Capture is which capture process streams (the others stand by), and the
+// source the stream's changes come from.
+type Capture struct {
+	// Leader is the process holding the capture lease; "" when none does.
+	Leader string `json:"leader"`
+	// SystemID is the Postgres cluster the stream's changes come from;
+	// "" before capture first streamed.
+	SystemID string `json:"system_id,omitempty"`
+	// ResyncPending: `sluice resync` asked for one that capture has not
+	// carried out yet.
+	ResyncPending bool `json:"resync_pending,omitempty"`
 }
 
 // Postgres is the source side: its address (never its credentials) and the
@@ -114,6 +129,16 @@ func writeText(w io.Writer, r Report) {
 			state = fmt.Sprintf("streaming (walsender pid %d)", s.WalsenderPID)
 		}
 		fmt.Fprintf(w, "postgres  slot %s: %s, confirmed %s, retains %s of WAL\n", s.Name, state, s.ConfirmedFlushLSN, size(s.RetainedWALBytes))
+	}
+	if c := r.Capture; c != nil {
+		leader := "no capture holds the lease: none is streaming"
+		if c.Leader != "" {
+			leader = "streaming: " + c.Leader + " (the others stand by)"
+		}
+		if c.ResyncPending {
+			leader += "; a resync waits for it"
+		}
+		fmt.Fprintf(w, "capture   %s\n", leader)
 	}
 	if st := r.Stream; st != nil {
 		if st.Exists {

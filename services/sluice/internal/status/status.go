@@ -23,6 +23,7 @@ import (
 	jobs "github.com/sluicehq/sluice/pkg/backfill"
 	"github.com/sluicehq/sluice/pkg/backlog"
 	"github.com/sluicehq/sluice/pkg/config"
+	"github.com/sluicehq/sluice/pkg/lineage"
 	"github.com/sluicehq/sluice/pkg/topology"
 )
 
@@ -152,6 +153,7 @@ func readNATS(ctx context.Context, cfg *config.Config, log *zap.Logger, r *Repor
 	}
 	defer nc.Close()
 	topo := topology.New(cfg.NATS)
+	r.Capture = readCapture(ctx, js, topo)
 	r.Stream = &Stream{Name: topo.Stream}
 	st, err := js.Stream(ctx, topo.Stream)
 	switch {
@@ -265,4 +267,26 @@ func deref[T any](p *T) T {
 		return zero
 	}
 	return *p
+}
+
+// readCapture reads the capture lease and the stream's source, without
+// creating their buckets.
+func readCapture(ctx context.Context, js jetstream.JetStream, topo topology.Topology) *Capture {
+	c := &Capture{}
+	if kv, err := js.KeyValue(ctx, topo.CaptureLeaseBucket()); err == nil {
+		if e, err := kv.Get(ctx, "leader"); err == nil {
+			c.Leader = string(e.Value())
+		}
+	}
+	if _, err := js.KeyValue(ctx, lineage.BucketName(topo)); err == nil {
+		if lin, err := lineage.Open(ctx, js, topo); err == nil {
+			if src, ok, err := lin.Source(ctx); err == nil && ok {
+				c.SystemID = src.SystemID
+			}
+			if req, ok, err := lin.Resync(ctx); err == nil && ok && req.Done.IsZero() {
+				c.ResyncPending = true
+			}
+		}
+	}
+	return c
 }
