@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/e2e/harness"
-	"github.com/sluicehq/sluice/pkg/testenv"
 )
 
 // BenchmarkCapture measures capture alone, from the WAL to JetStream's
@@ -120,18 +119,8 @@ func backlog(b *testing.B, e *harness.Env, n int) int {
 // startCapture runs capture with its metrics on a free port.
 func startCapture(b *testing.B, cfg string) (*harness.Proc, string) {
 	b.Helper()
-	return startServing(b, "sluice-capture", "--config", cfg)
-}
-
-// startServing starts a service with its metrics on a free port.
-func startServing(b *testing.B, name string, args ...string) (*harness.Proc, string) {
-	b.Helper()
-	port, err := testenv.FreePort()
-	if err != nil {
-		b.Fatal(err)
-	}
-	addr := "127.0.0.1:" + strconv.Itoa(port)
-	return harness.Start(b, name, append(args, "--http", addr)...), addr
+	s := harness.StartServing(b, "sluice-capture", "--config", cfg)
+	return s.Proc, s.Addr
 }
 
 // waitStream waits until capture has n events in the stream, as its
@@ -174,7 +163,7 @@ func BenchmarkBackfill(b *testing.B) {
 	cfg := e.Config([]string{"accounts"}, true)
 	capture := harness.Start(b, "sluice-capture", "--config", cfg)
 	e.WaitStreaming(capture)
-	_, writer := startServing(b, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
+	writer := harness.StartServing(b, "sluice-redis-writer", "--config", cfg, "--sink", "cache").Addr
 
 	b.ResetTimer()
 	began := time.Now()

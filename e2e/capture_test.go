@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -182,30 +181,15 @@ func TestReadinessFollowsNATS(t *testing.T) {
 	e := harness.NewEnv(t)
 	e.Exec(harness.AccountsSchema)
 	cfg := e.Config([]string{"accounts"}, true)
-	var addrs []string
-	for _, args := range [][]string{{"sluice-capture"}, {"sluice-redis-writer", "--sink", "cache"}} {
-		port, err := testenv.FreePort()
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := "127.0.0.1:" + strconv.Itoa(port)
-		harness.Start(t, args[0], append(args[1:], "--config", cfg, "--http", addr)...)
-		addrs = append(addrs, addr)
-	}
-	get := func(addr, path string) (int, string) {
-		resp, err := http.Get("http://" + addr + path)
-		if err != nil {
-			return 0, err.Error()
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(body)
+	served := []*harness.Served{
+		harness.StartServing(t, "sluice-capture", "--config", cfg),
+		harness.StartServing(t, "sluice-redis-writer", "--sink", "cache", "--config", cfg),
 	}
 	all := func(path string, want int, says string) func() string {
 		return func() string {
-			for _, addr := range addrs {
-				if code, body := get(addr, path); code != want || !strings.Contains(body, says) {
-					return fmt.Sprintf("%s%s: %d %s", addr, path, code, body)
+			for _, s := range served {
+				if got := s.Get(path); !strings.HasPrefix(got, strconv.Itoa(want)+" ") || !strings.Contains(got, says) {
+					return s.Addr + path + ": " + got
 				}
 			}
 			return ""

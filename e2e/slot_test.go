@@ -2,17 +2,12 @@ package e2e
 
 import (
 	"context"
-	"fmt"
-	"io"
-	"net/http"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/sluicehq/sluice/e2e/harness"
-	"github.com/sluicehq/sluice/pkg/testenv"
 )
 
 // A slot dropped while capture was stopped: capture refuses to stream and
@@ -35,26 +30,12 @@ func TestSlotLossAndResync(t *testing.T) {
 	e.Exec(`INSERT INTO accounts (id, n) SELECT g, 1 FROM generate_series(501, 600) g`)
 	e.Exec(`SELECT pg_drop_replication_slot('sluice')`)
 
-	port, err := testenv.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := "127.0.0.1:" + strconv.Itoa(port)
-	capture = harness.Start(t, "sluice-capture", "--config", cfg, "--http", addr)
-	get := func(path string) string {
-		resp, err := http.Get("http://" + addr + path)
-		if err != nil {
-			return err.Error()
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return fmt.Sprintf("%d %s", resp.StatusCode, b)
-	}
+	served := harness.StartServing(t, "sluice-capture", "--config", cfg)
 	harness.Eventually(t, 30*time.Second, func() string {
-		if r := get("/readyz"); !strings.Contains(r, "503") || !strings.Contains(r, "replication slot sluice is gone") {
+		if r := served.Get("/readyz"); !strings.Contains(r, "503") || !strings.Contains(r, "replication slot sluice is gone") {
 			return "/readyz: " + r
 		}
-		if m := get("/metrics"); !strings.Contains(m, `sluice_capture_source_refused{reason="slot_lost"} 1`) {
+		if m := served.Get("/metrics"); !strings.Contains(m, `sluice_capture_source_refused{reason="slot_lost"} 1`) {
 			return "no refusal metric"
 		}
 		return ""
@@ -63,8 +44,8 @@ func TestSlotLossAndResync(t *testing.T) {
 	if err := e.Conn.QueryRow(context.Background(), `SELECT count(*) FROM pg_replication_slots`).Scan(&slots); err != nil || slots != 0 {
 		t.Fatalf("capture made a slot while refusing: %d slots (%v)", slots, err)
 	}
-	if !strings.Contains(capture.Output(), "capture refuses to stream") {
-		t.Errorf("no refusal logged: %s", capture.Tail(2000))
+	if !strings.Contains(served.Output(), "capture refuses to stream") {
+		t.Errorf("no refusal logged: %s", served.Tail(2000))
 	}
 
 	rs := harness.Start(t, "sluice", "resync", "--config", cfg)
@@ -75,10 +56,10 @@ func TestSlotLossAndResync(t *testing.T) {
 	e.Exec(`UPDATE accounts SET note = 'after' WHERE id <= 50`)
 	e.WaitMatch(60*time.Second, harness.Accounts)
 	harness.Eventually(t, 30*time.Second, func() string {
-		if m := get("/metrics"); !strings.Contains(m, `sluice_capture_source_refused{reason="slot_lost"} 0`) {
+		if m := served.Get("/metrics"); !strings.Contains(m, `sluice_capture_source_refused{reason="slot_lost"} 0`) {
 			return "still refused"
 		}
-		if r := get("/readyz"); !strings.HasPrefix(r, "200") {
+		if r := served.Get("/readyz"); !strings.HasPrefix(r, "200") {
 			return "/readyz: " + r
 		}
 		return ""

@@ -2,18 +2,14 @@ package faults
 
 import (
 	"fmt"
-	"io"
-	"net/http"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/sluicehq/sluice/e2e/harness"
-	"github.com/sluicehq/sluice/pkg/testenv"
 )
 
 // Three captures with one config: one streams, the others stand by (ready,
@@ -27,29 +23,11 @@ func TestStandbyCaptures(t *testing.T) {
 	const failover = 3 * time.Second
 	cfg := e.WriteConfig(strings.Replace(e.ConfigText([]string{"accounts"}, true),
 		"status_interval: 200ms", "status_interval: 200ms\n  failover: 3s", 1))
-	type capture struct {
-		p    *harness.Proc
-		addr string
-	}
-	var captures []capture
+	var captures []*harness.Served
 	for range 3 {
-		port, err := testenv.FreePort()
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := "127.0.0.1:" + strconv.Itoa(port)
-		captures = append(captures, capture{harness.Start(t, "sluice-capture", "--config", cfg, "--http", addr), addr})
+		captures = append(captures, harness.StartServing(t, "sluice-capture", "--config", cfg))
 	}
 	harness.Start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
-	get := func(c capture, path string) string {
-		resp, err := http.Get("http://" + c.addr + path)
-		if err != nil {
-			return err.Error()
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return fmt.Sprintf("%d %s", resp.StatusCode, b)
-	}
 	// streaming waits until exactly one of the live captures leads and
 	// streams, and the others stand by; it returns the leader.
 	streaming := func(live ...int) int {
@@ -58,7 +36,7 @@ func TestStandbyCaptures(t *testing.T) {
 		harness.Eventually(t, 60*time.Second, func() string {
 			leader = -1
 			for _, i := range live {
-				m := get(captures[i], "/metrics")
+				m := captures[i].Get("/metrics")
 				lead := strings.Contains(m, "\nsluice_capture_leader 1\n")
 				switch {
 				case lead && leader >= 0:
@@ -67,8 +45,8 @@ func TestStandbyCaptures(t *testing.T) {
 					return fmt.Sprintf("capture %d leads and does not stream yet", i)
 				case lead:
 					leader = i
-				case !strings.Contains(get(captures[i], "/readyz"), "standing by"):
-					return fmt.Sprintf("capture %d neither leads nor stands by: %s", i, get(captures[i], "/readyz"))
+				case !strings.Contains(captures[i].Get("/readyz"), "standing by"):
+					return fmt.Sprintf("capture %d neither leads nor stands by: %s", i, captures[i].Get("/readyz"))
 				}
 			}
 			if leader < 0 {
@@ -106,28 +84,28 @@ func TestStandbyCaptures(t *testing.T) {
 	}
 	underWay()
 
-	captures[first].p.Signal(syscall.SIGKILL)
+	captures[first].Signal(syscall.SIGKILL)
 	began := time.Now()
 	second := streaming(rest(first)...)
 	t.Logf("SIGKILL of the streaming capture: capture %d streams after %s (failover %s)", second, time.Since(began).Round(100*time.Millisecond), failover)
 
 	underWay()
-	captures[second].p.Signal(syscall.SIGSTOP)
+	captures[second].Signal(syscall.SIGSTOP)
 	began = time.Now()
 	third := rest(first, second)[0]
 	harness.Eventually(t, 60*time.Second, func() string {
-		if m := get(captures[third], "/metrics"); !strings.Contains(m, "\nsluice_capture_leader 1\n") || !strings.Contains(m, "\nsluice_capture_streaming 1\n") {
+		if m := captures[third].Get("/metrics"); !strings.Contains(m, "\nsluice_capture_leader 1\n") || !strings.Contains(m, "\nsluice_capture_streaming 1\n") {
 			return fmt.Sprintf("capture %d does not stream", third)
 		}
 		return ""
 	})
 	t.Logf("SIGSTOP of the streaming capture: capture %d streams after %s", third, time.Since(began).Round(100*time.Millisecond))
-	captures[second].p.Signal(syscall.SIGCONT)
+	captures[second].Signal(syscall.SIGCONT)
 	if got := streaming(second, third); got != third {
 		t.Fatalf("after the paused capture woke, capture %d streams, not %d", got, third)
 	}
-	if !strings.Contains(captures[second].p.Output(), "lost the lease") {
-		t.Errorf("the woken capture did not say it lost the lease:\n%s", captures[second].p.Tail(3000))
+	if !strings.Contains(captures[second].Output(), "lost the lease") {
+		t.Errorf("the woken capture did not say it lost the lease:\n%s", captures[second].Tail(3000))
 	}
 
 	total := stop()
