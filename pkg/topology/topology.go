@@ -192,9 +192,12 @@ func (t Topology) EnsureRetries(ctx context.Context, js jetstream.JetStream, sin
 	return c, nil
 }
 
-// CaptureLeaseBucket is the key-value bucket whose "leader" key names the
-// capture process that streams (see capture's leader package).
+// CaptureLeaseBucket is the key-value bucket whose CaptureLeaderKey names
+// the capture process that streams (see capture's leader package).
 func (t Topology) CaptureLeaseBucket() string { return t.Stream + "_capture" }
+
+// CaptureLeaderKey is the capture lease's key.
+const CaptureLeaderKey = "leader"
 
 // MembersBucket is the key-value bucket where a sink's live writers
 // announce themselves.

@@ -18,6 +18,7 @@ import (
 	"github.com/sluicehq/sluice/pkg/admin"
 	"github.com/sluicehq/sluice/pkg/backfill"
 	"github.com/sluicehq/sluice/pkg/config"
+	"github.com/sluicehq/sluice/pkg/lineage"
 	"github.com/sluicehq/sluice/pkg/topology"
 	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
 	"github.com/sluicehq/sluice/services/capture/internal/backfiller"
@@ -61,6 +62,8 @@ type Service struct {
 	// interrupt ends the current session (a resync was asked for).
 	interrupt atomic.Pointer[context.CancelCauseFunc]
 	lease     *leader.Lease
+	jobs      *backfill.Store
+	lineage   *lineage.Store
 	standby   atomic.Pointer[string] // the leader's id while standing by
 }
 
@@ -119,6 +122,13 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	s.lease = lease
+	// The jobs and the stream's source, read by the monitor and the leader.
+	if s.jobs, err = backfill.Open(ctx, js, s.topo); err != nil {
+		return err
+	}
+	if s.lineage, err = lineage.Open(ctx, js, s.topo); err != nil {
+		return err
+	}
 	mctx, stopMonitor := context.WithCancel(ctx)
 	monitorDone := make(chan struct{})
 	go func() { defer close(monitorDone); s.monitor(mctx, js) }()
@@ -204,16 +214,12 @@ func (s *Service) lead(ctx context.Context, js jetstream.JetStream) error {
 	}
 
 	// Backfills read through a connection of their own.
-	jobs, err := backfill.Open(ctx, js, s.topo)
-	if err != nil {
-		return err
-	}
 	bsrc, err := source.Connect(ctx, s.cfg.Postgres, pgvalue.SessionParams)
 	if err != nil {
 		return err
 	}
 	defer bsrc.Close(context.Background())
-	worker := backfiller.NewWorker(s.cfg, jobs, bsrc, s.chunks, s.log.Named("backfill"))
+	worker := backfiller.NewWorker(s.cfg, s.jobs, bsrc, s.chunks, s.log.Named("backfill"))
 	workerDone := make(chan struct{})
 	go func() {
 		defer close(workerDone)
@@ -224,9 +230,9 @@ func (s *Service) lead(ctx context.Context, js jetstream.JetStream) error {
 	defer func() { <-workerDone }() // before its connection closes
 
 	backoff := time.Second
-	for {
+	for prepared := true; ; prepared = false {
 		started := time.Now()
-		err := s.session(ctx, src, js, tables, types)
+		err := s.session(ctx, src, js, tables, types, prepared)
 		s.setStreaming(false)
 		if ctx.Err() != nil || errors.Is(err, leader.ErrLost) {
 			return err
@@ -276,14 +282,17 @@ func (s *Service) setStreaming(on bool) {
 }
 
 // session streams the slot until ctx is cancelled or something fails.
-func (s *Service) session(ctx context.Context, src *source.Source, js jetstream.JetStream, tables map[string]*source.Table, types *pgvalue.Types) (err error) {
+// prepared says that lead prepared the source for this first session.
+func (s *Service) session(ctx context.Context, src *source.Source, js jetstream.JetStream, tables map[string]*source.Table, types *pgvalue.Types, prepared bool) (err error) {
 	if err := src.Reconnect(ctx); err != nil {
 		return err
 	}
 	// The source is checked at every start: Postgres may have been
 	// restored or its slot dropped while capture was away.
-	if err := s.prepare(ctx, src, js); err != nil {
-		return err
+	if !prepared {
+		if err := s.prepare(ctx, src, js); err != nil {
+			return err
+		}
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)

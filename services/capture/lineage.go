@@ -9,7 +9,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
-	"github.com/sluicehq/sluice/pkg/backfill"
 	"github.com/sluicehq/sluice/pkg/lineage"
 	"github.com/sluicehq/sluice/services/capture/internal/publisher"
 	"github.com/sluicehq/sluice/services/capture/internal/source"
@@ -74,10 +73,7 @@ func lsnString(lsn uint64) string { return fmt.Sprintf("%X/%X", lsn>>32, uint32(
 // postgres.on_slot_loss: resync. It returns the stream sequence after which
 // this source's changes start.
 func (s *Service) admit(ctx context.Context, src *source.Source, js jetstream.JetStream) (after uint64, err error) {
-	lin, err := lineage.Open(ctx, js, s.topo)
-	if err != nil {
-		return 0, err
-	}
+	lin := s.lineage
 	var logged time.Time
 	defer func() {
 		setRefused("")
@@ -170,14 +166,10 @@ func (s *Service) resync(ctx context.Context, src *source.Source, js jetstream.J
 		FromSeq: from, Stream: info.Created, Since: time.Now().UTC()}); err != nil {
 		return 0, err
 	}
-	jobs, err := backfill.Open(ctx, js, s.topo)
-	if err != nil {
-		return 0, err
-	}
 	var ids []string
 	for _, sink := range s.cfg.Sinks {
 		for _, table := range sink.Tables {
-			j, err := jobs.Create(ctx, sink.Name, table, "")
+			j, err := s.jobs.Create(ctx, sink.Name, table, "")
 			if err != nil {
 				return 0, err
 			}
@@ -201,12 +193,8 @@ var errResync = errors.New("a resync was asked for (sluice resync)")
 
 // watchResync ends the current session when a resync is asked for while
 // capture streams: the next session carries it out.
-func (s *Service) watchResync(ctx context.Context, js jetstream.JetStream) error {
-	lin, err := lineage.Open(ctx, js, s.topo)
-	if err != nil {
-		return err
-	}
-	req, requested, err := lin.Resync(ctx)
+func (s *Service) watchResync(ctx context.Context) error {
+	req, requested, err := s.lineage.Resync(ctx)
 	if err != nil || !requested || !req.Done.IsZero() {
 		return err
 	}

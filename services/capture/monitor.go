@@ -8,7 +8,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
-	"github.com/sluicehq/sluice/pkg/backfill"
 	"github.com/sluicehq/sluice/pkg/backlog"
 )
 
@@ -37,10 +36,10 @@ func (s *Service) monitor(ctx context.Context, js jetstream.JetStream) {
 		}
 		err := s.readBacklog(ctx, js, names)
 		if err == nil {
-			err = s.readBackfills(ctx, js)
+			err = s.readBackfills(ctx)
 		}
 		if err == nil {
-			err = s.watchResync(ctx, js)
+			err = s.watchResync(ctx)
 		}
 		if err != nil && ctx.Err() == nil {
 			if !failing { // once per failure, not at every tick
@@ -92,14 +91,10 @@ func (s *Service) readBacklog(ctx context.Context, js jetstream.JetStream, names
 // readBackfills exports the progress of the backfills: every table of
 // every sink has its sluice_backfill_active, and the running ones their
 // rows.
-func (s *Service) readBackfills(ctx context.Context, js jetstream.JetStream) error {
+func (s *Service) readBackfills(ctx context.Context) error {
 	rctx, cancel := context.WithTimeout(ctx, monitorEvery)
 	defer cancel()
-	store, err := backfill.Open(rctx, js, s.topo)
-	if err != nil {
-		return err
-	}
-	list, err := store.List(rctx)
+	list, err := s.jobs.List(rctx)
 	if err != nil {
 		return err
 	}

@@ -19,12 +19,14 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sluicehq/sluice/pkg/topology"
 )
 
 // ErrLost means another process may hold the lease now.
 var ErrLost = errors.New("lost the capture lease")
 
-const key = "leader"
+const key = topology.CaptureLeaderKey
 
 // Lease is one process's claim to lead.
 type Lease struct {

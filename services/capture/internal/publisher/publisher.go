@@ -143,23 +143,19 @@ type item struct {
 
 // batch is a partition's events not yet published.
 type batch struct {
-	partition   int
-	first, last string // the positions of its first and last events
-	data        []byte
-	events      int
+	partition int
+	first     string // the position of its first event
+	data      []byte
+	events    int
 }
 
-// id is the message's id: its partition, first and last events. JetStream
-// drops a message whose id it saw within its duplicate window as a resend:
-// the id must tell apart batches that start at one event but end at
-// another (a former leader's late batch, and its successor's cut
-// elsewhere), or the second one's later events would be dropped with it.
-func (b *batch) id() string {
-	return strconv.Itoa(b.partition) + ":" + b.first + "-" + b.last
-}
+// id is the message's id: its partition and first event. JetStream drops a
+// message whose id it saw within its duplicate window as a resend.
+func (b *batch) id() string { return strconv.Itoa(b.partition) + ":" + b.first }
 
-// eventKey is an event's position: a TRUNCATE's copies share one, and are
-// told apart by table.
+// eventKey is an event's position. A TRUNCATE's copies of several tables
+// share one: the table tells them apart, or a copy in a batch of its own
+// would be dropped as a resend of the one before.
 func eventKey(ev *sluicev1.ChangeEvent) string {
 	k := change.IdempotencyKey(ev.CommitLsn, ev.CommitIdx)
 	if ev.Action == sluicev1.Action_ACTION_TRUNCATE {
@@ -262,7 +258,6 @@ func (p *Publisher) Add(ctx context.Context, partition int, ev *sluicev1.ChangeE
 	if b.events == 0 {
 		b.first = eventKey(ev)
 	}
-	b.last = eventKey(ev)
 	b.events++
 	switch {
 	case encoded > p.maxBatch:

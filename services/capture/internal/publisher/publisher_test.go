@@ -324,3 +324,35 @@ func TestResumeWithinATruncate(t *testing.T) {
 		t.Error("positions around the truncate")
 	}
 }
+
+// The copies of a TRUNCATE of several tables share a position: published
+// in batches of their own, they must not be taken for resends of each
+// other (JetStream drops a message whose id it saw), or the later tables'
+// truncates are lost without an error.
+func TestTruncateCopiesAreNotResends(t *testing.T) {
+	ctx := context.Background()
+	js := setup(t, -1)
+	p, _, err := Open(ctx, js, options(1, 2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, table := range []string{"a", "b"} {
+		ev := &sluicev1.ChangeEvent{Action: sluicev1.Action_ACTION_TRUNCATE, Schema: "public", Table: table, CommitLsn: 10, CommitIdx: 4}
+		if err := p.Add(ctx, 0, ev); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.Stream(ctx, "S")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := st.Info(ctx); err != nil || info.State.Msgs != 2 {
+		t.Fatalf("the stream holds %d messages, want 2 (%v)", info.State.Msgs, err)
+	}
+}

@@ -274,7 +274,7 @@ func deref[T any](p *T) T {
 func readCapture(ctx context.Context, js jetstream.JetStream, topo topology.Topology) *Capture {
 	c := &Capture{}
 	if kv, err := js.KeyValue(ctx, topo.CaptureLeaseBucket()); err == nil {
-		if e, err := kv.Get(ctx, "leader"); err == nil {
+		if e, err := kv.Get(ctx, topology.CaptureLeaderKey); err == nil {
 			c.Leader = string(e.Value())
 		}
 	}
