@@ -76,8 +76,25 @@ type Postgres struct {
 
 // NATS is the JetStream that carries changes from capture to the writers.
 type NATS struct {
-	// URL of the NATS server. Empty: `sluice dev` embeds a server.
+	// URL of the NATS server, or several servers' URLs separated by
+	// commas (of one cluster). Empty: `sluice dev` embeds a server.
 	URL string `yaml:"url"`
+	// At most one way to authenticate: Username and Password, Token, an
+	// NKey seed (NKeyFile), or a credentials file (CredsFile: a user JWT
+	// and its seed). User info in URL is another such way.
+	Username  string `yaml:"username"`
+	Password  string `yaml:"password"`
+	Token     string `yaml:"token"`
+	NKeyFile  string `yaml:"nkey_file"`
+	CredsFile string `yaml:"creds_file"`
+	// TLS requires TLS; TLSCAFile verifies the servers with these PEM
+	// certificates instead of the system's roots; TLSCertFile and
+	// TLSKeyFile are the client certificate for servers that verify
+	// clients.
+	TLS         bool   `yaml:"tls"`
+	TLSCAFile   string `yaml:"tls_ca_file"`
+	TLSCertFile string `yaml:"tls_cert_file"`
+	TLSKeyFile  string `yaml:"tls_key_file"`
 	// Stream is the JetStream stream name; subjects are "<stream>.changes.<partition>".
 	Stream string `yaml:"stream"`
 	// Partitions is the number of partitions changes are hashed into by
@@ -432,6 +449,7 @@ func (c *Config) Validate() error {
 	if n.MaxBytes < -1 || n.MaxBytes == 0 {
 		errs.add("nats.max_bytes", "must be positive, or -1 for unlimited")
 	}
+	n.validateConnection(&errs)
 	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
 		errs.add("log.level", "must be debug, info, warn or error")
 	}

@@ -1,8 +1,10 @@
 package topology
 
 import (
+	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -13,38 +15,122 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"go.uber.org/zap"
+
+	"github.com/sluicehq/sluice/pkg/config"
 )
 
-// Dial connects to NATS for a service. The connection reconnects forever:
-// a NATS restart pauses the services, it does not stop them.
-func Dial(servers, name string, log *zap.Logger, opts ...jetstream.JetStreamOpt) (*nats.Conn, jetstream.JetStream, error) {
-	nc, err := nats.Connect(servers,
+// Dial connects to the NATS servers of n (nats.url, with its credentials
+// and TLS settings) for a service. The connection reconnects forever: a
+// NATS restart pauses the services, it does not stop them. Neither its
+// errors nor its logs show a password or token.
+func Dial(n config.NATS, name string, log *zap.Logger, opts ...jetstream.JetStreamOpt) (*nats.Conn, jetstream.JetStream, error) {
+	for i, s := range n.Servers() {
+		if _, err := url.Parse(s); err != nil {
+			// The parser's message quotes the URL, and a password in it the
+			// scrubber cannot find.
+			return nil, nil, fmt.Errorf("nats.url: server %d cannot be parsed as a URL (percent-encode reserved characters of a password in it)", i+1)
+		}
+	}
+	scrub := scrubber(n)
+	where := Redact(n.URL)
+	options := []nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
-		nats.ReconnectWait(500*time.Millisecond),
-		nats.Timeout(5*time.Second),
+		nats.ReconnectWait(500 * time.Millisecond),
+		nats.Timeout(5 * time.Second),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
-				log.Warn("disconnected from nats; reconnecting", zap.Error(err))
+				log.Warn("disconnected from nats; reconnecting", zap.String("error", scrub(err.Error())))
 			}
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("reconnected to nats", zap.String("url", c.ConnectedUrlRedacted())) }),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			// Asynchronous errors: a permission refused, a slow consumer.
+			log.Warn("nats", zap.String("error", scrub(err.Error())))
+		}),
 		nats.ClosedHandler(func(c *nats.Conn) { conns.Delete(c) }),
-	)
+	}
+	options = append(options, authOptions(n)...)
+	nc, err := nats.Connect(strings.Join(n.Servers(), ","), options...)
 	if err != nil {
-		return nil, nil, fmt.Errorf("connect to nats at %s: %w", Redact(servers), err)
+		return nil, nil, fmt.Errorf("connect to nats at %s: %s", where, scrub(explain(err)))
 	}
 	if err := checkVersion(nc.ConnectedServerVersion()); err != nil {
 		nc.Close()
-		return nil, nil, fmt.Errorf("nats at %s: %w", Redact(servers), err)
+		return nil, nil, fmt.Errorf("nats at %s: %w", where, err)
 	}
 	conns.Store(nc, struct{}{})
 	js, err := jetstream.New(nc, opts...)
 	if err != nil {
 		nc.Close()
-		return nil, nil, fmt.Errorf("jetstream: %w", err)
+		return nil, nil, fmt.Errorf("jetstream: %s", scrub(err.Error()))
 	}
 	return nc, js, nil
+}
+
+// authOptions are the client options of n's credentials and TLS settings.
+func authOptions(n config.NATS) []nats.Option {
+	var o []nats.Option
+	switch {
+	case n.Username != "":
+		o = append(o, nats.UserInfo(n.Username, n.Password))
+	case n.Token != "":
+		o = append(o, nats.Token(n.Token))
+	case n.NKeyFile != "":
+		// Read at connect: a missing or bad file fails there, named.
+		o = append(o, nkeyOption(n.NKeyFile))
+	case n.CredsFile != "":
+		o = append(o, nats.UserCredentials(n.CredsFile))
+	}
+	if n.TLS {
+		o = append(o, nats.Secure())
+	}
+	if n.TLSCAFile != "" {
+		o = append(o, nats.RootCAs(n.TLSCAFile))
+	}
+	if n.TLSCertFile != "" {
+		o = append(o, nats.ClientCert(n.TLSCertFile, n.TLSKeyFile))
+	}
+	return o
+}
+
+// nkeyOption is nats.NkeyOptionFromSeed, whose error names the file.
+func nkeyOption(file string) nats.Option {
+	return func(o *nats.Options) error {
+		opt, err := nats.NkeyOptionFromSeed(file)
+		if err != nil {
+			return fmt.Errorf("nats.nkey_file %s: %w", file, err)
+		}
+		return opt(o)
+	}
+}
+
+// explain adds what an operator should look at to the errors of a server
+// that refused the client.
+func explain(err error) string {
+	msg := err.Error()
+	switch {
+	case errors.Is(err, nats.ErrAuthorization), strings.Contains(strings.ToLower(msg), "authorization violation"),
+		strings.Contains(strings.ToLower(msg), "authentication"):
+		return msg + " (the server refused the credentials: check nats.username/password, token, nkey_file or creds_file, and the user info in nats.url)"
+	case strings.Contains(msg, "certificate"), strings.Contains(msg, "tls:"), strings.Contains(msg, "x509"):
+		return msg + " (check nats.tls_ca_file, tls_cert_file and tls_key_file)"
+	}
+	return msg
+}
+
+// scrubber returns a function that replaces n's passwords and tokens in a
+// message: the client's errors may quote a URL.
+func scrubber(n config.NATS) func(string) string {
+	secrets := n.Secrets()
+	// Longest first, so that a secret holding another is replaced whole.
+	slices.SortFunc(secrets, func(a, b string) int { return len(b) - len(a) })
+	return func(msg string) string {
+		for _, s := range secrets {
+			msg = strings.ReplaceAll(msg, s, "xxxxx")
+		}
+		return msg
+	}
 }
 
 // MinServerVersion is the oldest NATS server Sluice runs against: the
@@ -86,12 +172,22 @@ func atLeast(v, min string) bool {
 }
 
 // Redact replaces the passwords and tokens in a comma-separated list of
-// NATS URLs, for messages.
+// NATS URLs, for messages. A URL it cannot parse is left out whole: its
+// user info cannot be told from the rest.
 func Redact(servers string) string {
 	list := strings.Split(servers, ",")
 	for i, s := range list {
-		u, err := url.Parse(strings.TrimSpace(s))
-		if err != nil || u.User == nil {
+		s = strings.TrimSpace(s)
+		u, err := url.Parse(s)
+		if !strings.Contains(s, "://") {
+			u, err = url.Parse("nats://" + s)
+		}
+		if err != nil {
+			list[i] = "(a URL that cannot be parsed)"
+			continue
+		}
+		if u.User == nil {
+			list[i] = s
 			continue
 		}
 		if _, ok := u.User.Password(); ok {

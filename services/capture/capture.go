@@ -86,7 +86,7 @@ func New(cfg *config.Config, log *zap.Logger) *Service {
 // restarted from the slot with backoff: nothing published is lost or
 // duplicated.
 func (s *Service) Run(ctx context.Context) error {
-	nc, js, err := topology.Dial(s.cfg.NATS.URL, "sluice-capture", s.log,
+	nc, js, err := topology.Dial(s.cfg.NATS, "sluice-capture", s.log,
 		jetstream.WithPublishAsyncMaxPending(2*maxInFlight), jetstream.WithPublishAsyncTimeout(30*time.Second))
 	if err != nil {
 		return err

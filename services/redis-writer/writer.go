@@ -95,7 +95,7 @@ func (s *Service) Run(ctx context.Context) error {
 		return fmt.Errorf("sink %s: %w", s.sink.Name, err)
 	}
 	defer st.Close()
-	nc, js, err := topology.Dial(s.cfg.NATS.URL, "sluice-redis-writer "+s.sink.Name, s.log)
+	nc, js, err := topology.Dial(s.cfg.NATS, "sluice-redis-writer "+s.sink.Name, s.log)
 	if err != nil {
 		return err
 	}

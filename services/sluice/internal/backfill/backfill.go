@@ -48,7 +48,7 @@ func Run(ctx context.Context, out io.Writer, cfg *config.Config, log *zap.Logger
 			return err
 		}
 	}
-	nc, js, err := topology.Dial(cfg.NATS.URL, "sluice backfill", log)
+	nc, js, err := topology.Dial(cfg.NATS, "sluice backfill", log)
 	if err != nil {
 		return err
 	}

@@ -45,7 +45,7 @@ func Run(ctx context.Context, out io.Writer, cfg *config.Config, log *zap.Logger
 }
 
 func open(ctx context.Context, cfg *config.Config, log *zap.Logger) (*deadletter.Box, func(), error) {
-	nc, js, err := topology.Dial(cfg.NATS.URL, "sluice dlq", log)
+	nc, js, err := topology.Dial(cfg.NATS, "sluice dlq", log)
 	if err != nil {
 		return nil, nil, err
 	}

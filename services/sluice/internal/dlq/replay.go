@@ -35,7 +35,7 @@ func replay(ctx context.Context, out io.Writer, cfg *config.Config, log *zap.Log
 	if err != nil {
 		return err
 	}
-	nc, js, err := topology.Dial(cfg.NATS.URL, "sluice dlq", log)
+	nc, js, err := topology.Dial(cfg.NATS, "sluice dlq", log)
 	if err != nil {
 		return err
 	}

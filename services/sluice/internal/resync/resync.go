@@ -29,7 +29,7 @@ const takeUp = 2 * time.Minute
 // Run asks for a resync and waits until capture made the new slot, every
 // backfill it started ended, and every sink applied them.
 func Run(ctx context.Context, out io.Writer, cfg *config.Config, log *zap.Logger) error {
-	nc, js, err := topology.Dial(cfg.NATS.URL, "sluice resync", log)
+	nc, js, err := topology.Dial(cfg.NATS, "sluice resync", log)
 	if err != nil {
 		return err
 	}

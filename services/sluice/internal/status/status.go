@@ -147,7 +147,7 @@ func redact(msg, password string) string {
 // readNATS fills in the stream, the sinks and the backfills. On an error
 // it returns, keeping what it read until then.
 func readNATS(ctx context.Context, cfg *config.Config, log *zap.Logger, r *Report, now time.Time) error {
-	nc, js, err := topology.Dial(cfg.NATS.URL, "sluice status", log)
+	nc, js, err := topology.Dial(cfg.NATS, "sluice status", log)
 	if err != nil {
 		return err
 	}
