@@ -3,11 +3,13 @@
 package broker
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"os"
 	"time"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 )
 
@@ -25,6 +27,59 @@ type Options struct {
 	Dir string
 	// Port to listen on, on 127.0.0.1; 0 picks a free one.
 	Port int
+	// Auth is whom the server lets in; the zero value lets in anyone.
+	Auth Auth
+}
+
+// Auth is how clients of an embedded server authenticate. Set one of
+// Users, Token, NKeys and Operator; TLS goes with any of them.
+type Auth struct {
+	// Users are names with their passwords.
+	Users map[string]string
+	// Token is the token every client gives.
+	Token string
+	// NKeys are the public keys of users who sign the server's nonce with
+	// their seed.
+	NKeys []string
+	// Operator trusts users by JWTs its accounts signed (credentials
+	// files); Accounts maps each account's public key to its JWT, and
+	// SystemAccount is one of them.
+	Operator      *jwt.OperatorClaims
+	SystemAccount string
+	Accounts      map[string]string
+	// TLS makes the server speak TLS only; with VerifyClients it asks
+	// for a client certificate signed by one of TLS.ClientCAs.
+	TLS           *tls.Config
+	VerifyClients bool
+}
+
+// apply sets the server options of a.
+func (a Auth) apply(o *server.Options) error {
+	for name, password := range a.Users {
+		o.Users = append(o.Users, &server.User{Username: name, Password: password})
+	}
+	o.Authorization = a.Token
+	for _, k := range a.NKeys {
+		o.Nkeys = append(o.Nkeys, &server.NkeyUser{Nkey: k})
+	}
+	if a.Operator != nil {
+		resolver := &server.MemAccResolver{}
+		for pub, token := range a.Accounts {
+			if err := resolver.Store(pub, token); err != nil {
+				return err
+			}
+		}
+		o.TrustedOperators = []*jwt.OperatorClaims{a.Operator}
+		o.AccountResolver = resolver
+		o.SystemAccount = a.SystemAccount
+	}
+	if a.TLS != nil {
+		o.TLS, o.TLSConfig, o.TLSVerify = true, a.TLS, a.VerifyClients
+		if a.VerifyClients {
+			a.TLS.ClientAuth = tls.RequireAndVerifyClientCert
+		}
+	}
+	return nil
 }
 
 // Start starts a server and waits until it accepts connections.
@@ -41,7 +96,7 @@ func Start(o Options) (*Server, error) {
 	if port == 0 {
 		port = server.RANDOM_PORT
 	}
-	ns, err := server.NewServer(&server.Options{
+	opts := &server.Options{
 		ServerName: "sluice-embedded",
 		Host:       "127.0.0.1",
 		Port:       port,
@@ -49,7 +104,12 @@ func Start(o Options) (*Server, error) {
 		StoreDir:   s.dir,
 		NoSigs:     true,
 		NoLog:      true,
-	})
+	}
+	if err := o.Auth.apply(opts); err != nil {
+		s.removeDir()
+		return nil, fmt.Errorf("embedded nats: %w", err)
+	}
+	ns, err := server.NewServer(opts)
 	if err != nil {
 		s.removeDir()
 		return nil, fmt.Errorf("embedded nats: %w", err)
