@@ -126,8 +126,10 @@ func Chaos(t testing.TB, times int, min, max time.Duration, fn func()) <-chan st
 	return done
 }
 
-// CheckStream reads the whole stream and checks that it holds want events,
-// each once, each partition's in commit order, and every transaction whole.
+// CheckStream reads the whole stream from url (one server's, or a
+// comma-separated list of a cluster's) and checks that it holds want
+// events, each once, each partition's in commit order, and every
+// transaction whole.
 func CheckStream(t testing.TB, url string, want int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -189,6 +191,21 @@ func CheckStream(t testing.TB, url string, want int) {
 			t.Fatalf("stream ended after %d of %d events", got, want)
 		}
 	}
+	// And nothing more: a surplus after a batch that ended at want would
+	// otherwise go unseen.
+	if batch, err := cons.FetchNoWait(1000); err == nil {
+		for m := range batch.Messages() {
+			data, err := fragment.Payload(ctx, st, m.Headers(), m.Data())
+			if err != nil {
+				t.Fatal(err)
+			}
+			evs, err := change.Events(data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got += len(evs)
+		}
+	}
 	if got != want {
 		t.Fatalf("the stream holds %d events, want %d", got, want)
 	}
@@ -211,7 +228,7 @@ func Fill(e *Env, n int) {
 
 func OpenJobs(t testing.TB, e *Env) *jobs.Store {
 	t.Helper()
-	nc, err := nats.Connect(e.NATS.URL())
+	nc, err := nats.Connect(e.NATSURL())
 	if err != nil {
 		t.Fatal(err)
 	}
