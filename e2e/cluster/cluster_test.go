@@ -51,8 +51,13 @@ func TestNodeFailures(t *testing.T) {
 	}
 	defer nc.Close()
 	ctx := context.Background()
+	// Polls ask with a short timeout, so that the times measured are not
+	// those of requests to a dead leader.
+	poll := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, 500*time.Millisecond) }
 	// lastSeq is the stream's last sequence, 0 when it cannot be read.
 	lastSeq := func() uint64 {
+		ctx, cancel := poll()
+		defer cancel()
 		st, err := js.Stream(ctx, "SLUICE")
 		if err != nil {
 			return 0
@@ -82,6 +87,8 @@ func TestNodeFailures(t *testing.T) {
 		t.Helper()
 		at := -1
 		harness.Eventually(t, 60*time.Second, func() string {
+			ctx, cancel := poll()
+			defer cancel()
 			var err error
 			if at, err = e.Cluster.StreamLeader(ctx, js, "SLUICE"); err != nil {
 				return err.Error()

@@ -159,7 +159,10 @@ func (n *NATSNode) URL() string { return "nats://" + n.Addr() }
 func (n *NATSNode) Running() bool { return n.proc != nil && !n.proc.Exited() }
 
 // Log is what the node wrote, over all its runs.
-func (n *NATSNode) Log() string { b, _ := os.ReadFile(filepath.Join(n.Dir, "nats.log")); return string(b) }
+func (n *NATSNode) Log() string {
+	b, _ := os.ReadFile(filepath.Join(n.Dir, "nats.log"))
+	return string(b)
+}
 
 // URLs are the client URLs of every node, comma-separated, as nats.url
 // takes them.
