@@ -43,7 +43,7 @@ func TestNodeFailures(t *testing.T) {
 	e.WaitStreaming(capture)
 	t.Logf("capture streams %s after the cluster was launched", time.Since(launched).Round(100*time.Millisecond))
 	obs := harness.Observe(t, e.Redis, "sequin:accounts:*")
-	stop := harness.Background(t, e.PG.URL, 300, 41)
+	stop := harness.Paced(t, e.PG.URL, 300, 41, 2*time.Millisecond)
 
 	nc, js, err := e.Cluster.Connect()
 	if err != nil {

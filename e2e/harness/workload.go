@@ -30,7 +30,7 @@ const AccountsSchema = `CREATE TABLE accounts (id int PRIMARY KEY, n int NOT NUL
 // is closed, and returns how many row changes it committed. A failure marks
 // the test failed and ends the workload: it may run in any goroutine.
 func Workload(t testing.TB, url string, keys int, seed uint64, stop <-chan struct{}) int {
-	changes, err := workload(url, keys, seed, stop)
+	changes, err := workload(url, keys, seed, 0, stop)
 	if err != nil {
 		t.Errorf("workload: %v", err)
 	}
@@ -40,9 +40,21 @@ func Workload(t testing.TB, url string, keys int, seed uint64, stop <-chan struc
 // Background runs Workload in its own goroutine until the returned stop is
 // called (or the test ends); stop returns the changes committed.
 func Background(t testing.TB, url string, keys int, seed uint64) (stop func() int) {
+	return Paced(t, url, keys, seed, 0)
+}
+
+// Paced is Background with a pause of every between transactions, for a
+// long test whose final checks should not have millions of changes to read.
+func Paced(t testing.TB, url string, keys int, seed uint64, every time.Duration) (stop func() int) {
 	quit := make(chan struct{})
 	done := make(chan int, 1)
-	go func() { done <- Workload(t, url, keys, seed, quit) }()
+	go func() {
+		changes, err := workload(url, keys, seed, every, quit)
+		if err != nil {
+			t.Errorf("workload: %v", err)
+		}
+		done <- changes
+	}()
 	var changes int
 	var once sync.Once
 	stop = func() int {
@@ -53,7 +65,7 @@ func Background(t testing.TB, url string, keys int, seed uint64) (stop func() in
 	return stop
 }
 
-func workload(url string, keys int, seed uint64, stop <-chan struct{}) (int, error) {
+func workload(url string, keys int, seed uint64, every time.Duration, stop <-chan struct{}) (int, error) {
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
@@ -66,7 +78,7 @@ func workload(url string, keys int, seed uint64, stop <-chan struct{}) (int, err
 		select {
 		case <-stop:
 			return changes, nil
-		default:
+		case <-time.After(every):
 		}
 		tx, err := conn.Begin(ctx)
 		if err != nil {

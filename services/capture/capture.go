@@ -44,6 +44,11 @@ const (
 	// drainTimeout bounds the wait for acknowledgements at shutdown.
 	drainTimeout = 30 * time.Second
 	maxBackoff   = 30 * time.Second
+	// ackTimeout bounds the wait for one publish's acknowledgement. A
+	// stream leader that died takes its unacknowledged messages with it:
+	// capture then restarts from the slot (losing and duplicating nothing),
+	// which should not wait much longer than the cluster's election.
+	ackTimeout = 10 * time.Second
 	// stuckAfter is how long the main loop may make no progress before
 	// /healthz reports the process stuck.
 	stuckAfter = 2 * time.Minute
@@ -87,7 +92,7 @@ func New(cfg *config.Config, log *zap.Logger) *Service {
 // duplicated.
 func (s *Service) Run(ctx context.Context) error {
 	nc, js, err := topology.Dial(s.cfg.NATS.URL, "sluice-capture", s.log,
-		jetstream.WithPublishAsyncMaxPending(2*maxInFlight), jetstream.WithPublishAsyncTimeout(30*time.Second))
+		jetstream.WithPublishAsyncMaxPending(2*maxInFlight), jetstream.WithPublishAsyncTimeout(ackTimeout))
 	if err != nil {
 		return err
 	}
