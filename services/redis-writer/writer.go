@@ -143,7 +143,7 @@ func (s *Service) Run(ctx context.Context) error {
 	expiry := max(time.Second, s.sink.Failover/3)
 	l := &loop{Service: s, st: st, group: g, jobs: jobs, held: held, msgs: msgs,
 		cons: newConsumers(stream, st, s.sink.Name, s.topo.Partitions, receive, expiry, s.log, &s.warn),
-		a:    &applier{Service: s, store: st, box: box, js: js, changes: stream, m: newSinkMetrics(s.sink.Name), holding: held},
+		a:    &applier{Service: s, store: st, box: box, js: js, changes: stream, m: newSinkMetrics(s.sink.Name), holding: held, fencedOut: map[int]bool{}},
 		up:   redisUp.WithLabelValues(s.sink.Name)}
 	st.EnableFences(s.sink.Name, s.id, l.leaseHolds)
 	parked, err := retries.Consume(receive(0), jetstream.PullMaxMessages(16), jetstream.PullExpiry(expiry),
