@@ -17,6 +17,7 @@ import (
 	"github.com/sluicehq/sluice/pkg/fragment"
 	"github.com/sluicehq/sluice/pkg/testenv"
 	"github.com/sluicehq/sluice/pkg/topology"
+	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
 )
 
 // Accounts is the table most tests change.
@@ -167,6 +168,17 @@ func CheckStream(t testing.TB, url string, want int) {
 	last := map[string]pos{}            // per partition subject
 	txs := map[uint64]map[uint32]bool{} // the indexes seen of each transaction
 	got := 0
+	events := func(m jetstream.Msg) []*sluicev1.ChangeEvent {
+		data, err := fragment.Payload(ctx, st, m.Headers(), m.Data())
+		if err != nil {
+			t.Fatal(err)
+		}
+		evs, err := change.Events(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return evs
+	}
 	for got < want {
 		batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
@@ -175,15 +187,7 @@ func CheckStream(t testing.TB, url string, want int) {
 		n := 0
 		for m := range batch.Messages() {
 			n++
-			data, err := fragment.Payload(ctx, st, m.Headers(), m.Data())
-			if err != nil {
-				t.Fatal(err)
-			}
-			evs, err := change.Events(data)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, ev := range evs {
+			for _, ev := range events(m) {
 				p := pos{ev.CommitLsn, ev.CommitIdx}
 				if txs[p.lsn][p.idx] {
 					t.Fatalf("event (lsn %d idx %d) is in the stream twice", p.lsn, p.idx)
@@ -207,15 +211,7 @@ func CheckStream(t testing.TB, url string, want int) {
 	// otherwise go unseen.
 	if batch, err := cons.FetchNoWait(1000); err == nil {
 		for m := range batch.Messages() {
-			data, err := fragment.Payload(ctx, st, m.Headers(), m.Data())
-			if err != nil {
-				t.Fatal(err)
-			}
-			evs, err := change.Events(data)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got += len(evs)
+			got += len(events(m))
 		}
 	}
 	if got != want {
