@@ -65,3 +65,68 @@ func TestSlotLossAndResync(t *testing.T) {
 		return ""
 	})
 }
+
+// A database restored from a base backup taken earlier, started in place
+// of the original: its WAL ends before the stream's last change, and (as
+// pg_basebackup copies no slot) the slot is gone too. Capture refuses with
+// database_behind, which tells the operator to flush the caches before a
+// resync, not slot_lost; after the flush and `sluice resync` Redis holds
+// the restored rows.
+func TestRestoredDatabaseRefused(t *testing.T) {
+	e := harness.NewEnv(t)
+	e.Exec(harness.AccountsSchema)
+	cfg := e.Config([]string{"accounts"}, true)
+	served := harness.StartServing(t, "sluice-capture", "--config", cfg)
+	e.WaitStreaming(served.Proc)
+	harness.Start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
+	e.Exec(`INSERT INTO accounts (id, n) SELECT g, g % 10 FROM generate_series(1, 300) g`)
+	e.WaitMatch(60*time.Second, harness.Accounts)
+
+	ctx := context.Background()
+	backup, err := e.PG.BaseBackup(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Changes the backup does not have reach Redis.
+	e.Exec(`UPDATE accounts SET n = n + 100, note = 'after the backup' WHERE id % 3 = 0`)
+	e.Exec(`INSERT INTO accounts (id, n) SELECT g, 1 FROM generate_series(301, 400) g`)
+	e.WaitMatch(60*time.Second, harness.Accounts)
+
+	e.Conn.Close(ctx)
+	if err := e.PG.Restore(ctx, backup); err != nil {
+		t.Fatal(err)
+	}
+	e.Reconnect()
+	harness.Eventually(t, 60*time.Second, func() string {
+		if r := served.Get("/readyz"); !strings.Contains(r, "503") || !strings.Contains(r, "restored to an earlier point") {
+			return "/readyz: " + r
+		}
+		m := served.Get("/metrics")
+		if !strings.Contains(m, `sluice_capture_source_refused{reason="database_behind"} 1`) {
+			return "no database_behind refusal metric"
+		}
+		if !strings.Contains(m, `sluice_capture_source_refused{reason="slot_lost"} 0`) {
+			return "refused as slot_lost"
+		}
+		return ""
+	})
+	if out := served.Output(); !strings.Contains(out, "capture refuses to stream") || !strings.Contains(out, `"reason":"database_behind"`) ||
+		!strings.Contains(out, "flush every sink's Redis") {
+		t.Errorf("the refusal's log does not say the database is behind and the caches must be flushed: %s", served.Tail(2000))
+	}
+	var slots int
+	if err := e.Conn.QueryRow(ctx, `SELECT count(*) FROM pg_replication_slots`).Scan(&slots); err != nil || slots != 0 {
+		t.Fatalf("capture made a slot while refusing: %d slots (%v)", slots, err)
+	}
+
+	// What the refusal says to do: flush, resync.
+	if err := e.RC.FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	rs := harness.Start(t, "sluice", "resync", "--config", cfg)
+	if code := rs.WaitExit(2 * time.Minute); code != 0 {
+		t.Fatalf("sluice resync exited %d: %s", code, rs.Output())
+	}
+	e.Exec(`UPDATE accounts SET note = 'restored' WHERE id <= 20`)
+	e.WaitMatch(90*time.Second, harness.Accounts)
+}

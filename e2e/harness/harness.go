@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -50,21 +51,78 @@ type Env struct {
 	T     testing.TB
 	PG    *testenv.Postgres
 	Redis *testenv.Redis
-	NATS  *testenv.NATS
-	Dir   string
-	Conn  *pgx.Conn
-	RC    *redis.Client
+	// NATS is the embedded server, or nil when Cluster serves instead.
+	NATS    *testenv.NATS
+	Cluster *testenv.NATSCluster
+	Dir     string
+	Conn    *pgx.Conn
+	RC      *redis.Client
 }
 
 func NewEnv(t testing.TB) *Env {
 	t.Helper()
-	e := &Env{T: t, PG: testenv.NewPostgres(t, testenv.PostgresOptions{}), Redis: testenv.NewRedis(t), NATS: testenv.NewNATS(t), Dir: t.TempDir()}
+	return newEnv(t, func(e *Env) { e.NATS = testenv.NewNATS(t) })
+}
+
+// NewClusterEnv is NewEnv with a JetStream cluster of nodes nats-server
+// processes instead of the embedded server. It returns as soon as the
+// nodes accept clients, before they have elected their leaders, as a
+// cluster just started (e.Cluster.WaitReady waits for them). Configs name
+// every node in nats.url, and nats.replicas is the node count.
+func NewClusterEnv(t testing.TB, nodes int) *Env {
+	t.Helper()
+	return newEnv(t, func(e *Env) {
+		c, err := testenv.LaunchNATSCluster(context.Background(), natsServer(t), nodes)
+		if err != nil {
+			t.Fatalf("start nats cluster: %v", err)
+		}
+		t.Cleanup(func() {
+			if t.Failed() {
+				for _, n := range c.Nodes {
+					t.Logf("nats-server %s output:\n%s", n.Name, Tail(n.Log(), 3000))
+				}
+			}
+			c.Close()
+		})
+		e.Cluster = c
+	})
+}
+
+func newEnv(t testing.TB, nats func(*Env)) *Env {
+	t.Helper()
+	e := &Env{T: t, PG: testenv.NewPostgres(t, testenv.PostgresOptions{}), Redis: testenv.NewRedis(t), Dir: t.TempDir()}
+	nats(e)
 	e.Reconnect()
 	t.Cleanup(func() { e.Conn.Close(context.Background()) })
 	e.RC = e.Redis.Client()
 	t.Cleanup(func() { e.RC.Close() })
 	return e
 }
+
+// NATSURL is the env's nats.url: the embedded server's, or every node's.
+func (e *Env) NATSURL() string {
+	if e.Cluster != nil {
+		return e.Cluster.URLs()
+	}
+	return e.NATS.URL()
+}
+
+// natsServer builds nats-server once per run, from the module the
+// workspace requires (the system's may be too old), and returns its path.
+func natsServer(t testing.TB) string {
+	t.Helper()
+	natsBuild.Do(func() { natsBin, natsErr = testenv.BuildNATSServer(bin) })
+	if natsErr != nil {
+		t.Fatal(natsErr)
+	}
+	return natsBin
+}
+
+var (
+	natsBuild sync.Once
+	natsBin   string
+	natsErr   error
+)
 
 // Reconnect opens the test's own connection to Postgres.
 func (e *Env) Reconnect() {
@@ -94,7 +152,10 @@ func (e *Env) Config(tables []string, withNATS bool) string {
 func (e *Env) ConfigText(tables []string, withNATS bool) string {
 	natsURL := ""
 	if withNATS {
-		natsURL = "url: " + e.NATS.URL()
+		natsURL = "url: " + e.NATSURL()
+		if e.Cluster != nil {
+			natsURL += fmt.Sprintf("\n  replicas: %d", len(e.Cluster.Nodes))
+		}
 	}
 	doc := fmt.Sprintf(`postgres:
   url: %s
@@ -125,7 +186,7 @@ nats: {url: %q, partitions: %d}
 sinks:
   - name: cache
 %s    destination: {type: redis_string, host: 127.0.0.1, port: %d}
-`, e.PG.URL, e.NATS.URL(), partitions, settings, e.Redis.Port))
+`, e.PG.URL, e.NATSURL(), partitions, settings, e.Redis.Port))
 }
 
 // DLQ runs `sluice dlq <args> --config cfg --sink cache`, fails the test

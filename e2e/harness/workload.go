@@ -17,6 +17,7 @@ import (
 	"github.com/sluicehq/sluice/pkg/fragment"
 	"github.com/sluicehq/sluice/pkg/testenv"
 	"github.com/sluicehq/sluice/pkg/topology"
+	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
 )
 
 // Accounts is the table most tests change.
@@ -30,7 +31,7 @@ const AccountsSchema = `CREATE TABLE accounts (id int PRIMARY KEY, n int NOT NUL
 // is closed, and returns how many row changes it committed. A failure marks
 // the test failed and ends the workload: it may run in any goroutine.
 func Workload(t testing.TB, url string, keys int, seed uint64, stop <-chan struct{}) int {
-	changes, err := workload(url, keys, seed, stop)
+	changes, err := workload(url, keys, seed, 0, stop)
 	if err != nil {
 		t.Errorf("workload: %v", err)
 	}
@@ -40,9 +41,21 @@ func Workload(t testing.TB, url string, keys int, seed uint64, stop <-chan struc
 // Background runs Workload in its own goroutine until the returned stop is
 // called (or the test ends); stop returns the changes committed.
 func Background(t testing.TB, url string, keys int, seed uint64) (stop func() int) {
+	return Paced(t, url, keys, seed, 0)
+}
+
+// Paced is Background with a pause of every between transactions, for a
+// long test whose final checks should not have millions of changes to read.
+func Paced(t testing.TB, url string, keys int, seed uint64, every time.Duration) (stop func() int) {
 	quit := make(chan struct{})
 	done := make(chan int, 1)
-	go func() { done <- Workload(t, url, keys, seed, quit) }()
+	go func() {
+		changes, err := workload(url, keys, seed, every, quit)
+		if err != nil {
+			t.Errorf("workload: %v", err)
+		}
+		done <- changes
+	}()
 	var changes int
 	var once sync.Once
 	stop = func() int {
@@ -53,7 +66,7 @@ func Background(t testing.TB, url string, keys int, seed uint64) (stop func() in
 	return stop
 }
 
-func workload(url string, keys int, seed uint64, stop <-chan struct{}) (int, error) {
+func workload(url string, keys int, seed uint64, every time.Duration, stop <-chan struct{}) (int, error) {
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
@@ -66,7 +79,7 @@ func workload(url string, keys int, seed uint64, stop <-chan struct{}) (int, err
 		select {
 		case <-stop:
 			return changes, nil
-		default:
+		case <-time.After(every):
 		}
 		tx, err := conn.Begin(ctx)
 		if err != nil {
@@ -126,8 +139,10 @@ func Chaos(t testing.TB, times int, min, max time.Duration, fn func()) <-chan st
 	return done
 }
 
-// CheckStream reads the whole stream and checks that it holds want events,
-// each once, each partition's in commit order, and every transaction whole.
+// CheckStream reads the whole stream from url (one server's, or a
+// comma-separated list of a cluster's) and checks that it holds want
+// events, each once, each partition's in commit order, and every
+// transaction whole.
 func CheckStream(t testing.TB, url string, want int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -153,6 +168,17 @@ func CheckStream(t testing.TB, url string, want int) {
 	last := map[string]pos{}            // per partition subject
 	txs := map[uint64]map[uint32]bool{} // the indexes seen of each transaction
 	got := 0
+	events := func(m jetstream.Msg) []*sluicev1.ChangeEvent {
+		data, err := fragment.Payload(ctx, st, m.Headers(), m.Data())
+		if err != nil {
+			t.Fatal(err)
+		}
+		evs, err := change.Events(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return evs
+	}
 	for got < want {
 		batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
@@ -161,15 +187,7 @@ func CheckStream(t testing.TB, url string, want int) {
 		n := 0
 		for m := range batch.Messages() {
 			n++
-			data, err := fragment.Payload(ctx, st, m.Headers(), m.Data())
-			if err != nil {
-				t.Fatal(err)
-			}
-			evs, err := change.Events(data)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, ev := range evs {
+			for _, ev := range events(m) {
 				p := pos{ev.CommitLsn, ev.CommitIdx}
 				if txs[p.lsn][p.idx] {
 					t.Fatalf("event (lsn %d idx %d) is in the stream twice", p.lsn, p.idx)
@@ -187,6 +205,13 @@ func CheckStream(t testing.TB, url string, want int) {
 		}
 		if n == 0 {
 			t.Fatalf("stream ended after %d of %d events", got, want)
+		}
+	}
+	// And nothing more: a surplus after a batch that ended at want would
+	// otherwise go unseen.
+	if batch, err := cons.FetchNoWait(1000); err == nil {
+		for m := range batch.Messages() {
+			got += len(events(m))
 		}
 	}
 	if got != want {
@@ -211,7 +236,7 @@ func Fill(e *Env, n int) {
 
 func OpenJobs(t testing.TB, e *Env) *jobs.Store {
 	t.Helper()
-	nc, err := nats.Connect(e.NATS.URL())
+	nc, err := nats.Connect(e.NATSURL())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -168,9 +168,52 @@ func (p *Postgres) Restart(ctx context.Context) error {
 	return p.start(ctx)
 }
 
+// BaseBackup copies the running cluster with pg_basebackup (the WAL up to
+// the copy's end included, no replication slot) into a new directory
+// under Dir, and returns it: a backup to Restore later.
+func (p *Postgres) BaseBackup(ctx context.Context) (string, error) {
+	dir, err := os.MkdirTemp(p.Dir, "backup-")
+	if err != nil {
+		return "", err
+	}
+	if p.cred != nil {
+		if err := os.Chown(dir, int(p.cred.Uid), int(p.cred.Gid)); err != nil {
+			return "", err
+		}
+	}
+	bb := exec.CommandContext(ctx, filepath.Join(filepath.Dir(p.bin), "pg_basebackup"), "-D", dir, "-h", "127.0.0.1",
+		"-p", strconv.Itoa(p.Port), "-U", "postgres", "-X", "stream", "-c", "fast", "--no-sync")
+	bb.SysProcAttr = &syscall.SysProcAttr{Credential: p.cred}
+	if out, err := bb.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("pg_basebackup: %v: %s", err, out)
+	}
+	return dir, nil
+}
+
+// Restore stops the server and starts, in its place (same port and
+// settings), the cluster of a BaseBackup: the database as it was then.
+func (p *Postgres) Restore(ctx context.Context, backup string) error {
+	p.proc.Stop(syscall.SIGINT, 15*time.Second)
+	for i, a := range p.args {
+		if a == "-D" {
+			p.args[i+1] = backup
+		}
+	}
+	return p.start(ctx)
+}
+
+// Pause stops (SIGSTOP) the server and every backend: connections stay
+// open and new ones are accepted by the kernel, but nothing answers, as
+// when a network drops packets silently. Resume continues them.
+func (p *Postgres) Pause() error { return syscall.Kill(-p.proc.Pid(), syscall.SIGSTOP) }
+
+// Resume continues a paused server (SIGCONT).
+func (p *Postgres) Resume() error { return syscall.Kill(-p.proc.Pid(), syscall.SIGCONT) }
+
 // Stop shuts the cluster down (fast mode) and removes its directory.
 func (p *Postgres) Stop() {
 	if p.proc != nil {
+		_ = p.Resume() // a paused server would not shut down
 		p.proc.Stop(syscall.SIGINT, 15*time.Second)
 	}
 	os.RemoveAll(p.Dir)

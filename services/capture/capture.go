@@ -44,6 +44,11 @@ const (
 	// drainTimeout bounds the wait for acknowledgements at shutdown.
 	drainTimeout = 30 * time.Second
 	maxBackoff   = 30 * time.Second
+	// ackTimeout bounds the wait for one publish's acknowledgement. A
+	// stream leader that died takes its unacknowledged messages with it:
+	// capture then restarts from the slot (losing and duplicating nothing),
+	// which should not wait much longer than the cluster's election.
+	ackTimeout = 10 * time.Second
 	// stuckAfter is how long the main loop may make no progress before
 	// /healthz reports the process stuck.
 	stuckAfter = 2 * time.Minute
@@ -87,13 +92,15 @@ func New(cfg *config.Config, log *zap.Logger) *Service {
 // duplicated.
 func (s *Service) Run(ctx context.Context) error {
 	nc, js, err := topology.Dial(s.cfg.NATS, "sluice-capture", s.log,
-		jetstream.WithPublishAsyncMaxPending(2*maxInFlight), jetstream.WithPublishAsyncTimeout(30*time.Second))
+		jetstream.WithPublishAsyncMaxPending(2*maxInFlight), jetstream.WithPublishAsyncTimeout(ackTimeout))
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
 	// Consumers exist before the first publish, so no sink misses an event.
-	if _, err := s.topo.Ensure(ctx, js, s.cfg.Sinks...); err != nil {
+	if _, err := topology.Create(ctx, s.log, "create stream "+s.topo.Stream, func(ctx context.Context) (jetstream.Stream, error) {
+		return s.topo.Ensure(ctx, js, s.cfg.Sinks...)
+	}); err != nil {
 		return err
 	}
 	s.beat()
@@ -117,16 +124,22 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 		return topology.Connected(nc)
 	})
-	lease, err := leader.Open(ctx, js, s.topo.CaptureLeaseBucket(), processID(), s.cfg.Postgres.Failover, s.topo.Replicas)
+	lease, err := topology.Create(ctx, s.log, "create bucket "+s.topo.CaptureLeaseBucket(), func(ctx context.Context) (*leader.Lease, error) {
+		return leader.Open(ctx, js, s.topo.CaptureLeaseBucket(), processID(), s.cfg.Postgres.Failover, s.topo.Replicas)
+	})
 	if err != nil {
 		return err
 	}
 	s.lease = lease
 	// The jobs and the stream's source, read by the monitor and the leader.
-	if s.jobs, err = backfill.Open(ctx, js, s.topo); err != nil {
+	if s.jobs, err = topology.Create(ctx, s.log, "create bucket "+backfill.BucketName(s.topo), func(ctx context.Context) (*backfill.Store, error) {
+		return backfill.Open(ctx, js, s.topo)
+	}); err != nil {
 		return err
 	}
-	if s.lineage, err = lineage.Open(ctx, js, s.topo); err != nil {
+	if s.lineage, err = topology.Create(ctx, s.log, "create bucket "+lineage.BucketName(s.topo), func(ctx context.Context) (*lineage.Store, error) {
+		return lineage.Open(ctx, js, s.topo)
+	}); err != nil {
 		return err
 	}
 	mctx, stopMonitor := context.WithCancel(ctx)

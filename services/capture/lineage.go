@@ -44,6 +44,9 @@ func (r *refusal) Error() string { return r.msg }
 
 // judge compares Postgres (id) with the stream's recorded source (rec,
 // when recorded) and the stream's last commit position (last, when has).
+// A database gone back in time is named before its missing slot: a base
+// backup or a snapshot has no slot either, and only the first reason
+// tells the operator that the caches must be flushed before a resync.
 func judge(id source.Identity, rec lineage.Source, recorded bool, last uint64, has bool, slot string) *refusal {
 	const resync = "run `sluice resync --config F` (a new slot, and a backfill of every sink)"
 	const flush = "the caches hold the other database's positions, which would make its changes look older: flush every sink's Redis, then " + resync
@@ -51,6 +54,9 @@ func judge(id source.Identity, rec lineage.Source, recorded bool, last uint64, h
 	case recorded && rec.SystemID != id.SystemID:
 		return &refusal{databaseReplaced, fmt.Sprintf("postgres is not the database this stream's changes came from "+
 			"(system identifier %s, the stream's %s): it was replaced or restored; %s", id.SystemID, rec.SystemID, flush)}
+	case has && last > uint64(id.WALPos):
+		return &refusal{databaseBehind, fmt.Sprintf("postgres's WAL ends at %s, before the stream's last change at %s: "+
+			"the database was restored to an earlier point (a base backup holds no slot, so the slot may be gone too); %s", id.WALPos, lsnString(last), flush)}
 	case id.SlotLost:
 		return &refusal{slotInvalidated, fmt.Sprintf("replication slot %s was invalidated (max_slot_wal_keep_size): "+
 			"the changes whose WAL it lost never reached the stream; %s", slot, resync)}
@@ -58,9 +64,6 @@ func judge(id source.Identity, rec lineage.Source, recorded bool, last uint64, h
 		return &refusal{slotLost, fmt.Sprintf("replication slot %s is gone (dropped, or the database restored): "+
 			"changes made since capture last confirmed its position never reached the stream, "+
 			"and a new slot would start after them; %s", slot, resync)}
-	case has && last > uint64(id.WALPos):
-		return &refusal{databaseBehind, fmt.Sprintf("postgres's WAL ends at %s, before the stream's last change at %s: "+
-			"the database was restored to an earlier point; %s", id.WALPos, lsnString(last), flush)}
 	}
 	return nil
 }

@@ -27,7 +27,10 @@ func TestJudge(t *testing.T) {
 		{"an earlier release's stream, slot dropped", source.Identity{SystemID: "1", WALPos: 5000}, false, 4000, true, slotLost},
 		{"slot invalidated", source.Identity{SystemID: rec.SystemID, WALPos: 5000, SlotExists: true, SlotLost: true}, true, 4000, true, slotInvalidated},
 		{"another cluster", source.Identity{SystemID: "7300000000000000002", WALPos: 5000, SlotExists: true}, true, 4000, true, databaseReplaced},
-		{"restored from a base backup", source.Identity{SystemID: rec.SystemID, WALPos: 3000, SlotExists: true}, true, 4000, true, databaseBehind},
+		{"restored from a snapshot, slot and all", source.Identity{SystemID: rec.SystemID, WALPos: 3000, SlotExists: true}, true, 4000, true, databaseBehind},
+		// pg_basebackup copies no slot: behind, not merely slot lost.
+		{"restored from a base backup", source.Identity{SystemID: rec.SystemID, WALPos: 3000}, true, 4000, true, databaseBehind},
+		{"restored, slot invalidated", source.Identity{SystemID: rec.SystemID, WALPos: 3000, SlotExists: true, SlotLost: true}, true, 4000, true, databaseBehind},
 	} {
 		r := judge(c.id, rec, c.recorded, c.last, c.has, "sluice")
 		switch {

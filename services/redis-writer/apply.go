@@ -43,6 +43,9 @@ type applier struct {
 	// a batch that waits for Redis (or NATS) to come back.
 	held []*work
 	cmds []command.Command // reused for each round trip
+	// fencedOut are the partitions whose writes Redis refused since the
+	// loop last asked: another writer set their fence after this one.
+	fencedOut map[int]bool
 
 	annotationsWarned time.Time
 }
@@ -168,6 +171,16 @@ func (a *applier) retry(ctx context.Context) (unavailable error) {
 	clear(a.held[len(kept):])
 	a.held = kept
 	return unavailable
+}
+
+// takeFenced returns the partitions fenced out since the last call.
+func (a *applier) takeFenced() []int {
+	var ps []int
+	for p := range a.fencedOut {
+		ps = append(ps, p)
+	}
+	clear(a.fencedOut)
+	return ps
 }
 
 // cmp keeps the first error.
@@ -308,6 +321,9 @@ func (a *applier) finish(ctx context.Context, w *work) (bool, error) {
 		if it.state == fenced {
 			// Its partition's new owner has, or will get, the message.
 			a.settle(w.msg, w.msg.Nak)
+			if p := partition(w.msg); p >= 0 {
+				a.fencedOut[p] = true
+			}
 			return true, nil
 		}
 	}

@@ -122,6 +122,7 @@ func (l *loop) run(ctx context.Context, assigned <-chan []int) error {
 			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), applyTimeout)
 			l.outcome(l.a.apply(actx, batch))
 			cancel()
+			l.refence()
 		case <-l.retryAt:
 			if !l.leased() {
 				continue
@@ -133,6 +134,7 @@ func (l *loop) run(ctx context.Context, assigned <-chan []int) error {
 				l.outcome(l.a.retry(actx))
 			}
 			cancel()
+			l.refence()
 		}
 	}
 }
@@ -201,6 +203,32 @@ func (l *loop) leased() bool {
 	return holds
 }
 
+// restart stops partition p's consumer and hands back what the writer
+// holds of it; once drained, the loop starts it again (see resume), with a
+// fence of its own.
+func (l *loop) restart(p int) {
+	l.cons.release(p)
+	l.giveUp([]int{p})
+	l.held.purge(p, l.handBack)
+}
+
+// refence takes back the partitions whose fence another writer set while
+// this one still owns them under a lease that holds: two writers' views of
+// the group disagree for a moment (both started at once, say), and the one
+// that acquired last may since have given the partition up, leaving its
+// owner refused forever. The pinned consumer delivers a partition to one
+// writer, so the fence follows the writer the messages come to; a writer
+// whose lease ran out is not that writer and lets go instead.
+func (l *loop) refence() {
+	for _, p := range l.a.takeFenced() {
+		if _, ok := l.cons.running[p]; !ok || !l.leaseHolds() {
+			continue
+		}
+		l.log.Warn("another writer fenced a partition this one owns; starting its consumer again", zap.Int("partition", p))
+		l.restart(p)
+	}
+}
+
 // giveUp hands back what the writer holds of partitions it released.
 func (l *loop) giveUp(partitions []int) {
 	if len(partitions) == 0 {
@@ -226,9 +254,7 @@ func (l *loop) tick(ctx context.Context) {
 		// waits is stuck: it starts over, handing back what it delivered.
 		for _, p := range l.cons.quiet(backlog, max(3*tickEvery, 2*l.sink.Failover)) {
 			l.log.Warn("partition delivered nothing while changes wait; starting its consumer again", zap.Int("partition", p), zap.Uint64("backlog", backlog[p]))
-			l.cons.release(p)
-			l.giveUp([]int{p})
-			l.held.purge(p, l.handBack)
+			l.restart(p)
 		}
 	}
 	l.checkPolicy(ctx)

@@ -100,23 +100,34 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	defer nc.Close()
-	stream, err := s.topo.Ensure(ctx, js, *s.sink)
+	// A writer may start before the cluster has elected its leaders.
+	stream, err := topology.Create(ctx, s.log, "create stream "+s.topo.Stream, func(ctx context.Context) (jetstream.Stream, error) {
+		return s.topo.Ensure(ctx, js, *s.sink)
+	})
 	if err != nil {
 		return err
 	}
-	retries, err := s.topo.EnsureRetries(ctx, js, *s.sink)
+	retries, err := topology.Create(ctx, s.log, "create stream "+s.topo.RetryStream(), func(ctx context.Context) (jetstream.Consumer, error) {
+		return s.topo.EnsureRetries(ctx, js, *s.sink)
+	})
 	if err != nil {
 		return err
 	}
-	box, err := deadletter.Open(ctx, js, s.topo)
+	box, err := topology.Create(ctx, s.log, "create stream "+deadletter.StreamName(s.topo), func(ctx context.Context) (*deadletter.Box, error) {
+		return deadletter.Open(ctx, js, s.topo)
+	})
 	if err != nil {
 		return err
 	}
-	jobs, err := backfill.Open(ctx, js, s.topo)
+	jobs, err := topology.Create(ctx, s.log, "create bucket "+backfill.BucketName(s.topo), func(ctx context.Context) (*backfill.Store, error) {
+		return backfill.Open(ctx, js, s.topo)
+	})
 	if err != nil {
 		return err
 	}
-	g, err := group.Join(ctx, js, s.topo.MembersBucket(s.sink.Name), s.id, s.sink.Failover, s.topo.Replicas, s.log)
+	g, err := topology.Create(ctx, s.log, "join bucket "+s.topo.MembersBucket(s.sink.Name), func(ctx context.Context) (*group.Group, error) {
+		return group.Join(ctx, js, s.topo.MembersBucket(s.sink.Name), s.id, s.sink.Failover, s.topo.Replicas, s.log)
+	})
 	if err != nil {
 		return err
 	}
@@ -132,7 +143,7 @@ func (s *Service) Run(ctx context.Context) error {
 	expiry := max(time.Second, s.sink.Failover/3)
 	l := &loop{Service: s, st: st, group: g, jobs: jobs, held: held, msgs: msgs,
 		cons: newConsumers(stream, st, s.sink.Name, s.topo.Partitions, receive, expiry, s.log, &s.warn),
-		a:    &applier{Service: s, store: st, box: box, js: js, changes: stream, m: newSinkMetrics(s.sink.Name), holding: held},
+		a:    &applier{Service: s, store: st, box: box, js: js, changes: stream, m: newSinkMetrics(s.sink.Name), holding: held, fencedOut: map[int]bool{}},
 		up:   redisUp.WithLabelValues(s.sink.Name)}
 	st.EnableFences(s.sink.Name, s.id, l.leaseHolds)
 	parked, err := retries.Consume(receive(0), jetstream.PullMaxMessages(16), jetstream.PullExpiry(expiry),

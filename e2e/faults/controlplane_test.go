@@ -1,0 +1,116 @@
+package faults
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sluicehq/sluice/e2e/harness"
+	"github.com/sluicehq/sluice/pkg/config"
+	"github.com/sluicehq/sluice/pkg/topology"
+)
+
+// controlConfig is a sink of partitions partitions with a short failover,
+// for the tests of the writers' control plane.
+func controlConfig(e *harness.Env, partitions int) string {
+	return e.SinkConfig(partitions, "    batch_size: 50\n    ack_wait: 1s\n    failover: 3s\n    max_deliver: 1000\n")
+}
+
+// A NATS restart loses the writers' membership bucket (it is kept in
+// memory): the writers make it again and share the partitions as before,
+// and a writer killed after the restart has its partitions taken over.
+// The two writers start at once, so that their first views of the group
+// disagree: this is also how a partition's fence came to belong to a
+// writer that no longer owned it (see TestFenceTakenBack).
+func TestWritersSurviveNATSRestart(t *testing.T) {
+	const partitions = 4
+	e := harness.NewEnv(t)
+	e.Exec(harness.AccountsSchema)
+	cfg := controlConfig(e, partitions)
+	e.RunPipeline(cfg)
+	w1, w2 := startWriter(t, cfg), startWriter(t, cfg)
+	balanced(t, 15*time.Second, partitions, w1, w2)
+	stopLoad := harness.Background(t, e.PG.URL, 50, 7)
+
+	if err := e.NATS.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	// Both writers are members of the group made again.
+	harness.Eventually(t, 30*time.Second, func() string {
+		if n := members(e); n != 2 {
+			return fmt.Sprintf("%d members after the restart", n)
+		}
+		return ""
+	})
+	balanced(t, 15*time.Second, partitions, w1, w2)
+
+	w2.Signal(syscall.SIGKILL)
+	balanced(t, 15*time.Second, partitions, w1)
+	changes := stopLoad()
+	t.Logf("%d changes", changes)
+	e.WaitMatch(60*time.Second, harness.Accounts)
+}
+
+// Two writers' views of the group disagree for a moment (both start at
+// once): each takes a partition and sets its fence, and the one that set
+// it last may then give the partition up, leaving its owner's writes
+// refused by the fence for good, handed back and redelivered in a loop.
+// Here the fence of every partition is set by another writer (as the
+// later of the two would) while one writer owns them all: it takes them
+// back, and Redis ends equal to Postgres.
+func TestFenceTakenBack(t *testing.T) {
+	const partitions = 4
+	e := harness.NewEnv(t)
+	e.Exec(harness.AccountsSchema)
+	cfg := controlConfig(e, partitions)
+	e.RunPipeline(cfg)
+	w := startWriter(t, cfg)
+	balanced(t, 15*time.Second, partitions, w)
+	stop := harness.Background(t, e.PG.URL, 50, 11)
+	harness.Eventually(t, 30*time.Second, func() string { // under way
+		if n, _ := e.RC.DBSize(context.Background()).Result(); n < 100 {
+			return fmt.Sprintf("%d keys in redis", n)
+		}
+		return ""
+	})
+	for p := range partitions {
+		if err := e.RC.Set(context.Background(), fmt.Sprintf("sluice:fence:cache:%d", p), "another-writer:x", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-harness.After(2 * time.Second) // changes written after the fences
+	changes := stop()
+	e.WaitMatch(60*time.Second, harness.Accounts)
+	if out := w.Output(); !strings.Contains(out, "another writer fenced a partition this one owns") {
+		t.Errorf("the writer did not say it took its partitions back:\n%s", harness.Tail(out, 2000))
+	}
+	t.Logf("%d changes", changes)
+}
+
+// members counts the keys of the sink's membership bucket; -1 when it
+// cannot be read.
+func members(e *harness.Env) int {
+	nc, err := nats.Connect(e.NATS.URL())
+	if err != nil {
+		return -1
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, topology.Topology{Stream: config.DefaultStream}.MembersBucket("cache"))
+	if err != nil {
+		return -1
+	}
+	keys, err := kv.Keys(ctx)
+	if err != nil {
+		return 0
+	}
+	return len(keys)
+}
