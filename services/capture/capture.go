@@ -45,10 +45,11 @@ const (
 	drainTimeout = 30 * time.Second
 	maxBackoff   = 30 * time.Second
 	// ackTimeout bounds the wait for one publish's acknowledgement. A
-	// stream leader that died takes its unacknowledged messages with it:
-	// capture then restarts from the slot (losing and duplicating nothing),
-	// which should not wait much longer than the cluster's election.
-	ackTimeout = 10 * time.Second
+	// stream leader that died takes its unacknowledged messages with it,
+	// and capture restarts from the slot only after this. It stays longer
+	// than a paused capture's usual pause: with 10s, a capture SIGSTOPped
+	// past its lease once left an event twice in the stream.
+	ackTimeout = 30 * time.Second
 	// stuckAfter is how long the main loop may make no progress before
 	// /healthz reports the process stuck.
 	stuckAfter = 2 * time.Minute
