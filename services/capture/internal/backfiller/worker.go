@@ -160,6 +160,9 @@ func (w *Worker) run(ctx context.Context, id string) error {
 		if err := w.src.Watermark(ctx, lowMark(ch.ID, job.Table)); err != nil {
 			return err
 		}
+		if err := w.src.Settle(ctx); err != nil {
+			return err
+		}
 		began := time.Now()
 		var rows []pgoutput.Tuple
 		var cursor []string

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -167,6 +168,38 @@ func (s *Source) Watermark(ctx context.Context, payload string) error {
 	}
 	return nil
 }
+
+// Settle waits until the transactions still in progress now have ended,
+// for at most settleMax. Called after a low watermark, before the chunk is
+// read: a transaction's commit record can precede the watermark in the
+// WAL while its backend has not yet left the list of running transactions,
+// and a snapshot taken then would not see it; its change would come before
+// the chunk's window in the stream, and the chunk's older row after it.
+// A transaction still running after settleMax has not committed yet (its
+// commit will fall inside the window), or is one in the instant between
+// its commit record and its end, so rare and short that the bound stays
+// far above it.
+func (s *Source) Settle(ctx context.Context) error {
+	var snap string
+	if err := s.conn.QueryRow(ctx, `SELECT pg_current_snapshot()::text`).Scan(&snap); err != nil {
+		return fmt.Errorf("read the running transactions: %w", err)
+	}
+	deadline := time.Now().Add(settleMax)
+	for {
+		var ended bool
+		if err := s.conn.QueryRow(ctx, `SELECT NOT EXISTS (SELECT FROM pg_snapshot_xip($1::pg_snapshot) x
+			WHERE x IN (SELECT pg_snapshot_xip(pg_current_snapshot())))`, snap).Scan(&ended); err != nil {
+			return fmt.Errorf("read the running transactions: %w", err)
+		}
+		if ended || time.Now().After(deadline) {
+			return nil
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// settleMax bounds Settle's wait.
+const settleMax = time.Second
 
 // Rows reads the rows of the table whose primary keys (values in PK, as
 // text) are keys, with their values in the text format of the replication
