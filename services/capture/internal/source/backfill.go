@@ -198,8 +198,11 @@ func (s *Source) Settle(ctx context.Context) error {
 	}
 }
 
-// settleMax bounds Settle's wait.
-const settleMax = time.Second
+// settleMax bounds Settle's wait. A session idle in a transaction (a
+// pooler, a report) stays in the list for good and makes every chunk wait
+// this long, so it stays short: still far above the instant between a
+// commit record and the end of its transaction.
+const settleMax = 100 * time.Millisecond
 
 // Rows reads the rows of the table whose primary keys (values in PK, as
 // text) are keys, with their values in the text format of the replication
