@@ -149,7 +149,7 @@ func (x *ChangeBatch) GetEvents() []*ChangeEvent {
 type ChangeEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Deterministic: the same change always gets the same key, so republishing
-	// after a crash is recognised as a duplicate (it is also the Nats-Msg-Id).
+	// after a crash is recognised as a duplicate.
 	IdempotencyKey string `protobuf:"bytes,1,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	Action         Action `protobuf:"varint,2,opt,name=action,proto3,enum=sluice.v1.Action" json:"action,omitempty"`
 	Database       string `protobuf:"bytes,3,opt,name=database,proto3" json:"database,omitempty"`

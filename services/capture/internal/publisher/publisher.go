@@ -6,10 +6,16 @@
 // Flush. A WAL position given to Commit is confirmed only once everything
 // added before it is acknowledged.
 //
-// Ordering and gaps: every message carries the stream sequence it expects to
-// follow (Nats-Expected-Last-Sequence). If one publish fails, every later one
-// fails too, so the stream never holds an event whose predecessor is missing,
-// and a restart can resume right after the stream's last event.
+// Ordering and gaps: a session's first message expects the stream's last
+// sequence as Open read it (Nats-Expected-Last-Sequence), and every later one
+// expects the id of the message before it (Nats-Expected-Last-Msg-Id). Ids
+// are unique to the session, so no other publisher's message can stand in
+// for one of ours: if one publish fails, every later one fails too, even
+// when a rival (a paused former leader waking up) publishes in between. The
+// stream never holds an event whose predecessor is missing, and a restart
+// can resume right after the stream's last event. Expected sequences alone
+// do not give that: a rival's message can take exactly the sequence a later
+// publish of ours expects.
 //
 // Size: no message is larger than the server's max_payload allows. An
 // event too large for a batch of its own travels as fragments (package
@@ -19,6 +25,8 @@ package publisher
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"strconv"
@@ -134,6 +142,7 @@ func (r Resume) Last() (lsn uint64, ok bool) {
 
 type item struct {
 	fut    jetstream.PubAckFuture // nil for a WAL position marker
+	name   string                 // of the message, for errors
 	events int
 	tokens int // of the in-flight budget, returned once resolved
 	lsn    uint64
@@ -149,13 +158,8 @@ type batch struct {
 	events    int
 }
 
-// id is the message's id: its partition and first event. JetStream drops a
-// message whose id it saw within its duplicate window as a resend.
-func (b *batch) id() string { return strconv.Itoa(b.partition) + ":" + b.first }
-
-// eventKey is an event's position. A TRUNCATE's copies of several tables
-// share one: the table tells them apart, or a copy in a batch of its own
-// would be dropped as a resend of the one before.
+// eventKey is an event's position, to name a batch in errors. A TRUNCATE's
+// copies of several tables share one: the table tells them apart.
 func eventKey(ev *sluicev1.ChangeEvent) string {
 	k := change.IdempotencyKey(ev.CommitLsn, ev.CommitIdx)
 	if ev.Action == sluicev1.Action_ACTION_TRUNCATE {
@@ -189,7 +193,9 @@ type Publisher struct {
 	fragment int // the size of a large event's fragments
 	items    chan item
 	tokens   chan struct{}
-	lastSeq  uint64
+	lastSeq  uint64 // the stream's, once everything sent is stored
+	session  string // the prefix of this session's message ids
+	number   uint64 // of the next message, in its id
 	batches  map[int]*batch
 	markers  []item // commits waiting for the batches before them
 	flushed  atomic.Uint64
@@ -214,6 +220,10 @@ func Open(ctx context.Context, js jetstream.JetStream, o Options) (*Publisher, R
 	if err != nil {
 		return nil, nil, err
 	}
+	var nonce [9]byte
+	if _, err := rand.Read(nonce[:]); err != nil {
+		return nil, nil, fmt.Errorf("draw a publisher session id: %w", err)
+	}
 	maxPayload := js.Conn().MaxPayload()
 	p := &Publisher{
 		js:       js,
@@ -223,6 +233,7 @@ func Open(ctx context.Context, js jetstream.JetStream, o Options) (*Publisher, R
 		items:    make(chan item, o.MaxInFlight),
 		tokens:   make(chan struct{}, o.MaxInFlight),
 		lastSeq:  info.State.LastSeq,
+		session:  base64.RawURLEncoding.EncodeToString(nonce[:]),
 		batches:  map[int]*batch{},
 		failed:   make(chan struct{}),
 		done:     make(chan struct{}),
@@ -306,8 +317,11 @@ func (p *Publisher) publish(ctx context.Context, b *batch) error {
 	msg := &nats.Msg{Subject: p.opts.Subject(b.partition), Data: b.data, Header: nats.Header{}}
 	events := b.events
 	b.data, b.events = nil, 0
-	return p.send(ctx, msg, events, jetstream.WithMsgID(b.id()))
+	return p.send(ctx, msg, events, b.name())
 }
+
+// name is how errors refer to b's message: its partition and first event.
+func (b *batch) name() string { return strconv.Itoa(b.partition) + ":" + b.first }
 
 // publishFragments publishes the one event of b as fragments, then the
 // message that names them.
@@ -316,19 +330,20 @@ func (p *Publisher) publishFragments(ctx context.Context, b *batch) error {
 	seqs := make([]uint64, len(parts))
 	for i, part := range parts {
 		seqs[i] = p.lastSeq + 1 // the expected last sequence makes it so
-		if err := p.send(ctx, &nats.Msg{Subject: p.opts.FragmentSubject(b.partition), Data: part}, 0); err != nil {
+		if err := p.send(ctx, &nats.Msg{Subject: p.opts.FragmentSubject(b.partition), Data: part, Header: nats.Header{}}, 0, b.name()+" fragment "+strconv.Itoa(i)); err != nil {
 			return err
 		}
 	}
 	msg := &nats.Msg{Subject: p.opts.Subject(b.partition), Header: nats.Header{}}
 	fragment.SetHeader(msg.Header, seqs)
+	name := b.name()
 	b.data, b.events = nil, 0
-	return p.send(ctx, msg, 1, jetstream.WithMsgID(b.id()))
+	return p.send(ctx, msg, 1, name)
 }
 
 // send publishes msg as the stream's next message once the in-flight
-// budget has room for it.
-func (p *Publisher) send(ctx context.Context, msg *nats.Msg, events int, opts ...jetstream.PublishOpt) error {
+// budget has room for it; name says which in errors.
+func (p *Publisher) send(ctx context.Context, msg *nats.Msg, events int, name string) error {
 	tokens := min(max(1, len(msg.Data)/unit), p.opts.MaxInFlight)
 	for range tokens {
 		select {
@@ -339,7 +354,13 @@ func (p *Publisher) send(ctx context.Context, msg *nats.Msg, events int, opts ..
 			return ctx.Err()
 		}
 	}
-	opts = append(opts, jetstream.WithExpectLastSequence(p.lastSeq))
+	id := p.session + ":" + strconv.FormatUint(p.number, 10)
+	opts := []jetstream.PublishOpt{jetstream.WithMsgID(id)}
+	if p.number == 0 {
+		opts = append(opts, jetstream.WithExpectLastSequence(p.lastSeq))
+	} else {
+		opts = append(opts, jetstream.WithExpectLastMsgID(p.session+":"+strconv.FormatUint(p.number-1, 10)))
+	}
 	fut, err := p.js.PublishMsgAsync(msg, opts...)
 	if err != nil {
 		for range tokens {
@@ -350,8 +371,9 @@ func (p *Publisher) send(ctx context.Context, msg *nats.Msg, events int, opts ..
 		return err
 	}
 	p.lastSeq++
+	p.number++
 	inFlight.Add(float64(events))
-	return p.enqueue(ctx, item{fut: fut, events: events, tokens: tokens, sent: time.Now()})
+	return p.enqueue(ctx, item{fut: fut, name: name, events: events, tokens: tokens, sent: time.Now()})
 }
 
 // Commit marks lsn as safely delivered once every event added before the
@@ -430,7 +452,7 @@ func (p *Publisher) track() {
 			published.Add(float64(it.events))
 			publishSeconds.Observe(time.Since(it.sent).Seconds())
 		case err := <-it.fut.Err():
-			p.fail(fmt.Errorf("publish to %s (message %s): %w", it.fut.Msg().Subject, it.fut.Msg().Header.Get(jetstream.MsgIDHeader), err))
+			p.fail(fmt.Errorf("publish to %s (message %s): %w", it.fut.Msg().Subject, it.name, err))
 		}
 		inFlight.Sub(float64(it.events))
 		for range it.tokens {

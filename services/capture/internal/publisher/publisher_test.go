@@ -356,3 +356,47 @@ func TestTruncateCopiesAreNotResends(t *testing.T) {
 		t.Fatalf("the stream holds %d messages, want 2 (%v)", info.State.Msgs, err)
 	}
 }
+
+// Two publishers on one stream, as a paused former leader and its successor
+// are: the one whose chain is broken must get none of its later messages
+// in either. With expected sequences alone, the rival's message took the
+// sequence the second publish expected, so the second was stored without
+// the first: a gap a restart could not see.
+func TestRivalBreaksTheWholeChain(t *testing.T) {
+	ctx := context.Background()
+	js := setup(t, -1)
+	rival, _, err := Open(ctx, js, options(4, 10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _, err := Open(ctx, js, options(4, 10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rival.Add(ctx, 0, event(5, 0))
+	rival.Commit(ctx, 50)
+	rival.Flush(ctx)
+	waitFlushed(t, rival, 50)
+	for i := range 3 {
+		p.Add(ctx, 1+i, event(1, uint32(i)))
+		p.Flush(ctx) // one message each, all in flight at once
+	}
+	if err := p.Close(ctx); err == nil {
+		t.Fatal("the broken chain published without an error")
+	}
+	st, err := js.Stream(ctx, "S")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := st.Info(ctx); err != nil || info.State.Msgs != 1 {
+		t.Fatalf("the stream holds %d messages, want only the rival's (%v)", info.State.Msgs, err)
+	}
+	// And the rival's chain is broken by nobody: it goes on.
+	rival.Add(ctx, 0, event(6, 0))
+	rival.Commit(ctx, 60)
+	rival.Flush(ctx)
+	waitFlushed(t, rival, 60)
+	if err := rival.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
