@@ -114,3 +114,44 @@ func members(e *harness.Env) int {
 	}
 	return len(keys)
 }
+
+// A partition consumer deleted under a running writer (by an operator, or
+// lost with the only NATS server that held it) is made again: the writer
+// notices, creates it, and the partition is delivered from the stream's
+// start, its old changes refused as older than what the keys hold.
+func TestLostConsumerMadeAgain(t *testing.T) {
+	const partitions = 4
+	e := harness.NewEnv(t)
+	e.Exec(harness.AccountsSchema)
+	cfg := controlConfig(e, partitions)
+	e.RunPipeline(cfg)
+	w := startWriter(t, cfg)
+	balanced(t, 15*time.Second, partitions, w)
+	stop := harness.Background(t, e.PG.URL, 50, 13)
+	harness.Eventually(t, 30*time.Second, func() string { // under way
+		if n, _ := e.RC.DBSize(context.Background()).Result(); n < 100 {
+			return fmt.Sprintf("%d keys in redis", n)
+		}
+		return ""
+	})
+	nc, err := nats.Connect(e.NATS.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, p := range []int{0, 2} {
+		if err := js.DeleteConsumer(ctx, config.DefaultStream, topology.ConsumerName("cache", p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-harness.After(2 * time.Second) // changes made while they are gone
+	changes := stop()
+	e.WaitMatch(60*time.Second, harness.Accounts)
+	if out := w.Output(); strings.Count(out, "the partition's consumer was gone; created it again") < 2 {
+		t.Errorf("the writer did not say it made both consumers again:\n%s", harness.Tail(out, 2000))
+	}
+	t.Logf("%d changes", changes)
+}

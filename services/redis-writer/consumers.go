@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/sluicehq/sluice/pkg/config"
 	"github.com/sluicehq/sluice/pkg/topology"
 	"github.com/sluicehq/sluice/services/redis-writer/internal/store"
 )
@@ -32,7 +33,8 @@ const prefetchBytes = 1 << 20
 type consumers struct {
 	stream    jetstream.Stream
 	store     *store.Store
-	sink      string
+	topo      topology.Topology
+	sink      config.Sink
 	receive   func(gen uint64) jetstream.MessageHandler
 	gen       uint64         // of the last consumer started
 	gens      map[int]uint64 // of each running partition's consumer
@@ -47,11 +49,11 @@ type consumers struct {
 	drained   chan int          // partitions whose consumer stopped
 }
 
-func newConsumers(stream jetstream.Stream, st *store.Store, sink string, partitions int, receive func(gen uint64) jetstream.MessageHandler, expiry time.Duration, log *zap.Logger, warn *throttle) *consumers {
+func newConsumers(stream jetstream.Stream, st *store.Store, topo topology.Topology, sink config.Sink, receive func(gen uint64) jetstream.MessageHandler, expiry time.Duration, log *zap.Logger, warn *throttle) *consumers {
 	// One release at a time per partition: its drained notice never waits.
-	return &consumers{stream: stream, store: st, sink: sink, receive: receive, expiry: expiry, log: log, warn: warn,
+	return &consumers{stream: stream, store: st, topo: topo, sink: sink, receive: receive, expiry: expiry, log: log, warn: warn,
 		running: map[int]jetstream.ConsumeContext{}, handlers: map[int]jetstream.Consumer{}, gens: map[int]uint64{},
-		releasing: map[int]bool{}, heard: map[int]time.Time{}, drained: make(chan int, partitions)}
+		releasing: map[int]bool{}, heard: map[int]time.Time{}, drained: make(chan int, topo.Partitions)}
 }
 
 // set makes the running consumers those of partitions: it releases the
@@ -78,7 +80,7 @@ func (c *consumers) set(ctx context.Context, partitions []int) (released []int, 
 			errs = append(errs, fmt.Errorf("partition %d: %w", p, err))
 		}
 	}
-	partitionsOwned.WithLabelValues(c.sink).Set(float64(len(c.running)))
+	partitionsOwned.WithLabelValues(c.sink.Name).Set(float64(len(c.running)))
 	return released, errors.Join(errs...)
 }
 
@@ -89,7 +91,15 @@ func (c *consumers) resume(ctx context.Context) error {
 }
 
 func (c *consumers) start(ctx context.Context, p int) error {
-	cons, err := c.stream.Consumer(ctx, topology.ConsumerName(c.sink, p))
+	cons, err := c.stream.Consumer(ctx, topology.ConsumerName(c.sink.Name, p))
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		// Deleted, or lost with the only server that held it. Made again,
+		// it delivers the partition from the stream's start: the changes
+		// already written are refused as older than what their keys hold.
+		if cons, err = c.stream.CreateOrUpdateConsumer(ctx, c.topo.ConsumerConfig(c.sink, p)); err == nil {
+			c.log.Warn("the partition's consumer was gone; created it again, and it delivers the partition from the start of the stream", zap.Int("partition", p))
+		}
+	}
 	if err != nil {
 		return err
 	}
@@ -127,7 +137,7 @@ func (c *consumers) release(p int) {
 	delete(c.gens, p)
 	delete(c.heard, p)
 	c.store.Release(p)
-	pending.DeleteLabelValues(c.sink, strconv.Itoa(p))
+	pending.DeleteLabelValues(c.sink.Name, strconv.Itoa(p))
 	c.releasing[p] = true
 	cc.Drain()
 	go func() {
@@ -142,7 +152,7 @@ func (c *consumers) unpin(ctx context.Context, p int) {
 	delete(c.releasing, p)
 	uctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	_ = c.stream.UnpinConsumer(uctx, topology.ConsumerName(c.sink, p), topology.PriorityGroup)
+	_ = c.stream.UnpinConsumer(uctx, topology.ConsumerName(c.sink.Name, p), topology.PriorityGroup)
 }
 
 // owns reports whether messages of partition p that the consumer of
@@ -176,21 +186,25 @@ func (c *consumers) releaseAll() []int {
 		c.release(p)
 		released = append(released, p)
 	}
-	partitionsOwned.WithLabelValues(c.sink).Set(0)
+	partitionsOwned.WithLabelValues(c.sink.Name).Set(0)
 	return released
 }
 
 // updatePending reads each owned partition's backlog into the pending
-// gauge, and returns it.
-func (c *consumers) updatePending(ctx context.Context) map[int]uint64 {
-	backlog := map[int]uint64{}
+// gauge, and returns it, and the partitions whose consumer is gone.
+func (c *consumers) updatePending(ctx context.Context) (backlog map[int]uint64, gone []int) {
+	backlog = map[int]uint64{}
 	for p, cons := range c.handlers {
-		if info, err := cons.Info(ctx); err == nil {
+		info, err := cons.Info(ctx)
+		switch {
+		case err == nil:
 			backlog[p] = info.NumPending + uint64(info.NumAckPending)
-			pending.WithLabelValues(c.sink, strconv.Itoa(p)).Set(float64(backlog[p]))
+			pending.WithLabelValues(c.sink.Name, strconv.Itoa(p)).Set(float64(backlog[p]))
+		case errors.Is(err, jetstream.ErrConsumerNotFound):
+			gone = append(gone, p)
 		}
 	}
-	return backlog
+	return backlog, gone
 }
 
 // partition is the partition of a message of the change stream, from its

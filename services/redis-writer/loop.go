@@ -60,6 +60,10 @@ func (l *loop) quiet() time.Duration {
 	return time.Since(last)
 }
 
+// alive reports whether the loop goes round: a batch takes at most
+// applyTimeout, and the loop ticks every tickEvery.
+func (l *loop) alive() bool { return l.quiet() < applyTimeout+2*tickEvery }
+
 func (l *loop) run(ctx context.Context, assigned <-chan []int) error {
 	tick := time.NewTicker(tickEvery)
 	defer tick.Stop()
@@ -248,8 +252,15 @@ func (l *loop) giveUp(partitions []int) {
 }
 
 func (l *loop) tick(ctx context.Context) {
-	backlog := l.cons.updatePending(ctx)
+	backlog, gone := l.cons.updatePending(ctx)
 	if len(l.a.held) == 0 {
+		// A partition whose consumer is gone delivers nothing, and says
+		// nothing of its backlog: it starts over, with the consumer made
+		// again.
+		for _, p := range gone {
+			l.log.Warn("the partition's consumer is gone; starting it again", zap.Int("partition", p))
+			l.restart(p)
+		}
 		// A partition whose consumer delivers nothing while its backlog
 		// waits is stuck: it starts over, handing back what it delivered.
 		for _, p := range l.cons.quiet(backlog, max(3*tickEvery, 2*l.sink.Failover)) {

@@ -142,7 +142,7 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	expiry := max(time.Second, s.sink.Failover/3)
 	l := &loop{Service: s, st: st, group: g, jobs: jobs, held: held, msgs: msgs,
-		cons: newConsumers(stream, st, s.sink.Name, s.topo.Partitions, receive, expiry, s.log, &s.warn),
+		cons: newConsumers(stream, st, s.topo, *s.sink, receive, expiry, s.log, &s.warn),
 		a:    &applier{Service: s, store: st, box: box, js: js, changes: stream, m: newSinkMetrics(s.sink.Name), holding: held, fencedOut: map[int]bool{}},
 		up:   redisUp.WithLabelValues(s.sink.Name)}
 	st.EnableFences(s.sink.Name, s.id, l.leaseHolds)
@@ -161,7 +161,7 @@ func (s *Service) Run(ctx context.Context) error {
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		_ = g.Run(gctx, func(members []string) {
+		_ = g.Run(gctx, l.alive, func(members []string) {
 			mine := s.topo.Assign(members, s.id)
 			s.log.Info("partitions assigned", zap.Ints("partitions", mine), zap.Int("writers", len(members)))
 			select {
@@ -173,9 +173,7 @@ func (s *Service) Run(ctx context.Context) error {
 	}()
 	go func() {
 		defer wg.Done()
-		held.keepAlive(gctx, s.sink.AckWait/3, func() bool {
-			return l.quiet() < applyTimeout+2*tickEvery
-		})
+		held.keepAlive(gctx, s.sink.AckWait/3, l.alive)
 	}()
 	admin.Ready("redis writer "+s.sink.Name, func() error {
 		if err := l.ready(); err != nil {

@@ -37,6 +37,7 @@ type Group struct {
 	// sent then less ttl), and how many times it ran out.
 	until  atomic.Int64
 	lapses atomic.Uint64
+	stuck  bool // alive said no at the last heartbeat; Run's alone
 }
 
 // NewID returns a member id that tells an operator where the writer runs.
@@ -116,14 +117,18 @@ func (g *Group) ID() string { return g.id }
 // members each time they change, and after the member's lease ran out,
 // until ctx is done. Then it removes the
 // member, so the others take its partitions at once, and returns nil.
-func (g *Group) Run(ctx context.Context, changed func(members []string)) error {
+//
+// It refreshes the membership only while alive reports true: a member
+// whose work is stuck (not merely slow) lets its key expire, and the
+// others take its partitions; it joins again once alive.
+func (g *Group) Run(ctx context.Context, alive func() bool, changed func(members []string)) error {
 	defer func() {
 		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = g.kv.Delete(dctx, g.id)
 	}()
 	for ctx.Err() == nil {
-		err := g.watch(ctx, changed)
+		err := g.watch(ctx, alive, changed)
 		if ctx.Err() != nil {
 			break
 		}
@@ -141,7 +146,7 @@ func (g *Group) Run(ctx context.Context, changed func(members []string)) error {
 	return nil
 }
 
-func (g *Group) watch(ctx context.Context, changed func(members []string)) error {
+func (g *Group) watch(ctx context.Context, alive func() bool, changed func(members []string)) error {
 	w, err := g.kv.WatchAll(ctx)
 	if err != nil {
 		return err
@@ -173,6 +178,17 @@ func (g *Group) watch(ctx context.Context, changed func(members []string)) error
 				// A watch that did not show our own refresh is dead: the
 				// bucket was lost and made again (a NATS restart), say.
 				return fmt.Errorf("watch of %s stalled", g.kv.Bucket())
+			}
+			if !alive() {
+				if !g.stuck {
+					g.log.Warn("the writer makes no progress; it stops refreshing its membership, so that the other writers take its partitions")
+					g.stuck = true
+				}
+				continue
+			}
+			if g.stuck {
+				g.log.Info("the writer makes progress again; rejoining its group")
+				g.stuck = false
 			}
 			// Put also brings the member back after a pause made it expire.
 			lapses := g.lapses.Load()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -34,7 +35,7 @@ func TestMembership(t *testing.T) {
 		v := &view{}
 		rctx, cancel := context.WithCancel(ctx)
 		done := make(chan struct{})
-		go func() { g.Run(rctx, v.set); close(done) }()
+		go func() { g.Run(rctx, always, v.set); close(done) }()
 		return v, cancel, done
 	}
 	wait := func(v *view, want ...string) {
@@ -85,7 +86,7 @@ func TestMembershipSurvivesNATSRestart(t *testing.T) {
 		}
 		v := &view{}
 		rctx, cancel := context.WithCancel(ctx)
-		go g.Run(rctx, v.set)
+		go g.Run(rctx, always, v.set)
 		return v, cancel
 	}
 	wait := func(v *view, want ...string) {
@@ -119,7 +120,7 @@ func TestMembershipSurvivesNATSRestart(t *testing.T) {
 		c = &view{}
 		var rctx context.Context
 		rctx, stopC = context.WithCancel(ctx)
-		go g.Run(rctx, c.set)
+		go g.Run(rctx, always, c.set)
 	}
 	wait(a, "a", "b", "c")
 	wait(b, "a", "b", "c")
@@ -128,4 +129,44 @@ func TestMembershipSurvivesNATSRestart(t *testing.T) {
 	stopB()
 	wait(a, "a")
 	stopA()
+}
+
+func always() bool { return true }
+
+// A member whose work is stuck stops refreshing its membership: the others
+// see it leave after the TTL, and see it again once it goes on.
+func TestStuckMemberLetsGo(t *testing.T) {
+	js := testenv.NewNATS(t).JetStream(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const ttl = 2 * time.Second
+	var stuck atomic.Bool
+	views := map[string]*view{}
+	for _, id := range []string{"a", "b"} {
+		g, err := Join(ctx, js, "S_writers_x", id, ttl, 1, zap.NewNop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		alive := always
+		if id == "b" {
+			alive = func() bool { return !stuck.Load() }
+		}
+		views[id] = &view{}
+		go g.Run(ctx, alive, views[id].set)
+	}
+	wait := func(v *view, want ...string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * ttl)
+		for !slices.Equal(v.get(), want) {
+			if time.Now().After(deadline) {
+				t.Fatalf("view %v, want %v", v.get(), want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	wait(views["a"], "a", "b")
+	stuck.Store(true)
+	wait(views["a"], "a")
+	stuck.Store(false)
+	wait(views["a"], "a", "b")
 }
