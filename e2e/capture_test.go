@@ -206,3 +206,46 @@ func TestReadinessFollowsNATS(t *testing.T) {
 	}
 	harness.Eventually(t, 60*time.Second, all("/readyz", http.StatusOK, ""))
 }
+
+// A Postgres that stops answering (SIGSTOP here; a connection dropped
+// without a word looks the same from capture's side) is noticed within
+// postgres.timeout: capture stops streaming, says why in its log and on
+// /readyz, and keeps trying; once the server answers again it streams on,
+// and nothing is lost.
+func TestCaptureNoticesHungPostgres(t *testing.T) {
+	e := harness.NewEnv(t)
+	e.Exec(harness.AccountsSchema)
+	cfg := e.WriteConfig(strings.Replace(e.ConfigText([]string{"accounts"}, true),
+		"status_interval: 200ms", "status_interval: 200ms\n  timeout: 3s", 1))
+	capture := harness.StartServing(t, "sluice-capture", "--config", cfg)
+	harness.Start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
+	ready := func(want bool) func() string {
+		return func() string {
+			if got := capture.Get("/readyz"); strings.HasPrefix(got, "200 ") != want {
+				return "capture /readyz: " + got
+			}
+			return ""
+		}
+	}
+	harness.Eventually(t, 30*time.Second, ready(true))
+	total := harness.Workload(t, e.PG.URL, 300, 1, harness.After(time.Second))
+
+	if err := e.PG.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now()
+	harness.Eventually(t, 60*time.Second, func() string {
+		if !strings.Contains(capture.Output(), "postgres does not answer") {
+			return "capture has not said that postgres does not answer"
+		}
+		return ready(false)()
+	})
+	t.Logf("capture noticed the hung server after %s (postgres.timeout 3s)", time.Since(began).Round(100*time.Millisecond))
+	if err := e.PG.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	harness.Eventually(t, 60*time.Second, ready(true))
+	total += harness.Workload(t, e.PG.URL, 300, 2, harness.After(time.Second))
+	e.WaitMatch(60*time.Second, harness.Accounts)
+	harness.CheckStream(t, e.NATS.URL(), total)
+}

@@ -72,6 +72,12 @@ type Postgres struct {
 	// Failover is how soon a standby capture takes over from one that died
 	// or hangs: the lease of the streaming one lives this long unrenewed.
 	Failover time.Duration `yaml:"failover"`
+	// Timeout is how long capture waits for Postgres to answer a catalog
+	// query, a connection attempt, or to show any sign of life on the
+	// replication connection, before it takes the connection for lost
+	// (a server hung, a connection dropped without a word) and starts
+	// over.
+	Timeout time.Duration `yaml:"timeout"`
 }
 
 // NATS is the JetStream that carries changes from capture to the writers.
@@ -216,7 +222,11 @@ const (
 	DefaultKeyPrefix      = "sequin"
 	DefaultStatusInterval = time.Second
 	DefaultHeartbeat      = 10 * time.Second
-	DestinationRedis      = "redis_string"
+	// DefaultPostgresTimeout is long enough for a busy server's catalog
+	// queries, short enough that a hung one is noticed in well under a
+	// minute.
+	DefaultPostgresTimeout = 30 * time.Second
+	DestinationRedis       = "redis_string"
 )
 
 // Actions a sink can select.
@@ -297,6 +307,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.Postgres.HeartbeatInterval == 0 {
 		c.Postgres.HeartbeatInterval = DefaultHeartbeat
+	}
+	if c.Postgres.Timeout == 0 {
+		c.Postgres.Timeout = DefaultPostgresTimeout
 	}
 	for i, t := range c.Postgres.Tables {
 		c.Postgres.Tables[i] = QualifyTable(t)
@@ -429,6 +442,11 @@ func (c *Config) Validate() error {
 	}
 	if p.Failover < time.Second {
 		errs.add("postgres.failover", "must be at least 1s")
+	}
+	if p.Timeout < time.Second || p.Timeout < 2*p.StatusInterval {
+		// The server answers a status update; two intervals of silence
+		// are the least that says it stopped.
+		errs.add("postgres.timeout", fmt.Sprintf("must be at least 1s and twice status_interval (%s)", p.StatusInterval))
 	}
 	if p.OnSlotLoss != "stop" && p.OnSlotLoss != "resync" {
 		errs.add("postgres.on_slot_loss", fmt.Sprintf("%q is not stop or resync", p.OnSlotLoss))

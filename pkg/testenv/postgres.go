@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -205,10 +206,40 @@ func (p *Postgres) Restore(ctx context.Context, backup string) error {
 // Pause stops (SIGSTOP) the server and every backend: connections stay
 // open and new ones are accepted by the kernel, but nothing answers, as
 // when a network drops packets silently. Resume continues them.
-func (p *Postgres) Pause() error { return syscall.Kill(-p.proc.Pid(), syscall.SIGSTOP) }
+func (p *Postgres) Pause() error { return p.signalAll(syscall.SIGSTOP) }
 
 // Resume continues a paused server (SIGCONT).
-func (p *Postgres) Resume() error { return syscall.Kill(-p.proc.Pid(), syscall.SIGCONT) }
+func (p *Postgres) Resume() error { return p.signalAll(syscall.SIGCONT) }
+
+// signalAll signals the postmaster and its children. Each backend is the
+// leader of a process group of its own, so the postmaster's group alone
+// would leave them running; a stopped postmaster forks no new ones.
+func (p *Postgres) signalAll(sig syscall.Signal) error {
+	pm := p.proc.Pid()
+	if err := syscall.Kill(pm, sig); err != nil {
+		return err
+	}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue // gone meanwhile
+		}
+		// pid (comm) state ppid ...: comm may hold spaces, so read after ')'.
+		fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		if len(fields) > 1 && fields[1] == strconv.Itoa(pm) {
+			_ = syscall.Kill(pid, sig)
+		}
+	}
+	return nil
+}
 
 // Stop shuts the cluster down (fast mode) and removes its directory.
 func (p *Postgres) Stop() {

@@ -218,6 +218,8 @@ func (s *Service) lead(ctx context.Context, js jetstream.JetStream) error {
 			break
 		}
 		switch {
+		case source.Unanswered(err):
+			s.log.Warn("postgres does not answer (a server hung, or a connection dropped); trying again", zap.Error(err), zap.Duration("backoff", backoff))
 		case source.SlotBusy(err):
 			s.log.Warn("the replication slot is still held; trying again", zap.Error(err), zap.Duration("backoff", backoff))
 		case topology.Transient(err):
@@ -260,7 +262,11 @@ func (s *Service) lead(ctx context.Context, js jetstream.JetStream) error {
 			backoff = time.Second
 		}
 		restarts.Inc()
-		s.log.Warn("capture stream stopped; restarting from the slot", zap.Error(err), zap.Duration("backoff", backoff))
+		msg := "capture stream stopped; restarting from the slot"
+		if source.Unanswered(err) {
+			msg = "postgres does not answer (a server hung, or a connection dropped); connecting again, and restarting from the slot"
+		}
+		s.log.Warn(msg, zap.Error(err), zap.Duration("backoff", backoff))
 		select {
 		case <-ctx.Done():
 			return nil
@@ -339,7 +345,7 @@ func (s *Service) session(ctx context.Context, src *source.Source, js jetstream.
 			err = cerr
 		}
 		if flushed := pub.Flushed(); flushed > 0 {
-			stream.SendStatus(pgoutput.LSN(flushed))
+			stream.SendStatus(dctx, pgoutput.LSN(flushed))
 		}
 		stream.Close(dctx)
 	}()
@@ -401,8 +407,11 @@ func (ss *session) run(ctx context.Context, stream *source.Stream) error {
 			}
 		}
 		if !now.Before(nextStatus) {
-			if err := stream.SendStatus(pgoutput.LSN(ss.pub.Flushed())); err != nil {
-				return fmt.Errorf("send status: %w", err)
+			if err := stream.CheckAlive(ss.cfg.Postgres.Timeout); err != nil {
+				return err
+			}
+			if err := ss.sendStatus(ctx, stream); err != nil {
+				return err
 			}
 			nextStatus = now.Add(interval)
 		}
@@ -423,6 +432,17 @@ func (ss *session) run(ctx context.Context, stream *source.Stream) error {
 	return nil
 }
 
+// sendStatus confirms the flushed position to the slot, within
+// postgres.timeout.
+func (ss *session) sendStatus(ctx context.Context, stream *source.Stream) error {
+	sctx, cancel := context.WithTimeout(ctx, ss.cfg.Postgres.Timeout)
+	defer cancel()
+	if err := stream.SendStatus(sctx, pgoutput.LSN(ss.pub.Flushed())); err != nil {
+		return fmt.Errorf("send status: %w", err)
+	}
+	return nil
+}
+
 // receive handles messages until rctx's deadline. Waiting for room to
 // publish is bounded by ctx only: a slow JetStream is not an error.
 func (ss *session) receive(ctx, rctx context.Context, stream *source.Stream) error {
@@ -439,8 +459,8 @@ func (ss *session) receive(ctx, rctx context.Context, stream *source.Stream) err
 				}
 			}
 			if m.ReplyRequested {
-				if err := stream.SendStatus(pgoutput.LSN(ss.pub.Flushed())); err != nil {
-					return fmt.Errorf("send status: %w", err)
+				if err := ss.sendStatus(ctx, stream); err != nil {
+					return err
 				}
 			}
 		case *source.XLogData:

@@ -166,7 +166,7 @@ func (r *replica) events(n int) []*sluicev1.ChangeEvent {
 			evs = append(evs, ev)
 		}
 		if c, ok := m.(*pgoutput.Commit); ok {
-			if err := r.stream.SendStatus(c.EndLSN); err != nil {
+			if err := r.stream.SendStatus(context.Background(), c.EndLSN); err != nil {
 				r.t.Fatal(err)
 			}
 		}

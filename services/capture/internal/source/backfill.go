@@ -31,6 +31,8 @@ type Shape struct {
 
 // Shape reads the current shape of schema.table.
 func (s *Source) Shape(ctx context.Context, schema, table string) (*Shape, error) {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	name := ident2(schema, table)
 	sh := &Shape{Relation: pgoutput.Relation{Namespace: schema, Name: table}}
 	rows, err := s.conn.Query(ctx, `SELECT attname::text, atttypid, atttypmod FROM pg_attribute
@@ -65,6 +67,8 @@ func (s *Source) Shape(ctx context.Context, schema, table string) (*Shape, error
 // Estimate returns about how many rows match where (empty: all): the
 // planner's count when the table was analysed, else an exact count.
 func (s *Source) Estimate(ctx context.Context, sh *Shape, where string) (int64, error) {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	name := ident2(sh.Relation.Namespace, sh.Relation.Name)
 	var n int64
 	if where == "" {
@@ -163,6 +167,8 @@ func (s *Source) Chunk(ctx context.Context, sh *Shape, where string, after []str
 // Watermark writes a backfill watermark into the WAL, in a transaction of
 // its own, so that the replication stream orders it among the changes.
 func (s *Source) Watermark(ctx context.Context, payload string) error {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	if _, err := s.conn.Exec(ctx, `SELECT pg_logical_emit_message(true, $1, $2)`, BackfillPrefix, payload); err != nil {
 		return fmt.Errorf("write backfill watermark: %w", err)
 	}
@@ -180,6 +186,8 @@ func (s *Source) Watermark(ctx context.Context, payload string) error {
 // its commit record and its end, so rare and short that the bound stays
 // far above it.
 func (s *Source) Settle(ctx context.Context) error {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	var snap string
 	if err := s.conn.QueryRow(ctx, `SELECT pg_current_snapshot()::text`).Scan(&snap); err != nil {
 		return fmt.Errorf("read the running transactions: %w", err)

@@ -27,6 +27,8 @@ const typesQuery = `WITH RECURSIVE t AS (
 
 // Types reads types from pg_type, with the types they are made of.
 func (s *Source) Types(ctx context.Context, oids []uint32) ([]pgvalue.TypeInfo, error) {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	rows, err := s.conn.Query(ctx, typesQuery, oids)
 	if err != nil {
 		return nil, fmt.Errorf("read pg_type: %w", err)
@@ -58,6 +60,8 @@ func gone(err error) bool {
 // when there is no such row, or no longer such a table or column (renamed,
 // dropped or retyped since the change being read).
 func (s *Source) Row(ctx context.Context, schema, table string, key, keyValues, cols []string) ([]pgoutput.Value, bool, error) {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	var sql strings.Builder
 	sql.WriteString("SELECT ")
 	for i, c := range cols {

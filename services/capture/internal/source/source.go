@@ -60,6 +60,8 @@ func Connect(ctx context.Context, cfg config.Postgres, params map[string]string)
 }
 
 func (s *Source) check(ctx context.Context) error {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	var walLevel, role string
 	var canReplicate bool
 	err := s.conn.QueryRow(ctx, `SELECT current_setting('wal_level'), current_database(), current_user,
@@ -96,6 +98,9 @@ func (s *Source) connect(ctx context.Context) (*pgx.Conn, error) {
 		return nil, fmt.Errorf("postgres.url: %w", err)
 	}
 	maps.Copy(cfg.RuntimeParams, s.params)
+	if cfg.ConnectTimeout == 0 { // the URL's connect_timeout, or this
+		cfg.ConnectTimeout = s.cfg.Timeout
+	}
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect to postgres: %w", err)
@@ -148,6 +153,8 @@ type tableError struct{ msg string }
 func (e *tableError) Error() string { return e.msg }
 
 func (s *Source) table(ctx context.Context, schema, name string) (*Table, error) {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	t := &Table{Schema: schema, Name: name}
 	var kind, ident byte
 	err := s.conn.QueryRow(ctx, tableQuery, schema, name).Scan(&t.OID, &kind, &ident, &t.PK)
@@ -253,6 +260,8 @@ func (s *Source) EnsureSlot(ctx context.Context) error {
 // connection Postgres has not noticed yet (wal_sender_timeout). A holder
 // that is not sluice-capture is left alone (EnsureSlot reports it).
 func (s *Source) TakeSlot(ctx context.Context) error {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	_, err := s.conn.Exec(ctx, `SELECT pg_terminate_backend(r.active_pid)
 		FROM pg_replication_slots r JOIN pg_stat_activity a ON a.pid = r.active_pid
 		WHERE r.slot_name = $1 AND r.active AND a.application_name = 'sluice-capture'`, s.cfg.Slot)
@@ -321,6 +330,8 @@ const HeartbeatPrefix = "sluice.heartbeat"
 // that other tables' writes produced. It returns how many bytes of WAL the
 // slot retains beyond its confirmed position.
 func (s *Source) Heartbeat(ctx context.Context) (lagBytes int64, err error) {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	err = s.conn.QueryRow(ctx, `SELECT (SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint
 		FROM pg_replication_slots WHERE slot_name = $1), pg_logical_emit_message(false, $2, '')`, s.cfg.Slot, HeartbeatPrefix).Scan(&lagBytes, nil)
 	if err != nil {

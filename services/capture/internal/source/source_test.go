@@ -105,7 +105,7 @@ func TestPrepareAndStream(t *testing.T) {
 				got = append(got, "insert "+string(m.New[0].Data)+" "+string(m.New[2].Data))
 			case *pgoutput.Commit:
 				got = append(got, "commit")
-				if err := st.SendStatus(m.EndLSN); err != nil {
+				if err := st.SendStatus(ctx, m.EndLSN); err != nil {
 					t.Fatal(err)
 				}
 			}

@@ -17,6 +17,9 @@ import (
 // Stream is a replication connection reading the slot with pgoutput.
 type Stream struct {
 	conn *pgconn.PgConn
+	// silent is how long Receive has waited, in all, since the server last
+	// sent anything; a status update asks for a reply while it is not zero.
+	silent time.Duration
 }
 
 // XLogData carries one pgoutput message. Data is valid until the next Receive.
@@ -61,6 +64,9 @@ func (s *Source) replication(ctx context.Context) (*pgconn.PgConn, error) {
 	for k, v := range s.params {
 		cfg.RuntimeParams[k] = v
 	}
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = s.cfg.Timeout
+	}
 	conn, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open replication connection: %w", err)
@@ -83,6 +89,8 @@ type Identity struct {
 // Identify reads the server's identity (IDENTIFY_SYSTEM, which a
 // replication role may run) and the slot's state.
 func (s *Source) Identify(ctx context.Context) (Identity, error) {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	var id Identity
 	conn, err := s.replication(ctx)
 	if err != nil {
@@ -108,6 +116,8 @@ func (s *Source) Identify(ctx context.Context) (Identity, error) {
 
 // DropSlot drops the slot, when it exists and no process uses it.
 func (s *Source) DropSlot(ctx context.Context) error {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	_, err := s.conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, s.cfg.Slot)
 	if err != nil {
 		return fmt.Errorf("drop replication slot %s: %w", s.cfg.Slot, err)
@@ -119,10 +129,15 @@ func (s *Source) DropSlot(ctx context.Context) error {
 // passes first it returns an error for which IsTimeout is true, and the
 // stream stays usable.
 func (st *Stream) Receive(ctx context.Context) (any, error) {
+	began := time.Now()
 	msg, err := st.conn.ReceiveMessage(ctx)
 	if err != nil {
+		if pgconn.Timeout(err) {
+			st.silent += time.Since(began)
+		}
 		return nil, err
 	}
+	st.silent = 0
 	switch m := msg.(type) {
 	case *pgproto3.CopyData:
 		if len(m.Data) == 0 {
@@ -155,12 +170,33 @@ func (st *Stream) Receive(ctx context.Context) (any, error) {
 func IsTimeout(err error) bool { return pgconn.Timeout(err) }
 
 // SendStatus tells the server that everything up to lsn is safely
-// delivered, which lets the slot release the WAL before it.
-func (st *Stream) SendStatus(lsn pgoutput.LSN) error {
+// delivered, which lets the slot release the WAL before it. While the
+// server has been silent it asks for a reply, so that a live server is
+// never silent for long (see Silent). ctx bounds the write.
+func (st *Stream) SendStatus(ctx context.Context, lsn pgoutput.LSN) error {
 	pos := pglogrepl.LSN(lsn)
-	return pglogrepl.SendStandbyStatusUpdate(context.Background(), st.conn, pglogrepl.StandbyStatusUpdate{
+	return pglogrepl.SendStandbyStatusUpdate(ctx, st.conn, pglogrepl.StandbyStatusUpdate{
 		WALWritePosition: pos, WALFlushPosition: pos, WALApplyPosition: pos, ClientTime: time.Now(),
+		ReplyRequested: st.silent > 0,
 	})
+}
+
+// CheckAlive fails when Receive has waited longer than timeout, in all,
+// without the server sending anything: not even the replies to status
+// updates came, so the server hangs or the connection was dropped without
+// a word. Time spent elsewhere (waiting for room to publish) does not
+// count.
+func (st *Stream) CheckAlive(timeout time.Duration) error {
+	if timeout > 0 && st.silent > timeout {
+		return &silentError{st.silent}
+	}
+	return nil
+}
+
+type silentError struct{ silent time.Duration }
+
+func (e *silentError) Error() string {
+	return fmt.Sprintf("postgres sent nothing on the replication connection for %s, not even replies to status updates (postgres.timeout): taking the connection for lost", e.silent.Round(time.Second))
 }
 
 // Close closes the connection.
