@@ -1,7 +1,8 @@
 // Package source prepares a Postgres database for capture and streams its
 // logical replication: it checks the server's settings and the configured
-// tables, creates the publication and the slot when missing, and reads the
-// pgoutput stream of the slot.
+// tables, creates the publication and the slot when missing, keeps the
+// publication it created to the configured tables, and reads the pgoutput
+// stream of the slot.
 package source
 
 import (
