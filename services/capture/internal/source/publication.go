@@ -6,12 +6,17 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/sluicehq/sluice/pkg/config"
 )
+
+// lockTimeout bounds the wait for the locks that changing the publication
+// takes.
+var lockTimeout = 30 * time.Second
 
 // PublicationMarker is the comment that makes a publication Sluice's: its
 // tables follow postgres.tables. A publication without it is the
@@ -67,10 +72,15 @@ func (s *Source) EnsurePublication(ctx context.Context) (*Publication, error) {
 		return nil, fmt.Errorf("inspect publication %s: %w", pub, err)
 	}
 	defer tx.Rollback(context.Background())
+	// A capture paused while it holds the lock, or a long VACUUM FULL
+	// of a table, must not hold this one up without a word.
+	if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", lockTimeout.Milliseconds())); err != nil {
+		return nil, fmt.Errorf("inspect publication %s: %w", pub, err)
+	}
 	// Standby captures may start at once: one at a time reads and
 	// changes the publication, each seeing what the one before did.
 	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtext($1))", "sluice publication "+pub); err != nil {
-		return nil, fmt.Errorf("lock publication %s: %w", pub, err)
+		return nil, fmt.Errorf("lock publication %s: %w%s", pub, err, lockHint(err))
 	}
 	p, err := s.publication(ctx, tx)
 	if err != nil {
@@ -83,7 +93,7 @@ func (s *Source) EnsurePublication(ctx context.Context) (*Publication, error) {
 		r, err = s.checkPublication(ctx, tx, p)
 	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w%s", err, lockHint(err))
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return nil, fmt.Errorf("publication %s: %w", pub, err)
@@ -272,4 +282,13 @@ func byHand(err error, stmts []string) string {
 		return ""
 	}
 	return "; run by hand as the owner of the publication and of the tables (or a superuser): " + strings.Join(stmts, "; ")
+}
+
+// lockHint explains a lock timeout.
+func lockHint(err error) string {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "55P03" { // lock_not_available
+		return ""
+	}
+	return fmt.Sprintf("; waited %s for a lock another session holds on the publication or on a table (a capture paused while changing the publication, a VACUUM FULL, …)", lockTimeout)
 }

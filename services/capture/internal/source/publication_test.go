@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -212,5 +213,44 @@ func TestPublicationPermission(t *testing.T) {
 	}
 	if got := pubState(t, pg.URL); got != marked("public.a,public.c") {
 		t.Fatalf("altered: %s", got)
+	}
+}
+
+// A lock held elsewhere (a capture paused while changing the publication,
+// a long VACUUM FULL of a table) makes capture give up and say why, not
+// wait without a word.
+func TestPublicationLockTimeout(t *testing.T) {
+	pg := testenv.NewPostgres(t, testenv.PostgresOptions{})
+	pg.Exec(t, pubTables)
+	if _, err := ensure(t, pg.URL, "public.a"); err != nil {
+		t.Fatal(err)
+	}
+	defer func(d time.Duration) { lockTimeout = d }(lockTimeout)
+	lockTimeout = 200 * time.Millisecond
+	ctx := context.Background()
+	other, err := pgx.Connect(ctx, pg.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close(ctx)
+	for _, hold := range []string{`LOCK TABLE b IN SHARE UPDATE EXCLUSIVE MODE`, `SELECT pg_advisory_xact_lock(hashtext('sluice publication sluice'))`} {
+		tx, err := other.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, hold); err != nil {
+			t.Fatal(err)
+		}
+		_, err = ensure(t, pg.URL, "public.a", "public.b")
+		if err == nil || !strings.Contains(err.Error(), "(SQLSTATE 55P03); waited 200ms for a lock another session holds on the publication or on a table") {
+			t.Errorf("%s: %v", hold, err)
+		}
+		tx.Rollback(ctx)
+	}
+	if _, err := ensure(t, pg.URL, "public.a", "public.b"); err != nil {
+		t.Fatal(err)
+	}
+	if got := pubState(t, pg.URL); got != marked("public.a,public.b") {
+		t.Fatalf("after the locks: %s", got)
 	}
 }
