@@ -49,7 +49,7 @@ type Postgres struct {
 	URL string `yaml:"url"`
 	// Slot is the logical replication slot, created when missing.
 	Slot string `yaml:"slot"`
-	// Publication is created when missing, for Tables.
+	// Publication is created when missing, for Tables, and follows them.
 	Publication string `yaml:"publication"`
 	// Tables to capture, as schema.table (schema defaults to public).
 	Tables []string `yaml:"tables"`

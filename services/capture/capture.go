@@ -198,9 +198,11 @@ func (s *Service) lead(ctx context.Context, js jetstream.JetStream) error {
 	if err != nil {
 		return err
 	}
-	if err := src.EnsurePublication(ctx); err != nil {
+	pub, err := src.EnsurePublication(ctx)
+	if err != nil {
 		return err
 	}
+	s.logPublication(pub)
 	s.log.Info("capturing", zap.String("database", src.Database()), zap.Strings("tables", s.cfg.Postgres.Tables),
 		zap.String("slot", s.cfg.Postgres.Slot), zap.String("stream", s.topo.Stream))
 

@@ -1,7 +1,8 @@
 // Package source prepares a Postgres database for capture and streams its
 // logical replication: it checks the server's settings and the configured
-// tables, creates the publication and the slot when missing, and reads the
-// pgoutput stream of the slot.
+// tables, creates the publication and the slot when missing, keeps the
+// publication it created to the configured tables, and reads the pgoutput
+// stream of the slot.
 package source
 
 import (
@@ -9,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"slices"
 	"strings"
 	"time"
 
@@ -39,6 +39,7 @@ type Source struct {
 	params   map[string]string
 	conn     *pgx.Conn
 	database string
+	version  int // server_version_num
 }
 
 // Connect opens the catalog connection and checks that the server and the
@@ -65,7 +66,8 @@ func (s *Source) check(ctx context.Context) error {
 	var walLevel, role string
 	var canReplicate bool
 	err := s.conn.QueryRow(ctx, `SELECT current_setting('wal_level'), current_database(), current_user,
-		(SELECT rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user)`).Scan(&walLevel, &s.database, &role, &canReplicate)
+		(SELECT rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user),
+		current_setting('server_version_num')::int`).Scan(&walLevel, &s.database, &role, &canReplicate, &s.version)
 	if err != nil {
 		return fmt.Errorf("inspect postgres: %w", err)
 	}
@@ -187,48 +189,6 @@ func (s *Source) PrimaryKey(ctx context.Context, schema, name string) ([]string,
 }
 
 func ident2(schema, name string) string { return pgx.Identifier{schema, name}.Sanitize() }
-
-// EnsurePublication creates the publication for the configured tables when
-// it is missing, and otherwise checks that it publishes them.
-func (s *Source) EnsurePublication(ctx context.Context) error {
-	pub := s.cfg.Publication
-	var all, ins, upd, del bool
-	var published []string
-	err := s.conn.QueryRow(ctx, `SELECT puballtables, pubinsert, pubupdate, pubdelete,
-		ARRAY(SELECT schemaname || '.' || tablename FROM pg_publication_tables t WHERE t.pubname = p.pubname)
-		FROM pg_publication p WHERE pubname = $1`, pub).Scan(&all, &ins, &upd, &del, &published)
-	if errors.Is(err, pgx.ErrNoRows) {
-		names := make([]string, len(s.cfg.Tables))
-		for i, q := range s.cfg.Tables {
-			names[i] = ident2(config.SplitTable(q))
-		}
-		// Partitioned tables publish their changes as the parent's.
-		sql := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish_via_partition_root = true)", pgx.Identifier{pub}.Sanitize(), strings.Join(names, ", "))
-		if _, err := s.conn.Exec(ctx, sql); err != nil {
-			return fmt.Errorf("create publication %s: %w", pub, err)
-		}
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("inspect publication %s: %w", pub, err)
-	}
-	if !ins || !upd || !del {
-		return fmt.Errorf("publication %s does not publish every insert, update and delete (ALTER PUBLICATION %s SET (publish = 'insert, update, delete, truncate'))", pub, pub)
-	}
-	if all {
-		return nil
-	}
-	var missing []string
-	for _, q := range s.cfg.Tables {
-		if !slices.Contains(published, q) {
-			missing = append(missing, ident2(config.SplitTable(q)))
-		}
-	}
-	if len(missing) > 0 {
-		return fmt.Errorf("publication %s does not include %s (ALTER PUBLICATION %s ADD TABLE %s)", pub, strings.Join(missing, ", "), pub, strings.Join(missing, ", "))
-	}
-	return nil
-}
 
 // slotWait is how long EnsureSlot waits for an active slot to be released:
 // after a crash, the old connection's walsender holds the slot until it
