@@ -3,6 +3,7 @@ package faults
 import (
 	"context"
 	"fmt"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -52,6 +53,16 @@ func TestWritersSurviveNATSRestart(t *testing.T) {
 
 	w2.Signal(syscall.SIGKILL)
 	balanced(t, 15*time.Second, partitions, w1)
+	// sluice status says what the writer consumes, not only what the
+	// group assigns it.
+	harness.Eventually(t, 15*time.Second, func() string {
+		st := harness.Start(t, "sluice", "status", "--config", cfg, "--output", "json")
+		st.WaitExit(30 * time.Second)
+		if out := st.Output(); !strings.Contains(out, `"consuming": {`) || !regexp.MustCompile(`"consuming": \{\s*"[^"]+": \[\s*0,\s*1,\s*2,\s*3\s*\]\s*\}`).MatchString(out) {
+			return "sluice status does not show the writer consuming every partition:\n" + out
+		}
+		return ""
+	})
 	changes := stopLoad()
 	t.Logf("%d changes", changes)
 	e.WaitMatch(60*time.Second, harness.Accounts)

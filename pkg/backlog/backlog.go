@@ -7,6 +7,7 @@ package backlog
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -26,6 +27,9 @@ type Sink struct {
 	DeadLetters uint64 `json:"dead_letters"`
 	// Writers are the live members of the sink's writer group.
 	Writers []string `json:"writers"`
+	// Consuming maps each live writer to the partitions it consumed at its
+	// last refresh of its membership (a few seconds old at most).
+	Consuming map[string][]int `json:"consuming"`
 }
 
 // Partition is one partition of a sink.
@@ -93,7 +97,7 @@ func Read(ctx context.Context, js jetstream.JetStream, st jetstream.Stream, topo
 			}
 			s.Partitions = append(s.Partitions, part)
 		}
-		if s.Writers, err = writers(ctx, js, topo, name); err != nil {
+		if s.Writers, s.Consuming, err = writers(ctx, js, topo, name); err != nil {
 			return nil, err
 		}
 		out = append(out, s)
@@ -147,23 +151,40 @@ func deadLetters(ctx context.Context, js jetstream.JetStream, topo topology.Topo
 	return info.State.Subjects, nil
 }
 
-// writers lists the live members of a sink's group, sorted.
-func writers(ctx context.Context, js jetstream.JetStream, topo topology.Topology, sink string) ([]string, error) {
+// writers lists the live members of a sink's group, sorted, and what each
+// says it consumes.
+func writers(ctx context.Context, js jetstream.JetStream, topo topology.Topology, sink string) ([]string, map[string][]int, error) {
 	kv, err := js.KeyValue(ctx, topo.MembersBucket(sink))
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		return nil, nil // no writer ever
+		return nil, nil, nil // no writer ever
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read the writers of sink %s: %w", sink, err)
+		return nil, nil, fmt.Errorf("read the writers of sink %s: %w", sink, err)
 	}
-	keys, err := kv.ListKeys(ctx)
+	w, err := kv.WatchAll(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("read the writers of sink %s: %w", sink, err)
+		return nil, nil, fmt.Errorf("read the writers of sink %s: %w", sink, err)
 	}
+	defer w.Stop()
 	var members []string
-	for k := range keys.Keys() {
-		members = append(members, k)
+	consuming := map[string][]int{}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, nil, fmt.Errorf("read the writers of sink %s: %w", sink, ctx.Err())
+		case e := <-w.Updates():
+			if e == nil { // all read
+				slices.Sort(members)
+				return members, consuming, nil
+			}
+			if e.Operation() != jetstream.KeyValuePut {
+				continue
+			}
+			members = append(members, e.Key())
+			var m topology.Member
+			if json.Unmarshal(e.Value(), &m) == nil && m.Consuming != nil {
+				consuming[e.Key()] = m.Consuming
+			}
+		}
 	}
-	slices.Sort(members)
-	return members, nil
 }

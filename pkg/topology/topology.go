@@ -200,8 +200,16 @@ func (t Topology) CaptureLeaseBucket() string { return t.Stream + "_capture" }
 const CaptureLeaderKey = "leader"
 
 // MembersBucket is the key-value bucket where a sink's live writers
-// announce themselves.
+// announce themselves: a key per writer, whose value is its Member.
 func (t Topology) MembersBucket(sink string) string { return t.Stream + "_writers_" + sink }
+
+// Member is what a writer says of itself in the members bucket, as of its
+// last refresh: the partitions it consumes now, which may differ for a
+// moment from those the group assigns it (a handover under way), or for
+// long (a partition that cannot start).
+type Member struct {
+	Consuming []int `json:"consuming"`
+}
 
 // Ensure creates or updates the stream and the consumers of sinks.
 func (t Topology) Ensure(ctx context.Context, js jetstream.JetStream, sinks ...config.Sink) (jetstream.Stream, error) {

@@ -2,10 +2,14 @@ package rediswriter
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -44,9 +48,10 @@ type consumers struct {
 	want      []int // the partitions assigned
 	running   map[int]jetstream.ConsumeContext
 	handlers  map[int]jetstream.Consumer
-	releasing map[int]bool      // draining, not yet unpinned
-	heard     map[int]time.Time // when each running partition last delivered, or started
-	drained   chan int          // partitions whose consumer stopped
+	releasing map[int]bool          // draining, not yet unpinned
+	heard     map[int]time.Time     // when each running partition last delivered, or started
+	drained   chan int              // partitions whose consumer stopped
+	consuming atomic.Pointer[[]int] // running, sorted, for the group's reports
 }
 
 func newConsumers(stream jetstream.Stream, st *store.Store, topo topology.Topology, sink config.Sink, receive func(gen uint64) jetstream.MessageHandler, expiry time.Duration, log *zap.Logger, warn *throttle) *consumers {
@@ -80,7 +85,7 @@ func (c *consumers) set(ctx context.Context, partitions []int) (released []int, 
 			errs = append(errs, fmt.Errorf("partition %d: %w", p, err))
 		}
 	}
-	partitionsOwned.WithLabelValues(c.sink.Name).Set(float64(len(c.running)))
+	c.changed()
 	return released, errors.Join(errs...)
 }
 
@@ -139,6 +144,7 @@ func (c *consumers) release(p int) {
 	c.store.Release(p)
 	pending.DeleteLabelValues(c.sink.Name, strconv.Itoa(p))
 	c.releasing[p] = true
+	c.changed()
 	cc.Drain()
 	go func() {
 		<-cc.Closed()
@@ -186,8 +192,24 @@ func (c *consumers) releaseAll() []int {
 		c.release(p)
 		released = append(released, p)
 	}
-	partitionsOwned.WithLabelValues(c.sink.Name).Set(0)
 	return released
+}
+
+// changed records which partitions run, for the metric and the group.
+func (c *consumers) changed() {
+	running := slices.Sorted(maps.Keys(c.running))
+	c.consuming.Store(&running)
+	partitionsOwned.WithLabelValues(c.sink.Name).Set(float64(len(running)))
+}
+
+// state is the writer's Member, as JSON; safe from any goroutine.
+func (c *consumers) state() []byte {
+	m := topology.Member{Consuming: []int{}}
+	if p := c.consuming.Load(); p != nil {
+		m.Consuming = *p
+	}
+	b, _ := json.Marshal(m)
+	return b
 }
 
 // updatePending reads each owned partition's backlog into the pending

@@ -146,6 +146,7 @@ func (s *Service) Run(ctx context.Context) error {
 		a:    &applier{Service: s, store: st, box: box, js: js, changes: stream, m: newSinkMetrics(s.sink.Name), holding: held, fencedOut: map[int]bool{}},
 		up:   redisUp.WithLabelValues(s.sink.Name)}
 	st.EnableFences(s.sink.Name, s.id, l.leaseHolds)
+	g.Report(l.cons.state)
 	parked, err := retries.Consume(receive(0), jetstream.PullMaxMessages(16), jetstream.PullExpiry(expiry),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) { s.warn.log(s.log, "consume changes to retry", err) }))
 	if err != nil {

@@ -38,6 +38,8 @@ type Group struct {
 	until  atomic.Int64
 	lapses atomic.Uint64
 	stuck  bool // alive said no at the last heartbeat; Run's alone
+	// state is the value of the member's key, read at each refresh.
+	state func() []byte
 }
 
 // NewID returns a member id that tells an operator where the writer runs.
@@ -88,7 +90,11 @@ func (g *Group) open(ctx context.Context) error {
 // ends a tenth of ttl earlier, a margin for the writer to stop in time.
 func (g *Group) refresh(ctx context.Context) (revision uint64, err error) {
 	sent := time.Now()
-	if revision, err = g.kv.Put(ctx, g.id, nil); err != nil {
+	var value []byte
+	if g.state != nil {
+		value = g.state()
+	}
+	if revision, err = g.kv.Put(ctx, g.id, value); err != nil {
 		return 0, err
 	}
 	if until := g.until.Load(); until != 0 && sent.UnixNano() > until {
@@ -109,6 +115,10 @@ func (g *Group) refresh(ctx context.Context) (revision uint64, err error) {
 func (g *Group) Lease() (until time.Time, lapses uint64) {
 	return time.Unix(0, g.until.Load()), g.lapses.Load()
 }
+
+// Report makes state the value of the member's key from its next refresh
+// on. Call it before Run; state must be safe to call from Run's goroutine.
+func (g *Group) Report(state func() []byte) { g.state = state }
 
 // ID is this member's id.
 func (g *Group) ID() string { return g.id }

@@ -195,7 +195,12 @@ func writeSink(w io.Writer, s Sink, now time.Time) {
 		if i == 0 {
 			label = "  writers"
 		}
-		fmt.Fprintf(w, "%s %s  partitions %s\n", label, m, ints(s.Assignment[m]))
+		consuming, ok := s.Consuming[m]
+		now := partitions(consuming)
+		if !ok {
+			now = "?" // a writer that does not say
+		}
+		fmt.Fprintf(w, "%s %s  assigned %s  consuming %s\n", label, m, partitions(s.Assignment[m]), now)
 	}
 	if s.RedisResets > 0 {
 		fmt.Fprintf(w, "  redis lost its data %d times, last at %s\n", s.RedisResets, when(s.LastRedisReset))
@@ -211,6 +216,14 @@ func age(d time.Duration) string {
 		return d.Round(time.Second).String()
 	}
 	return d.Round(time.Minute).String()
+}
+
+// partitions lists partitions, or says there are none.
+func partitions(v []int) string {
+	if len(v) == 0 {
+		return "none"
+	}
+	return ints(v)
 }
 
 func ints(v []int) string {

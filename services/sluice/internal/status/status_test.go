@@ -61,7 +61,7 @@ func testReport() Report {
 		NATS:     NATS{URL: "nats://127.0.0.1:4222"},
 		Stream:   &Stream{Name: "SLUICE", Exists: true, Messages: 120, Bytes: 3 << 20, FirstSeq: 1, LastSeq: 120, LastTime: at.Add(-time.Second)},
 		Sinks: []Sink{{
-			Sink: backlog.Sink{Name: "cache", DeadLetters: 2, Writers: []string{"w1", "w2"}, Partitions: []backlog.Partition{
+			Sink: backlog.Sink{Name: "cache", DeadLetters: 2, Writers: []string{"w1", "w2"}, Consuming: map[string][]int{"w1": {0, 2}}, Partitions: []backlog.Partition{
 				{Partition: 0, Consumer: true, Pending: 5, Oldest: at.Add(-4 * time.Second), Delivered: 100, AckFloor: 90},
 				{Partition: 1, Consumer: true},
 				{Partition: 2, Consumer: false},
@@ -83,8 +83,8 @@ func TestText(t *testing.T) {
 	want := `postgres  slot sluice: streaming (walsender pid 42), confirmed 0/16B3748, retains 2.0 KiB of WAL
 stream    SLUICE: 120 messages held (3.0 MiB; a message holds one or more changes), sequence 120, last at 2025-06-01T11:59:59Z
 sink      cache: 5 messages pending (partition 0: 5, 2: no consumer), oldest unapplied 4s ago, 2 dead letters
-  writers w1  partitions 0,2
-          w2  partitions 1
+  writers w1  assigned 0,2  consuming 0,2
+          w2  assigned 1  consuming ?
   redis lost its data 1 times, last at 2025-06-01T11:00:00Z
 backfill  b1 public.accounts → cache: running, 500 of ~1000 rows, 100 rows/s, ETA 5s
 backfill  b2 public.users → cache: failed, 0 of ~10 rows: boom
