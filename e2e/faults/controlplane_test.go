@@ -166,3 +166,61 @@ func TestLostConsumerMadeAgain(t *testing.T) {
 	}
 	t.Logf("%d changes", changes)
 }
+
+// A batch that takes longer than ack_wait (here Redis hangs for four times
+// ack_wait, under a workload) is kept alive while the writer applies it or
+// holds it for Redis to answer: JetStream redelivers none of its messages.
+func TestSlowBatchKeptAlive(t *testing.T) {
+	const partitions = 4
+	e := harness.NewEnv(t)
+	e.Exec(harness.AccountsSchema)
+	cfg := controlConfig(e, partitions) // ack_wait: 1s
+	e.RunPipeline(cfg)
+	w := startWriter(t, cfg)
+	balanced(t, 15*time.Second, partitions, w)
+	stop := harness.Background(t, e.PG.URL, 50, 17)
+	harness.Eventually(t, 30*time.Second, func() string { // under way
+		if n, _ := e.RC.DBSize(context.Background()).Result(); n < 100 {
+			return fmt.Sprintf("%d keys in redis", n)
+		}
+		return ""
+	})
+	if err := e.Redis.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	<-harness.After(4 * time.Second)
+	if err := e.Redis.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	changes := stop()
+	e.WaitMatch(60*time.Second, harness.Accounts)
+
+	nc, err := nats.Connect(e.NATS.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := js.Stream(ctx, config.DefaultStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	topo := topology.Topology{Stream: config.DefaultStream}
+	for p := range partitions {
+		info, err := st.Info(ctx, jetstream.WithSubjectFilter(topo.Subject(p)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := st.Consumer(ctx, topology.ConsumerName("cache", p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		msgs, deliveries := info.State.Subjects[topo.Subject(p)], c.CachedInfo().Delivered.Consumer
+		if deliveries != msgs {
+			t.Errorf("partition %d: %d deliveries of %d messages", p, deliveries, msgs)
+		}
+	}
+	t.Logf("%d changes", changes)
+}

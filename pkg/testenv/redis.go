@@ -109,6 +109,13 @@ func (r *Redis) Kill() {
 	}
 }
 
+// Pause stops the server (SIGSTOP): connections stay open, nothing
+// answers. Resume continues it.
+func (r *Redis) Pause() error { return syscall.Kill(r.proc.Pid(), syscall.SIGSTOP) }
+
+// Resume continues a paused server (SIGCONT).
+func (r *Redis) Resume() error { return syscall.Kill(r.proc.Pid(), syscall.SIGCONT) }
+
 // Restart starts the server again on the same port after Stop. Redis keeps
 // nothing on disk, so it comes back empty.
 func (r *Redis) Restart(ctx context.Context) error {
