@@ -38,6 +38,11 @@ func Dial(n config.NATS, name string, log *zap.Logger, opts ...jetstream.JetStre
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(500 * time.Millisecond),
 		nats.Timeout(5 * time.Second),
+		// A server that hangs (or a connection dropped without a word)
+		// answers no ping: after two, the client moves to another server
+		// of the cluster, within 10-15 s instead of the default 4 minutes.
+		nats.PingInterval(5 * time.Second),
+		nats.MaxPingsOutstanding(2),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				log.Warn("disconnected from nats; reconnecting", zap.String("error", scrub(err.Error())))
