@@ -248,6 +248,18 @@ func SlotBusy(err error) bool {
 	return errors.As(err, &busy)
 }
 
+// createSlotSQL creates the slot. From Postgres 17 on it is a failover
+// slot: with sync_replication_slots on a physical standby (and the standby
+// in synchronized_standby_slots), the slot is kept on the standby as well
+// and survives the standby's promotion, at a position no later than what
+// the standby received.
+func createSlotSQL(serverVersion int) string {
+	if serverVersion >= 170000 {
+		return "SELECT pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)"
+	}
+	return "SELECT pg_create_logical_replication_slot($1, 'pgoutput')"
+}
+
 func (s *Source) ensureSlot(ctx context.Context) error {
 	slot := s.cfg.Slot
 	var plugin, database string
@@ -258,7 +270,7 @@ func (s *Source) ensureSlot(ctx context.Context) error {
 		coalesce((SELECT application_name FROM pg_stat_activity WHERE pid = active_pid), '')
 		FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&plugin, &database, &active, &pid, &app)
 	if errors.Is(err, pgx.ErrNoRows) {
-		_, err = s.conn.Exec(ctx, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", slot)
+		_, err = s.conn.Exec(ctx, createSlotSQL(s.version), slot)
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "42710" { // created meanwhile by another process
 			return s.ensureSlot(ctx)

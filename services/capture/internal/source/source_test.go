@@ -155,3 +155,15 @@ func TestRowsByKey(t *testing.T) {
 		t.Fatalf("%d rows, found %v", len(rows), found)
 	}
 }
+
+// From Postgres 17 on the slot is created as a failover slot; before, the
+// call has no such argument. (The servers here are older than 17: the
+// tests above create slots through the first form.)
+func TestCreateSlotSQL(t *testing.T) {
+	if got := createSlotSQL(160004); strings.Contains(got, "true") {
+		t.Errorf("Postgres 16: %s", got)
+	}
+	if got := createSlotSQL(170000); !strings.HasSuffix(got, "'pgoutput', false, false, true)") {
+		t.Errorf("Postgres 17: %s", got)
+	}
+}
