@@ -84,12 +84,7 @@ func TestFenceTakenBack(t *testing.T) {
 	w := startWriter(t, cfg)
 	balanced(t, 15*time.Second, partitions, w)
 	stop := harness.Background(t, e.PG.URL, 50, 11)
-	harness.Eventually(t, 30*time.Second, func() string { // under way
-		if n, _ := e.RC.DBSize(context.Background()).Result(); n < 100 {
-			return fmt.Sprintf("%d keys in redis", n)
-		}
-		return ""
-	})
+	underWay(t, e)
 	for p := range partitions {
 		if err := e.RC.Set(context.Background(), fmt.Sprintf("sluice:fence:cache:%d", p), "another-writer:x", 0).Err(); err != nil {
 			t.Fatal(err)
@@ -102,6 +97,29 @@ func TestFenceTakenBack(t *testing.T) {
 		t.Errorf("the writer did not say it took its partitions back:\n%s", harness.Tail(out, 2000))
 	}
 	t.Logf("%d changes", changes)
+}
+
+// underWay waits until the workload's changes reach Redis.
+func underWay(t *testing.T, e *harness.Env) {
+	t.Helper()
+	harness.Eventually(t, 30*time.Second, func() string {
+		if n, _ := e.RC.DBSize(context.Background()).Result(); n < 100 {
+			return fmt.Sprintf("%d keys in redis", n)
+		}
+		return ""
+	})
+}
+
+// jetStream connects to the env's NATS for the test's own reads.
+func jetStream(t *testing.T, e *harness.Env) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(e.NATS.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	return js
 }
 
 // members counts the keys of the sink's membership bucket; -1 when it
@@ -139,18 +157,8 @@ func TestLostConsumerMadeAgain(t *testing.T) {
 	w := startWriter(t, cfg)
 	balanced(t, 15*time.Second, partitions, w)
 	stop := harness.Background(t, e.PG.URL, 50, 13)
-	harness.Eventually(t, 30*time.Second, func() string { // under way
-		if n, _ := e.RC.DBSize(context.Background()).Result(); n < 100 {
-			return fmt.Sprintf("%d keys in redis", n)
-		}
-		return ""
-	})
-	nc, err := nats.Connect(e.NATS.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	underWay(t, e)
+	js := jetStream(t, e)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, p := range []int{0, 2} {
@@ -179,12 +187,7 @@ func TestSlowBatchKeptAlive(t *testing.T) {
 	w := startWriter(t, cfg)
 	balanced(t, 15*time.Second, partitions, w)
 	stop := harness.Background(t, e.PG.URL, 50, 17)
-	harness.Eventually(t, 30*time.Second, func() string { // under way
-		if n, _ := e.RC.DBSize(context.Background()).Result(); n < 100 {
-			return fmt.Sprintf("%d keys in redis", n)
-		}
-		return ""
-	})
+	underWay(t, e)
 	if err := e.Redis.Pause(); err != nil {
 		t.Fatal(err)
 	}
@@ -195,12 +198,7 @@ func TestSlowBatchKeptAlive(t *testing.T) {
 	changes := stop()
 	e.WaitMatch(60*time.Second, harness.Accounts)
 
-	nc, err := nats.Connect(e.NATS.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js := jetStream(t, e)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	st, err := js.Stream(ctx, config.DefaultStream)

@@ -38,16 +38,7 @@ func TestMembership(t *testing.T) {
 		go func() { g.Run(rctx, always, v.set); close(done) }()
 		return v, cancel, done
 	}
-	wait := func(v *view, want ...string) {
-		t.Helper()
-		deadline := time.Now().Add(3 * ttl)
-		for !slices.Equal(v.get(), want) {
-			if time.Now().After(deadline) {
-				t.Fatalf("view %v, want %v", v.get(), want)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
+	wait := func(v *view, want ...string) { t.Helper(); waitView(t, v, 3*ttl, want...) }
 	a, stopA, _ := start("a")
 	wait(a, "a")
 	b, stopB, doneB := start("b")
@@ -89,16 +80,7 @@ func TestMembershipSurvivesNATSRestart(t *testing.T) {
 		go g.Run(rctx, always, v.set)
 		return v, cancel
 	}
-	wait := func(v *view, want ...string) {
-		t.Helper()
-		deadline := time.Now().Add(5 * ttl)
-		for !slices.Equal(v.get(), want) {
-			if time.Now().After(deadline) {
-				t.Fatalf("view %v, want %v", v.get(), want)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
+	wait := func(v *view, want ...string) { t.Helper(); waitView(t, v, 5*ttl, want...) }
 	a, stopA := join("a")
 	b, stopB := join("b")
 	wait(a, "a", "b")
@@ -133,6 +115,18 @@ func TestMembershipSurvivesNATSRestart(t *testing.T) {
 
 func always() bool { return true }
 
+// waitView waits until v shows want, for at most timeout.
+func waitView(t *testing.T, v *view, timeout time.Duration, want ...string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !slices.Equal(v.get(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("view %v, want %v", v.get(), want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // A member whose work is stuck stops refreshing its membership: the others
 // see it leave after the TTL, and see it again once it goes on.
 func TestStuckMemberLetsGo(t *testing.T) {
@@ -154,16 +148,7 @@ func TestStuckMemberLetsGo(t *testing.T) {
 		views[id] = &view{}
 		go g.Run(ctx, alive, views[id].set)
 	}
-	wait := func(v *view, want ...string) {
-		t.Helper()
-		deadline := time.Now().Add(5 * ttl)
-		for !slices.Equal(v.get(), want) {
-			if time.Now().After(deadline) {
-				t.Fatalf("view %v, want %v", v.get(), want)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
+	wait := func(v *view, want ...string) { t.Helper(); waitView(t, v, 5*ttl, want...) }
 	wait(views["a"], "a", "b")
 	stuck.Store(true)
 	wait(views["a"], "a")
