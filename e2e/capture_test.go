@@ -17,37 +17,47 @@ import (
 )
 
 // Capture comes back by itself after Postgres restarts, after its
-// replication connection is cut, and after NATS restarts: every change
-// reaches Redis, and the stream holds each exactly once, in order.
+// replication connection is cut, and after NATS restarts, each in the
+// middle of a workload: every change reaches Redis, and the stream holds
+// each exactly once, in order.
 func TestCaptureReconnects(t *testing.T) {
 	e := harness.NewEnv(t)
 	e.Exec(harness.AccountsSchema)
 	cfg := e.Config([]string{"accounts"}, true)
 	capture := e.RunPipeline(cfg, "cache")
-
-	var total int
-	run := func(seed uint64, d time.Duration) {
-		total += harness.Workload(t, e.PG.URL, 300, seed, harness.After(d))
+	stop := harness.Enduring(t, e.PG.URL, 300, 1)
+	// underWay waits for the workload to write more WAL.
+	underWay := func() {
+		t.Helper()
+		from := e.WALPosition()
+		harness.Eventually(t, 30*time.Second, func() string {
+			if n := e.WALPosition() - from; n < 256<<10 {
+				return fmt.Sprintf("the workload wrote %d bytes of WAL", n)
+			}
+			return ""
+		})
 	}
-	run(1, time.Second)
+	underWay()
 
 	// The replication connection is cut.
 	e.Exec(`SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'sluice'`)
-	run(2, time.Second)
+	underWay()
 
-	// Postgres restarts (fast shutdown).
+	// Postgres restarts (fast shutdown), cutting the workload's connection
+	// too.
 	e.Conn.Close(context.Background())
 	if err := e.PG.Restart(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	e.Reconnect()
-	run(3, time.Second)
+	underWay()
 
 	// NATS restarts.
 	if err := e.NATS.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	run(4, time.Second)
+	underWay()
+	total := stop()
 
 	e.WaitMatch(90*time.Second, harness.Accounts)
 	harness.CheckStream(t, e.NATS.URL(), total)

@@ -31,7 +31,7 @@ const AccountsSchema = `CREATE TABLE accounts (id int PRIMARY KEY, n int NOT NUL
 // is closed, and returns how many row changes it committed. A failure marks
 // the test failed and ends the workload: it may run in any goroutine.
 func Workload(t testing.TB, url string, keys int, seed uint64, stop <-chan struct{}) int {
-	changes, err := workload(url, keys, seed, 0, stop)
+	changes, err := workload(url, keys, seed, 0, false, stop)
 	if err != nil {
 		t.Errorf("workload: %v", err)
 	}
@@ -47,10 +47,22 @@ func Background(t testing.TB, url string, keys int, seed uint64) (stop func() in
 // Paced is Background with a pause of every between transactions, for a
 // long test whose final checks should not have millions of changes to read.
 func Paced(t testing.TB, url string, keys int, seed uint64, every time.Duration) (stop func() int) {
+	return run(t, url, keys, seed, every, false)
+}
+
+// Enduring is Background through Postgres restarts and terminated
+// connections: it connects again and goes on, and counts a transaction
+// whose commit went unanswered only if Postgres says it committed
+// (txid_status), so that the count stays exact.
+func Enduring(t testing.TB, url string, keys int, seed uint64) (stop func() int) {
+	return run(t, url, keys, seed, 0, true)
+}
+
+func run(t testing.TB, url string, keys int, seed uint64, every time.Duration, enduring bool) (stop func() int) {
 	quit := make(chan struct{})
 	done := make(chan int, 1)
 	go func() {
-		changes, err := workload(url, keys, seed, every, quit)
+		changes, err := workload(url, keys, seed, every, enduring, quit)
 		if err != nil {
 			t.Errorf("workload: %v", err)
 		}
@@ -66,13 +78,17 @@ func Paced(t testing.TB, url string, keys int, seed uint64, every time.Duration)
 	return stop
 }
 
-func workload(url string, keys int, seed uint64, every time.Duration, stop <-chan struct{}) (int, error) {
+func workload(url string, keys int, seed uint64, every time.Duration, enduring bool, stop <-chan struct{}) (int, error) {
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
 		return 0, err
 	}
-	defer conn.Close(ctx)
+	defer func() {
+		if conn != nil { // nil when stopped while reconnecting
+			conn.Close(ctx)
+		}
+	}()
 	rnd := rand.New(rand.NewPCG(seed, seed))
 	changes := 0
 	for i := 0; ; i++ {
@@ -81,39 +97,93 @@ func workload(url string, keys int, seed uint64, every time.Duration, stop <-cha
 			return changes, nil
 		case <-time.After(every):
 		}
-		tx, err := conn.Begin(ctx)
+		var xid int64
+		n, err := transaction(ctx, conn, rnd, keys, i, enduring, &xid)
+		if err == nil {
+			changes += n
+			continue
+		}
+		if !enduring {
+			return changes, err
+		}
+		// The server went away: connect again, and learn whether the
+		// transaction committed after all.
+		conn.Close(ctx)
+		if conn, err = reconnect(ctx, url, stop); err != nil || conn == nil {
+			return changes, err
+		}
+		var status *string
+		if xid != 0 {
+			if err := conn.QueryRow(ctx, `SELECT txid_status($1)`, xid).Scan(&status); err != nil {
+				return changes, err
+			}
+		}
+		if status != nil && *status == "committed" {
+			changes += n
+		}
+	}
+}
+
+// transaction runs the workload's i-th transaction and returns the changes
+// it made; with xid, it first notes its transaction id.
+func transaction(ctx context.Context, conn *pgx.Conn, rnd *rand.Rand, keys, i int, noteXID bool, xid *int64) (int, error) {
+	changes := 0
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback(ctx)
+	if noteXID {
+		if err := tx.QueryRow(ctx, `SELECT txid_current()`).Scan(xid); err != nil {
+			return 0, err
+		}
+	}
+	stmts := 1 + rnd.IntN(5)
+	if i%250 == 125 {
+		stmts = 0
+		tag, err := tx.Exec(ctx, `INSERT INTO accounts (id, note) SELECT g, 'bulk' FROM generate_series($1::int, $1::int + 1999) g
+			ON CONFLICT (id) DO UPDATE SET n = accounts.n + 1`, keys+rnd.IntN(4)*2000)
 		if err != nil {
 			return changes, err
 		}
-		stmts := 1 + rnd.IntN(5)
-		if i%250 == 125 {
-			stmts = 0
-			tag, err := tx.Exec(ctx, `INSERT INTO accounts (id, note) SELECT g, 'bulk' FROM generate_series($1::int, $1::int + 1999) g
-				ON CONFLICT (id) DO UPDATE SET n = accounts.n + 1`, keys+rnd.IntN(4)*2000)
-			if err != nil {
-				return changes, err
-			}
-			changes += int(tag.RowsAffected())
+		changes += int(tag.RowsAffected())
+	}
+	for range stmts {
+		id := rnd.IntN(keys)
+		var sql string
+		switch rnd.IntN(10) {
+		case 0, 1, 2, 3:
+			sql = `INSERT INTO accounts (id, note) VALUES ($1::int, md5($1::int::text)) ON CONFLICT DO NOTHING`
+		case 4, 5, 6, 7, 8:
+			sql = `UPDATE accounts SET n = n + 1, note = md5(random()::text) WHERE id = $1`
+		default:
+			sql = `DELETE FROM accounts WHERE id = $1`
 		}
-		for range stmts {
-			id := rnd.IntN(keys)
-			var sql string
-			switch rnd.IntN(10) {
-			case 0, 1, 2, 3:
-				sql = `INSERT INTO accounts (id, note) VALUES ($1::int, md5($1::int::text)) ON CONFLICT DO NOTHING`
-			case 4, 5, 6, 7, 8:
-				sql = `UPDATE accounts SET n = n + 1, note = md5(random()::text) WHERE id = $1`
-			default:
-				sql = `DELETE FROM accounts WHERE id = $1`
-			}
-			tag, err := tx.Exec(ctx, sql, id)
-			if err != nil {
-				return changes, err
-			}
-			changes += int(tag.RowsAffected())
-		}
-		if err := tx.Commit(ctx); err != nil {
+		tag, err := tx.Exec(ctx, sql, id)
+		if err != nil {
 			return changes, err
+		}
+		changes += int(tag.RowsAffected())
+	}
+	return changes, tx.Commit(ctx)
+}
+
+// reconnect connects to url again, trying for a minute; nil when stop
+// closed first.
+func reconnect(ctx context.Context, url string, stop <-chan struct{}) (*pgx.Conn, error) {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		conn, err := pgx.Connect(ctx, url)
+		if err == nil {
+			return conn, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, err
+		}
+		select {
+		case <-stop:
+			return nil, nil
+		case <-time.After(100 * time.Millisecond):
 		}
 	}
 }
