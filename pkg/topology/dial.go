@@ -113,7 +113,9 @@ func explain(err error) string {
 	case errors.Is(err, nats.ErrAuthorization), strings.Contains(strings.ToLower(msg), "authorization violation"),
 		strings.Contains(strings.ToLower(msg), "authentication"):
 		return msg + " (the server refused the credentials: check nats.username/password, token, nkey_file or creds_file, and the user info in nats.url)"
-	case strings.Contains(msg, "certificate"), strings.Contains(msg, "tls:"), strings.Contains(msg, "x509"):
+	case strings.Contains(msg, "certificate"), strings.Contains(msg, "tls:"), strings.Contains(msg, "tls error"), strings.Contains(msg, "x509"):
+		// With TLS 1.3 a refused client certificate may show only as the
+		// server closing the connection after the handshake ("tls error").
 		return msg + " (check nats.tls_ca_file, tls_cert_file and tls_key_file)"
 	}
 	return msg
