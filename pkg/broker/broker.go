@@ -127,6 +127,23 @@ func Start(o Options) (*Server, error) {
 // URL is the client URL of the server.
 func (s *Server) URL() string { return s.ns.ClientURL() }
 
+// Refusals counts the connections of the client named name that the
+// server closed for their credentials, among the closed connections it
+// remembers.
+func (s *Server) Refusals(name string) (int, error) {
+	c, err := s.ns.Connz(&server.ConnzOptions{State: server.ConnClosed, Limit: 1 << 16})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, ci := range c.Conns {
+		if ci.Name == name && ci.Reason == server.AuthenticationViolation.String() {
+			n++
+		}
+	}
+	return n, nil
+}
+
 // Dir is where JetStream keeps its data.
 func (s *Server) Dir() string { return s.dir }
 

@@ -414,6 +414,7 @@ func (c *Config) Validate() error {
 	if p.URL == "" && c.scope.postgresURL() {
 		errs.add("postgres.url", "is required")
 	}
+	p.validateURL(&errs)
 	if !pgName.MatchString(p.Slot) {
 		errs.add("postgres.slot", "must be lower-case letters, digits and _, starting with a letter or _ (at most 63)")
 	}

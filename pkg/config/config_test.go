@@ -70,7 +70,7 @@ func TestParseFull(t *testing.T) {
 // or in one whose routing tells them apart.
 // Annotations, as Sequin's: a map, for the database and for each sink.
 func TestAnnotations(t *testing.T) {
-	doc := `postgres: {url: u, tables: [users], name: prod, annotations: {team: core, tier: 1}}
+	doc := `postgres: {url: 'postgres://db/app', tables: [users], name: prod, annotations: {team: core, tier: 1}}
 sinks: [{name: s, annotations: {owner: {name: ann}}, destination: {type: redis_string, host: h, port: 1}}]`
 	cfg, err := Parse([]byte(doc), Everything, env(nil))
 	if err != nil {
@@ -82,7 +82,7 @@ sinks: [{name: s, annotations: {owner: {name: ann}}, destination: {type: redis_s
 }
 
 func TestSameTableNames(t *testing.T) {
-	doc := `postgres: {url: u, tables: [a.users, b.users]}
+	doc := `postgres: {url: 'postgres://db/app', tables: [a.users, b.users]}
 sinks:
   - {name: a, tables: [a.users], destination: {type: redis_string, host: h, port: 1}}
   - {name: b, tables: [b.users], destination: {type: redis_string, host: h, port: 1, key_prefix: b}}
@@ -95,7 +95,7 @@ sinks:
 
 func TestParseErrors(t *testing.T) {
 	base := func(sink string) string {
-		return "postgres: {url: x, tables: [users]}\nsinks:\n  - {name: a, destination: {type: redis_string, host: h, port: 1}}\n" + sink
+		return "postgres: {url: 'postgres://db/app', tables: [users]}\nsinks:\n  - {name: a, destination: {type: redis_string, host: h, port: 1}}\n" + sink
 	}
 	cases := []struct {
 		name, yaml, want string
@@ -113,10 +113,10 @@ func TestParseErrors(t *testing.T) {
 		{"unknown field", base("  - {name: b, destination: {type: redis_string, hots: h, port: 1}}"), "sinks[1].destination.hots: unknown field (line 4)"},
 		{"wrong type", base("  - {name: b, destination: {type: redis_string, host: h, port: abc}}"), "line 4: cannot unmarshal"},
 		{"no url", "postgres: {tables: [a]}\nsinks: [{name: a, destination: {type: redis_string, host: h, port: 1}}]", "postgres.url: is required"},
-		{"no tables", "postgres: {url: x}\nsinks: [{name: a, destination: {type: redis_string, host: h, port: 1}}]", "postgres.tables: must list at least one table"},
-		{"no sinks", "postgres: {url: x, tables: [a]}", "sinks: must list at least one sink"},
-		{"slot", "postgres: {url: x, tables: [a], slot: My-Slot}\nsinks: [{name: a, destination: {type: redis_string, host: h, port: 1}}]", "postgres.slot: must be"},
-		{"partitions", "postgres: {url: x, tables: [a]}\nnats: {partitions: 5000}\nsinks: [{name: a, destination: {type: redis_string, host: h, port: 1}}]", "nats.partitions: must be 1-1024"},
+		{"no tables", "postgres: {url: 'postgres://db/app'}\nsinks: [{name: a, destination: {type: redis_string, host: h, port: 1}}]", "postgres.tables: must list at least one table"},
+		{"no sinks", "postgres: {url: 'postgres://db/app', tables: [a]}", "sinks: must list at least one sink"},
+		{"slot", "postgres: {url: 'postgres://db/app', tables: [a], slot: My-Slot}\nsinks: [{name: a, destination: {type: redis_string, host: h, port: 1}}]", "postgres.slot: must be"},
+		{"partitions", "postgres: {url: 'postgres://db/app', tables: [a]}\nnats: {partitions: 5000}\nsinks: [{name: a, destination: {type: redis_string, host: h, port: 1}}]", "nats.partitions: must be 1-1024"},
 		{"unset var", "postgres: {url: '${PGURL}', tables: [a]}\nsinks: [{name: a, destination: {type: redis_string, host: h, port: 1}}]", "line 1: environment variable PGURL is not set"},
 		{"empty", "", "the file is empty"},
 		{"filter", base("  - {name: b, filter: 'recrd.active', destination: {type: redis_string, host: h, port: 1}}"), `sinks[1].filter: unknown name recrd (at column 1) in "recrd.active"`},
@@ -130,7 +130,7 @@ func TestParseErrors(t *testing.T) {
 		{"max deliver", base("  - {name: b, max_deliver: -1, destination: {type: redis_string, host: h, port: 1}}"), "sinks[1].max_deliver: must be at least 1"},
 		{"backoff", base("  - {name: b, backoff: 5ms, destination: {type: redis_string, host: h, port: 1}}"), "sinks[1].backoff: must be at least 10ms"},
 		{"max backoff", base("  - {name: b, backoff: 2s, max_backoff: 1s, destination: {type: redis_string, host: h, port: 1}}"), "sinks[1].max_backoff: must be at least backoff"},
-		{"same table name", `postgres: {url: u, tables: [a.users, b.users]}
+		{"same table name", `postgres: {url: 'postgres://db/app', tables: [a.users, b.users]}
 sinks: [{name: s, destination: {type: redis_string, host: h, port: 1}}]`, "sinks[0].tables: a.users and b.users would both write the keys sequin:users:<pk>"},
 		{"syntax", "postgres: [", "yaml:"},
 	}
@@ -183,7 +183,7 @@ func TestExpand(t *testing.T) {
 
 // An environment value is data, never YAML: it cannot add fields.
 func TestInterpolationCannotInjectStructure(t *testing.T) {
-	doc := "postgres: {url: x, tables: [a]}\nsinks:\n- name: a\n  destination:\n    type: redis_string\n    host: h\n    port: 1\n    password: ${P}\n"
+	doc := "postgres: {url: 'postgres://db/app', tables: [a]}\nsinks:\n- name: a\n  destination:\n    type: redis_string\n    host: h\n    port: 1\n    password: ${P}\n"
 	cfg, err := Parse([]byte(doc), Everything, env(map[string]string{"P": "a: b\nport: 2 # c"}))
 	if err != nil {
 		t.Fatal(err)

@@ -149,17 +149,18 @@ func (n NATS) validateConnection(errs *fieldErrors) {
 		errs.add("nats.url", "is required with the NATS credentials and TLS settings (the server `sluice dev` embeds has neither)")
 	}
 	checkFile(errs, "nats.nkey_file", n.NKeyFile, func(b []byte) error {
-		kp, err := nkeys.ParseDecoratedNKey(b)
-		if err != nil {
+		if _, err := nkeys.ParseDecoratedNKey(b); err != nil {
+			if nkeys.IsValidPublicKey(strings.TrimSpace(string(b))) {
+				return fmt.Errorf("holds a public key, not a seed")
+			}
 			return fmt.Errorf("holds no NKey seed")
-		}
-		if _, err := kp.Seed(); err != nil {
-			return fmt.Errorf("holds a public key, not a seed")
 		}
 		return nil
 	})
 	checkFile(errs, "nats.creds_file", n.CredsFile, func(b []byte) error {
-		if _, err := nkeys.ParseDecoratedJWT(b); err != nil {
+		// Without the JWT's armour the parser returns the whole text, a
+		// bare seed too, which the client would then send as the JWT.
+		if jwt, err := nkeys.ParseDecoratedJWT(b); err != nil || strings.Count(jwt, ".") != 2 || strings.ContainsAny(jwt, " \t\n") {
 			return fmt.Errorf("holds no user JWT")
 		}
 		if _, err := nkeys.ParseDecoratedNKey(b); err != nil {

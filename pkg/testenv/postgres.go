@@ -3,7 +3,9 @@ package testenv
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"os/user"
@@ -248,6 +250,57 @@ func (p *Postgres) Stop() {
 		p.proc.Stop(syscall.SIGINT, 15*time.Second)
 	}
 	os.RemoveAll(p.Dir)
+}
+
+// PasswordRole creates a superuser role that logs in over TCP only with
+// password (scram-sha-256), while postgres keeps logging in without one,
+// and returns the URL of the database postgres for it, the password in
+// it percent-encoded.
+func (p *Postgres) PasswordRole(ctx context.Context, role, password string) (string, error) {
+	data := ""
+	for i, a := range p.args {
+		if a == "-D" {
+			data = p.args[i+1]
+		}
+	}
+	// Rewritten in place: the file keeps its owner.
+	hba := "host all postgres 127.0.0.1/32 trust\nhost replication postgres 127.0.0.1/32 trust\n" +
+		"host all all 127.0.0.1/32 scram-sha-256\nhost replication all 127.0.0.1/32 scram-sha-256\n"
+	if err := os.WriteFile(filepath.Join(data, "pg_hba.conf"), []byte(hba), 0o600); err != nil {
+		return "", err
+	}
+	conn, err := pgx.Connect(ctx, p.URL)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close(ctx)
+	var create string
+	if err := conn.QueryRow(ctx, `SELECT format('CREATE ROLE %I SUPERUSER LOGIN REPLICATION PASSWORD %L', $1::text, $2::text)`, role, password).Scan(&create); err != nil {
+		return "", err
+	}
+	if _, err := conn.Exec(ctx, create); err != nil {
+		return "", err
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_reload_conf()`); err != nil {
+		return "", err
+	}
+	u := url.URL{Scheme: "postgres", User: url.UserPassword(role, password), Host: fmt.Sprintf("127.0.0.1:%d", p.Port), Path: "/postgres", RawQuery: "sslmode=disable"}
+	// The server reloads its configuration asynchronously: wait until it
+	// refuses a wrong password.
+	wrong := u
+	wrong.User = url.UserPassword(role, password+"-wrong")
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		c, err := pgx.Connect(ctx, wrong.String())
+		if err != nil {
+			break
+		}
+		c.Close(ctx)
+		if time.Now().After(deadline) {
+			return "", errors.New("pg_hba.conf: a wrong password is still let in after 10s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return u.String(), nil
 }
 
 // NewPostgres starts a cluster for a test and stops it when the test ends.

@@ -33,9 +33,14 @@ func Dial(n config.NATS, name string, log *zap.Logger, opts ...jetstream.JetStre
 	}
 	scrub := scrubber(n)
 	where := Redact(n.URL)
+	var async repeats
 	options := []nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
+		// Refused credentials too are waited out (a server restarted with
+		// new ones before the service got them), not given up after the
+		// second refusal: a closed connection never comes back.
+		nats.IgnoreAuthErrorAbort(),
 		nats.ReconnectWait(500 * time.Millisecond),
 		nats.Timeout(5 * time.Second),
 		// A server that hangs (or a connection dropped without a word)
@@ -50,8 +55,12 @@ func Dial(n config.NATS, name string, log *zap.Logger, opts ...jetstream.JetStre
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("reconnected to nats", zap.String("url", c.ConnectedUrlRedacted())) }),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
-			// Asynchronous errors: a permission refused, a slow consumer.
-			log.Warn("nats", zap.String("error", scrub(err.Error())))
+			// Asynchronous errors: a permission refused, a slow consumer,
+			// the credentials refused at each reconnection attempt.
+			msg := scrub(err.Error())
+			if n, ok := async.next(msg); ok {
+				log.Warn("nats", zap.String("error", msg), zap.Int("repeated", n))
+			}
 		}),
 		nats.ClosedHandler(func(c *nats.Conn) { conns.Delete(c) }),
 	}
@@ -71,6 +80,30 @@ func Dial(n config.NATS, name string, log *zap.Logger, opts ...jetstream.JetStre
 		return nil, nil, fmt.Errorf("jetstream: %s", scrub(err.Error()))
 	}
 	return nc, js, nil
+}
+
+// repeats lets an error through once per warnEvery while it repeats.
+type repeats struct {
+	mu         sync.Mutex
+	last       string
+	at         time.Time
+	suppressed int
+}
+
+// next says whether to log msg, and how many times it was held back since
+// it was last logged.
+func (r *repeats) next(msg string) (held int, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if msg == r.last && time.Since(r.at) < warnEvery {
+		r.suppressed++
+		return 0, false
+	}
+	if msg == r.last {
+		held = r.suppressed
+	}
+	r.last, r.at, r.suppressed = msg, time.Now(), 0
+	return held, true
 }
 
 // authOptions are the client options of n's credentials and TLS settings.
@@ -118,7 +151,9 @@ func explain(err error) string {
 	case errors.Is(err, nats.ErrAuthorization), strings.Contains(strings.ToLower(msg), "authorization violation"),
 		strings.Contains(strings.ToLower(msg), "authentication"):
 		return msg + " (the server refused the credentials: check nats.username/password, token, nkey_file or creds_file, and the user info in nats.url)"
-	case strings.Contains(msg, "certificate"), strings.Contains(msg, "tls:"), strings.Contains(msg, "x509"):
+	case strings.Contains(msg, "certificate"), strings.Contains(msg, "tls:"), strings.Contains(msg, "tls error"), strings.Contains(msg, "x509"):
+		// With TLS 1.3 a refused client certificate may show only as the
+		// server closing the connection after the handshake ("tls error").
 		return msg + " (check nats.tls_ca_file, tls_cert_file and tls_key_file)"
 	}
 	return msg

@@ -113,6 +113,10 @@ func (s *Service) Run(ctx context.Context) error {
 		return nil
 	})
 	admin.Ready("capture", func() error {
+		// A standby cut off from NATS could not take over.
+		if err := topology.Connected(nc); err != nil {
+			return err
+		}
 		if holder := s.standby.Load(); holder != nil {
 			// Ready: standing by is this process's work now.
 			return admin.Note("standing by; the streaming capture is " + *holder)
@@ -123,7 +127,7 @@ func (s *Service) Run(ctx context.Context) error {
 		if !s.streaming.Load() {
 			return errors.New("not streaming from the slot")
 		}
-		return topology.Connected(nc)
+		return nil
 	})
 	lease, err := topology.Create(ctx, s.log, "create bucket "+s.topo.CaptureLeaseBucket(), func(ctx context.Context) (*leader.Lease, error) {
 		return leader.Open(ctx, js, s.topo.CaptureLeaseBucket(), processID(), s.cfg.Postgres.Failover, s.topo.Replicas)

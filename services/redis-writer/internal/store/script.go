@@ -196,9 +196,8 @@ func (s *Store) run(ctx context.Context, cmds []command.Command, calls []call) (
 		results[g] = applyScript.EvalSha(ctx, pipe, keys, args...)
 	}
 	wait := s.addWait(ctx, pipe)
-	_, err := pipe.Exec(ctx)
-	if err != nil && !isReplyError(err) {
-		// The connection failed: no call has a reply of its own.
+	sent, err := pipe.Exec(ctx)
+	if unanswered(err, sent) {
 		for _, r := range results {
 			if r.Err() == nil {
 				r.SetErr(err)
@@ -252,14 +251,15 @@ func (s *Store) plain(ctx context.Context, cmds []command.Command, errs []error)
 		}
 	}
 	wait := s.addWait(ctx, pipe)
-	_, err := pipe.Exec(ctx)
+	sent, err := pipe.Exec(ctx)
+	failed := unanswered(err, sent)
 	waited := s.waited(wait)
 	for i, r := range results {
 		if r == nil {
 			continue
 		}
 		e := r.Err()
-		if e == nil && err != nil && !isReplyError(err) {
+		if e == nil && failed {
 			e = err
 		}
 		if e == nil {

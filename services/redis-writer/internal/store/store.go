@@ -332,9 +332,22 @@ func Unavailable(err error) bool {
 	return false
 }
 
-func isReplyError(err error) bool {
+// unanswered reports whether err, of a pipeline's Exec, failed the
+// pipeline as a whole, so that no command of it has a reply of its own:
+// the connection failed, or the server refused it before any command ran
+// (the AUTH of a reconnection: WRONGPASS is a reply, which the client
+// leaves off the commands, as if they had succeeded).
+func unanswered(err error, cmds []redis.Cmder) bool {
 	var re redis.Error
-	return errors.As(err, &re)
+	if err == nil || !errors.As(err, &re) {
+		return err != nil
+	}
+	for _, c := range cmds {
+		if c.Err() != nil {
+			return false
+		}
+	}
+	return true
 }
 
 func verb(c *command.Command) string {

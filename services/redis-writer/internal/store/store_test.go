@@ -205,6 +205,42 @@ func TestNoPermIsUnavailable(t *testing.T) {
 	}
 }
 
+// A password changed while the writer runs: its next connection is
+// refused (WRONGPASS at AUTH, before any command of the batch ran), and
+// every change fails with that, waited out, versioned or not, none taken
+// for written.
+func TestPasswordRefusedAtReconnect(t *testing.T) {
+	ctx := context.Background()
+	r := testenv.NewRedis(t, "--user", "app", "on", ">pw", "~*", "&*", "+@all")
+	admin := r.Client()
+	defer admin.Close()
+	for _, unversioned := range []bool{false, true} {
+		if err := admin.Do(ctx, "ACL", "SETUSER", "app", "resetpass", ">pw").Err(); err != nil {
+			t.Fatal(err)
+		}
+		s, err := Open(ctx, config.Destination{Host: "127.0.0.1", Port: r.Port, Username: "app", Password: "pw", Unversioned: unversioned})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		if err := admin.Do(ctx, "ACL", "SETUSER", "app", "resetpass", ">other").Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := admin.Do(ctx, "CLIENT", "KILL", "USER", "app").Err(); err != nil {
+			t.Fatal(err)
+		}
+		errs, _ := s.Apply(ctx, []command.Command{set("a", "1", 1, 0), del("b", 1, 1)})
+		for _, err := range errs {
+			if err == nil || !strings.Contains(err.Error(), "WRONGPASS") || !Unavailable(err) {
+				t.Errorf("unversioned %v: errs = %v", unversioned, errs)
+			}
+		}
+		if n := admin.Exists(ctx, "a").Val(); n != 0 {
+			t.Errorf("unversioned %v: a was written", unversioned)
+		}
+	}
+}
+
 func TestVersionKeySharesSlot(t *testing.T) {
 	for _, key := range []string{"sequin:users:1", "{user1}:profile", "a{b}c", "plain", "a{}b", "a}b{c", "{}", "x{y", "}{"} {
 		vk := VersionKey(key)
