@@ -19,6 +19,10 @@ var (
 		Name: "sluice_capture_in_flight",
 		Help: "Events published and not yet acknowledged.",
 	})
+	orphans = promauto.NewCounter(prometheus.CounterOpts{
+		Name: "sluice_capture_orphans_deleted_total",
+		Help: "Stream messages deleted at a session's start because the message before them in their session was never stored (another capture published in between).",
+	})
 	confirmed = promauto.NewGauge(prometheus.GaugeOpts{
 		Name: "sluice_capture_confirmed_lsn",
 		Help: "The WAL position up to which every event is in the stream: what capture confirms to the slot.",

@@ -6,16 +6,16 @@
 // Flush. A WAL position given to Commit is confirmed only once everything
 // added before it is acknowledged.
 //
-// Ordering and gaps: a session's first message expects the stream's last
-// sequence as Open read it (Nats-Expected-Last-Sequence), and every later one
-// expects the id of the message before it (Nats-Expected-Last-Msg-Id). Ids
-// are unique to the session, so no other publisher's message can stand in
-// for one of ours: if one publish fails, every later one fails too, even
-// when a rival (a paused former leader waking up) publishes in between. The
-// stream never holds an event whose predecessor is missing, and a restart
-// can resume right after the stream's last event. Expected sequences alone
-// do not give that: a rival's message can take exactly the sequence a later
-// publish of ours expects.
+// Ordering and gaps: every message carries the stream sequence it expects to
+// follow (Nats-Expected-Last-Sequence), so a failed publish fails the ones
+// after it, and the stream holds no event whose predecessor is missing.
+// Except by coincidence: when another publisher (a paused former leader
+// that woke up) stores a message between two of ours, the first of ours
+// fails but the second may expect exactly the sequence the other's took,
+// and is stored without its predecessor: an orphan, whose events a restart
+// would take for published. Every message's id names its session and its
+// number in it, so Open finds the orphans (see repair) and deletes them
+// before it reads where each partition ends.
 //
 // Size: no message is larger than the server's max_payload allows. An
 // event too large for a batch of its own travels as fragments (package
@@ -216,6 +216,9 @@ func Open(ctx context.Context, js jetstream.JetStream, o Options) (*Publisher, R
 	if err != nil {
 		return nil, nil, fmt.Errorf("read stream %s: %w", o.Stream, err)
 	}
+	if err := repair(ctx, st, info.State, o); err != nil {
+		return nil, nil, err
+	}
 	resume, err := Positions(ctx, st, o)
 	if err != nil {
 		return nil, nil, err
@@ -354,14 +357,8 @@ func (p *Publisher) send(ctx context.Context, msg *nats.Msg, events int, name st
 			return ctx.Err()
 		}
 	}
-	id := p.session + ":" + strconv.FormatUint(p.number, 10)
-	opts := []jetstream.PublishOpt{jetstream.WithMsgID(id)}
-	if p.number == 0 {
-		opts = append(opts, jetstream.WithExpectLastSequence(p.lastSeq))
-	} else {
-		opts = append(opts, jetstream.WithExpectLastMsgID(p.session+":"+strconv.FormatUint(p.number-1, 10)))
-	}
-	fut, err := p.js.PublishMsgAsync(msg, opts...)
+	fut, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(messageID(p.session, p.number)),
+		jetstream.WithExpectLastSequence(p.lastSeq))
 	if err != nil {
 		for range tokens {
 			<-p.tokens

@@ -358,11 +358,12 @@ func TestTruncateCopiesAreNotResends(t *testing.T) {
 }
 
 // Two publishers on one stream, as a paused former leader and its successor
-// are: the one whose chain is broken must get none of its later messages
-// in either. With expected sequences alone, the rival's message took the
-// sequence the second publish expected, so the second was stored without
-// the first: a gap a restart could not see.
-func TestRivalBreaksTheWholeChain(t *testing.T) {
+// are: the rival's message takes the sequence the other's first publish
+// expected, so that one fails, but its second and third expect exactly the
+// sequences that follow, and are stored without the first: orphans, which
+// the next Open (a restart) must delete before it reads the positions, or
+// it would take the first message's events for published.
+func TestOrphansDeleted(t *testing.T) {
 	ctx := context.Background()
 	js := setup(t, -1)
 	rival, _, err := Open(ctx, js, options(4, 10))
@@ -388,15 +389,33 @@ func TestRivalBreaksTheWholeChain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info, err := st.Info(ctx); err != nil || info.State.Msgs != 1 {
-		t.Fatalf("the stream holds %d messages, want only the rival's (%v)", info.State.Msgs, err)
+	msgs := func() uint64 {
+		info, err := st.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.State.Msgs
 	}
-	// And the rival's chain is broken by nobody: it goes on.
-	rival.Add(ctx, 0, event(6, 0))
-	rival.Commit(ctx, 60)
-	rival.Flush(ctx)
-	waitFlushed(t, rival, 60)
-	if err := rival.Close(ctx); err != nil {
+	if n := msgs(); n != 3 {
+		t.Fatalf("the stream holds %d messages, want the rival's and two orphans", n)
+	}
+	again, resume, err := Open(ctx, js, options(4, 10))
+	if err != nil {
 		t.Fatal(err)
 	}
+	if n := msgs(); n != 1 {
+		t.Fatalf("after Open the stream holds %d messages, want only the rival's", n)
+	}
+	if resume.Covers(2, 1, 1, ".") || resume.Covers(3, 1, 2, ".") || !resume.Covers(0, 5, 0, ".") {
+		t.Fatalf("positions %+v count the orphans, or miss the rival's", resume)
+	}
+	// The restarted publisher goes on after the deleted ones.
+	again.Add(ctx, 1, event(1, 0))
+	again.Commit(ctx, 60)
+	again.Flush(ctx)
+	waitFlushed(t, again, 60)
+	if err := again.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rival.Close(ctx)
 }
