@@ -109,7 +109,7 @@ func TestSeparateServices(t *testing.T) {
 	if code := st.WaitExit(30 * time.Second); code != 0 {
 		t.Fatalf("sluice status exited %d: %s", code, st.Output())
 	}
-	for _, want := range []string{"slot sluice: streaming", "stream    SLUICE:", "sink      cache: 0 messages pending, 0 dead letters", "partitions 0,1,2,3"} {
+	for _, want := range []string{"slot sluice: streaming", "stream    SLUICE:", "sink      cache: 0 messages pending, 0 dead letters", "assigned 0,1,2,3"} {
 		if !strings.Contains(st.Output(), want) {
 			t.Errorf("sluice status lacks %q:\n%s", want, st.Output())
 		}

@@ -243,7 +243,7 @@ func TestStatusAgesOutAndSurvivesPostgresDown(t *testing.T) {
 	code, out = runStatus(t, down)
 	where := fmt.Sprintf("postgres  could not be reached at 127.0.0.1:%d/appdb: ", port)
 	if code == 0 || !strings.Contains(out, where) || !strings.Contains(out, "sink      cache: 0 messages pending, 0 dead letters") ||
-		!strings.Contains(out, "partitions 0,1,2,3") || !strings.Contains(out, "stream    SLUICE: ") || strings.Contains(out, password) {
+		!strings.Contains(out, "assigned 0,1,2,3") || !strings.Contains(out, "stream    SLUICE: ") || strings.Contains(out, password) {
 		t.Fatalf("sluice status with postgres down (exit %d):\n%s", code, out)
 	}
 	if strings.Index(out, "sink      cache") > strings.Index(out, "sluice status: postgres could not be reached") {

@@ -52,6 +52,7 @@ type consumers struct {
 	heard     map[int]time.Time     // when each running partition last delivered, or started
 	drained   chan int              // partitions whose consumer stopped
 	consuming atomic.Pointer[[]int] // running, sorted, for the group's reports
+	onChange  func()                // after consuming changed
 }
 
 func newConsumers(stream jetstream.Stream, st *store.Store, topo topology.Topology, sink config.Sink, receive func(gen uint64) jetstream.MessageHandler, expiry time.Duration, log *zap.Logger, warn *throttle) *consumers {
@@ -198,7 +199,9 @@ func (c *consumers) releaseAll() []int {
 // changed records which partitions run, for the metric and the group.
 func (c *consumers) changed() {
 	running := slices.Sorted(maps.Keys(c.running))
-	c.consuming.Store(&running)
+	if old := c.consuming.Swap(&running); (old == nil || !slices.Equal(*old, running)) && c.onChange != nil {
+		c.onChange()
+	}
 	partitionsOwned.WithLabelValues(c.sink.Name).Set(float64(len(running)))
 }
 

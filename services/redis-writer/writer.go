@@ -147,6 +147,7 @@ func (s *Service) Run(ctx context.Context) error {
 		up:   redisUp.WithLabelValues(s.sink.Name)}
 	st.EnableFences(s.sink.Name, s.id, l.leaseHolds)
 	g.Report(l.cons.state)
+	l.cons.onChange = g.Touch
 	parked, err := retries.Consume(receive(0), jetstream.PullMaxMessages(16), jetstream.PullExpiry(expiry),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) { s.warn.log(s.log, "consume changes to retry", err) }))
 	if err != nil {

@@ -40,6 +40,7 @@ type Group struct {
 	stuck  bool // alive said no at the last heartbeat; Run's alone
 	// state is the value of the member's key, read at each refresh.
 	state func() []byte
+	touch chan struct{} // a refresh wanted now: state changed
 }
 
 // NewID returns a member id that tells an operator where the writer runs.
@@ -56,7 +57,7 @@ func NewID() string {
 
 // Join announces member id in bucket, creating the bucket when missing.
 func Join(ctx context.Context, js jetstream.JetStream, bucket, id string, ttl time.Duration, replicas int, log *zap.Logger) (*Group, error) {
-	g := &Group{js: js, id: id, ttl: ttl, log: log, cfg: jetstream.KeyValueConfig{
+	g := &Group{js: js, id: id, ttl: ttl, log: log, touch: make(chan struct{}, 1), cfg: jetstream.KeyValueConfig{
 		Bucket:         bucket,
 		Description:    "Sluice writers of one sink",
 		TTL:            ttl,
@@ -119,6 +120,15 @@ func (g *Group) Lease() (until time.Time, lapses uint64) {
 // Report makes state the value of the member's key from its next refresh
 // on. Call it before Run; state must be safe to call from Run's goroutine.
 func (g *Group) Report(state func() []byte) { g.state = state }
+
+// Touch asks Run for a refresh soon, so that the others read the new
+// state without waiting for the next heartbeat. It never blocks.
+func (g *Group) Touch() {
+	select {
+	case g.touch <- struct{}{}:
+	default:
+	}
+}
 
 // ID is this member's id.
 func (g *Group) ID() string { return g.id }
@@ -211,6 +221,16 @@ func (g *Group) watch(ctx context.Context, alive func() bool, changed func(membe
 				// The member gave up its partitions when its lease ran
 				// out: it hears the group again, changed or not.
 				changed(last)
+			}
+		case <-g.touch:
+			// Not a heartbeat: the watch's echo of it is not awaited, and
+			// a stuck member stays silent.
+			if g.stuck {
+				continue
+			}
+			lapses := g.lapses.Load()
+			if _, err := g.refresh(ctx); err == nil && g.lapses.Load() != lapses && !initial {
+				changed(last) // as after a heartbeat's refresh
 			}
 		case e, ok := <-w.Updates():
 			if !ok {
