@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"go.uber.org/zap"
+	"helm.sh/helm/v3/pkg/chart"
 	"helm.sh/helm/v3/pkg/chartutil"
 	"helm.sh/helm/v3/pkg/lint"
 	"helm.sh/helm/v3/pkg/lint/support"
@@ -90,55 +91,10 @@ func TestChartNATSAuth(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := testenv.NewSecureNATS(t, tc.method)
 			natsValues, natsSecrets := tc.values(t, srv.Good)
-			vals := natsAuthValues(t, natsValues)
-			lintValues(t, vals)
-			coalesced, err := chartutil.CoalesceValues(c, vals)
-			if err != nil {
-				t.Fatal(err)
-			}
-			r := mustRender(t, c, vals)
-			objs := decodeAll(t, r)
-			// Those of the example, and those of NATS.
-			secs := secrets{"sluice-postgres": {"password": testenv.Secret()}, "redis": {"redis-password": testenv.Secret()}}
-			maps.Copy(secs, natsSecrets)
-			checkNoSecrets(t, r, secs)
-			cfgText, raw := checkConfigMapNATS(t, objs)
-
-			deploys := objs.deploys
-			if n := len(objs.deployments("capture")); n != 1 {
-				t.Errorf("%d capture Deployments, want 1", n)
-			}
-			if n := len(objs.deployments("writer")); n != 2 {
-				t.Errorf("%d writer Deployments, want 2 (one per sink)", n)
-			}
-			for _, d := range deploys {
-				checkPod(t, d, toInt(coalesced["httpPort"]), cfgText)
-				pod := kubelet(t, d, secs)
-				for name := range natsSecrets {
-					if !pod.refs[name] {
-						t.Errorf("%s: the pod does not refer to Secret %s", d.Name, name)
-					}
-				}
-				checkNATSReferences(t, d, raw, pod)
-
-				scope := config.Capture
-				if d.Spec.Template.Labels["app.kubernetes.io/component"] == "writer" {
-					scope = config.Writer(sinkArg(t, d))
-				}
-				text := pod.reroot(cfgText)
-				if !strings.Contains(text, natsURL) {
-					t.Fatalf("the configuration lacks nats.url %s:\n%s", natsURL, cfgText)
-				}
-				text = strings.Replace(text, natsURL, srv.URL(), 1)
-				cfg, err := config.Parse([]byte(text), scope, pod.lookup)
+			for pod, cfg := range checkNATSRelease(t, c, natsValues, natsSecrets, srv.Good, srv.URL()) {
+				nc, _, err := topology.Dial(cfg.NATS, pod, zap.NewNop())
 				if err != nil {
-					t.Errorf("%s: the configuration does not load for %s with what the pod has: %v\n%s", d.Name, scope, err, cfgText)
-					continue
-				}
-				checkNATSFields(t, d.Name, cfg.NATS, srv.Good)
-				nc, _, err := topology.Dial(cfg.NATS, d.Name, zap.NewNop())
-				if err != nil {
-					t.Errorf("%s: the server refuses the pod's NATS settings: %v", d.Name, err)
+					t.Errorf("%s: the server refuses the pod's NATS settings: %v", pod, err)
 					continue
 				}
 				nc.Close()
@@ -151,6 +107,84 @@ func TestChartNATSAuth(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestChartNATSAuthWithTLS: credentials and TLS files together, from two
+// Secrets, as the README shows them, reach every pod in one volume and
+// load. (No server here takes both: each part is let in above.)
+func TestChartNATSAuthWithTLS(t *testing.T) {
+	c := loadChart(t)
+	creds := testenv.NewSecureNATS(t, testenv.NATSCreds).Good
+	tls := testenv.NewSecureNATS(t, testenv.NATSTLS).Good
+	want := tls
+	want.CredsFile = creds.CredsFile
+	checkNATSRelease(t, c,
+		map[string]any{
+			"auth": map[string]any{"creds": ref("sluice-nats", "sluice.creds")},
+			"tls":  map[string]any{"enabled": true, "secretName": "sluice-nats-client"},
+		},
+		secrets{
+			"sluice-nats":        {"sluice.creds": string(readFile(t, creds.CredsFile))},
+			"sluice-nats-client": {"ca.crt": string(readFile(t, tls.TLSCAFile)), "tls.crt": string(readFile(t, tls.TLSCertFile)), "tls.key": string(readFile(t, tls.TLSKeyFile))},
+		},
+		want, "tls://127.0.0.1:4222")
+}
+
+// checkNATSRelease renders the chart with the nats values and checks each
+// pod against natsSecrets (see TestChartNATSAuth); it returns the
+// configuration each pod's service loads, by Deployment, pointed at url,
+// whose NATS settings are want's.
+func checkNATSRelease(t *testing.T, c *chart.Chart, natsValues map[string]any, natsSecrets secrets, want config.NATS, url string) map[string]*config.Config {
+	t.Helper()
+	vals := natsAuthValues(t, natsValues)
+	lintValues(t, vals)
+	coalesced, err := chartutil.CoalesceValues(c, vals)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := mustRender(t, c, vals)
+	objs := decodeAll(t, r)
+	// Those of the example, and those of NATS.
+	secs := secrets{"sluice-postgres": {"password": testenv.Secret()}, "redis": {"redis-password": testenv.Secret()}}
+	maps.Copy(secs, natsSecrets)
+	checkNoSecrets(t, r, secs)
+	cfgText, raw := checkConfigMapNATS(t, objs)
+
+	if n := len(objs.deployments("capture")); n != 1 {
+		t.Errorf("%d capture Deployments, want 1", n)
+	}
+	if n := len(objs.deployments("writer")); n != 2 {
+		t.Errorf("%d writer Deployments, want 2 (one per sink)", n)
+	}
+	out := map[string]*config.Config{}
+	for _, d := range objs.deploys {
+		checkPod(t, d, toInt(coalesced["httpPort"]), cfgText)
+		pod := kubelet(t, d, secs)
+		for name := range natsSecrets {
+			if !pod.refs[name] {
+				t.Errorf("%s: the pod does not refer to Secret %s", d.Name, name)
+			}
+		}
+		checkNATSReferences(t, d, raw, pod)
+
+		scope := config.Capture
+		if d.Spec.Template.Labels["app.kubernetes.io/component"] == "writer" {
+			scope = config.Writer(sinkArg(t, d))
+		}
+		text := pod.reroot(cfgText)
+		if !strings.Contains(text, natsURL) {
+			t.Fatalf("the configuration lacks nats.url %s:\n%s", natsURL, cfgText)
+		}
+		text = strings.Replace(text, natsURL, url, 1)
+		cfg, err := config.Parse([]byte(text), scope, pod.lookup)
+		if err != nil {
+			t.Errorf("%s: the configuration does not load for %s with what the pod has: %v\n%s", d.Name, scope, err, cfgText)
+			continue
+		}
+		checkNATSFields(t, d.Name, cfg.NATS, want)
+		out[d.Name] = cfg
+	}
+	return out
 }
 
 func ref(secret, key string) map[string]any {
