@@ -507,6 +507,69 @@ func TestChartRejects(t *testing.T) {
 			asMap(asMap(v["capture"])["secretEnv"])["PG_PASSWORD"] = map[string]any{"secretName": "pg"}
 			return v
 		}, "key", "secretEnv.PG_PASSWORD.key is required"},
+		{"a NATS password in config and from nats.auth", func() map[string]any {
+			v := minimal()
+			v["nats"] = map[string]any{"auth": map[string]any{"username": "sluice", "password": map[string]any{"secretName": "nats", "key": "password"}}}
+			asMap(asMap(v["config"])["nats"])["password"] = "s3cr3t"
+			return v
+		}, "config.nats.password: the NATS credentials come from nats.auth", "config.nats.password: the NATS credentials come from nats.auth"},
+		{"a NATS token in config beside an nkey from nats.auth", func() map[string]any {
+			v := minimal()
+			v["nats"] = map[string]any{"auth": map[string]any{"nkey": map[string]any{"secretName": "nats", "key": "seed"}}}
+			asMap(asMap(v["config"])["nats"])["token"] = "${NATS_TOKEN}"
+			return v
+		}, "config.nats.token: the NATS credentials come from nats.auth", "config.nats.token: the NATS credentials come from nats.auth"},
+		{"NATS user info in the URL and nats.auth", func() map[string]any {
+			v := minimal()
+			v["nats"] = map[string]any{"auth": map[string]any{"creds": map[string]any{"secretName": "nats", "key": "sluice.creds"}}}
+			asMap(asMap(v["config"])["nats"])["url"] = "nats://n1:4222, nats://sluice:${NATS_PASSWORD}@n2:4222"
+			return v
+		}, "config.nats.url holds a user, password or token", "config.nats.url holds a user, password or token"},
+		{"two ways to authenticate in nats.auth", func() map[string]any {
+			v := minimal()
+			v["nats"] = map[string]any{"auth": map[string]any{
+				"token": map[string]any{"secretName": "nats", "key": "token"},
+				"creds": map[string]any{"secretName": "nats", "key": "sluice.creds"},
+			}}
+			return v
+		}, "give one way to authenticate", "give one way to authenticate"},
+		{"a NATS password without a user", func() map[string]any {
+			v := minimal()
+			v["nats"] = map[string]any{"auth": map[string]any{"password": map[string]any{"secretName": "nats", "key": "password"}}}
+			return v
+		}, "nats.auth.password needs nats.auth.username", "nats.auth.password needs nats.auth.username"},
+		{"a NATS password given as it is", func() map[string]any {
+			v := minimal()
+			v["nats"] = map[string]any{"auth": map[string]any{"username": "sluice", "password": "s3cr3t"}}
+			return v
+		}, "password", "nats.auth.password must be {secretName, key}"},
+		{"a NATS nkey without its key", func() map[string]any {
+			v := minimal()
+			v["nats"] = map[string]any{"auth": map[string]any{"nkey": map[string]any{"secretName": "nats"}}}
+			return v
+		}, "key", "nats.auth.nkey.key is required"},
+		{"a NATS CA in config and from nats.tls", func() map[string]any {
+			v := minimal()
+			v["nats"] = map[string]any{"tls": map[string]any{"enabled": true, "secretName": "nats-tls"}}
+			asMap(asMap(v["config"])["nats"])["tls_ca_file"] = "/etc/ca/ca.crt"
+			return v
+		}, "config.nats.tls_ca_file: nats.tls.enabled sets the NATS TLS settings", "config.nats.tls_ca_file: nats.tls.enabled sets the NATS TLS settings"},
+		{"a NATS TLS Secret with TLS off", func() map[string]any {
+			v := minimal()
+			v["nats"] = map[string]any{"tls": map[string]any{"secretName": "nats-tls"}}
+			return v
+		}, "need nats.tls.enabled: true", "need nats.tls.enabled: true"},
+		{"a NATS client certificate without its key", func() map[string]any {
+			v := minimal()
+			v["nats"] = map[string]any{"tls": map[string]any{"enabled": true, "secretName": "nats-tls", "key": ""}}
+			return v
+		}, "give both (the client certificate and its key) or neither", "give both (the client certificate and its key) or neither"},
+		{"an env var of nats.auth in secretEnv too", func() map[string]any {
+			v := minimal()
+			v["nats"] = map[string]any{"auth": map[string]any{"token": map[string]any{"secretName": "nats", "key": "token"}}}
+			asMap(asMap(v["capture"])["secretEnv"])["SLUICE_NATS_TOKEN"] = map[string]any{"secretName": "other", "key": "token"}
+			return v
+		}, "secretEnv.SLUICE_NATS_TOKEN: the chart sets SLUICE_NATS_TOKEN from nats.auth", "secretEnv.SLUICE_NATS_TOKEN: the chart sets SLUICE_NATS_TOKEN from nats.auth"},
 		{"CPU autoscaling without a CPU request", func() map[string]any {
 			v := minimal()
 			sink(v)["writer"] = map[string]any{

@@ -127,12 +127,149 @@ chart relies on, so that a missing value fails the install, not the pods.
 {{- $sinks = append $sinks $entry -}}
 {{- end -}}
 {{- $_ := set $cfg "sinks" $sinks -}}
+{{- $nats := include "sluice.nats" . | fromYaml -}}
+{{- $cn := $cfg.nats -}}
+{{- if $nats.auth -}}
+{{- range $f := list "username" "password" "token" "nkey_file" "creds_file" -}}
+{{- if hasKey $cn $f -}}
+{{- fail (printf "config.nats.%s: the NATS credentials come from nats.auth; leave config.nats.username, password, token, nkey_file and creds_file out" $f) -}}
+{{- end -}}
+{{- end -}}
+{{- range $s := splitList "," $cn.url -}}
+{{- /* No URL parser here: its errors would quote a password. */ -}}
+{{- if regexMatch "^\\s*([A-Za-z][A-Za-z0-9+.-]*://)?[^/]*@" $s -}}
+{{- fail "config.nats.url holds a user, password or token: the NATS credentials come from nats.auth; give the servers' URLs without them" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if $nats.tls -}}
+{{- range $f := list "tls" "tls_ca_file" "tls_cert_file" "tls_key_file" -}}
+{{- if hasKey $cn $f -}}
+{{- fail (printf "config.nats.%s: nats.tls.enabled sets the NATS TLS settings; leave config.nats.tls, tls_ca_file, tls_cert_file and tls_key_file out" $f) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- range $k, $v := $nats.fields -}}
+{{- $_ := set $cn $k $v -}}
+{{- end -}}
 {{- toYaml $cfg -}}
 {{- end -}}
 
-{{/* sluice.env: a container's env: secretEnv then env. Arg: component settings. */}}
+{{/*
+sluice.secretKey: checks a {secretName, key} value at `at`. Args: at, ref.
+*/}}
+{{- define "sluice.secretKey" -}}
+{{- if not (kindIs "map" .ref) -}}
+{{- fail (printf "%s must be {secretName, key}: the key of an existing Secret" .at) -}}
+{{- end -}}
+{{- $_ := required (printf "%s.secretName is required" .at) .ref.secretName -}}
+{{- $_ := required (printf "%s.key is required" .at) .ref.key -}}
+{{- end -}}
+
+{{/*
+sluice.nats: what nats.auth and nats.tls give every service, as YAML:
+fields (of config.nats), env (name, secretName, key: env vars from
+Secrets, referred to as ${name} in fields), files (secretName, key, path:
+files of the volume mounted at dir, named in fields), and whether auth and
+tls are set. Passwords and tokens go through env vars, never into the
+ConfigMap; seeds, credentials and keys are files.
+*/}}
+{{- define "sluice.nats" -}}
+{{- $auth := .Values.nats.auth | default dict -}}
+{{- $tls := .Values.nats.tls | default dict -}}
+{{- $dir := "/etc/sluice-nats" -}}
+{{- $fields := dict -}}
+{{- $env := list -}}
+{{- $files := list -}}
+{{- $methods := list -}}
+{{- if or $auth.username $auth.password -}}
+{{- $methods = append $methods "username and password" -}}
+{{- if not $auth.password -}}
+{{- fail "nats.auth.username needs nats.auth.password" -}}
+{{- end -}}
+{{- if not $auth.username -}}
+{{- fail "nats.auth.password needs nats.auth.username" -}}
+{{- end -}}
+{{- if kindIs "string" $auth.username -}}
+{{- /* As it is: "$${" keeps a "${" in it from being expanded. */ -}}
+{{- $_ := set $fields "username" (replace "${" "$${" $auth.username) -}}
+{{- else -}}
+{{- include "sluice.secretKey" (dict "at" "nats.auth.username" "ref" $auth.username) -}}
+{{- $env = append $env (dict "name" "SLUICE_NATS_USERNAME" "secretName" $auth.username.secretName "key" $auth.username.key) -}}
+{{- $_ := set $fields "username" "${SLUICE_NATS_USERNAME}" -}}
+{{- end -}}
+{{- include "sluice.secretKey" (dict "at" "nats.auth.password" "ref" $auth.password) -}}
+{{- $env = append $env (dict "name" "SLUICE_NATS_PASSWORD" "secretName" $auth.password.secretName "key" $auth.password.key) -}}
+{{- $_ := set $fields "password" "${SLUICE_NATS_PASSWORD}" -}}
+{{- end -}}
+{{- with $auth.token -}}
+{{- $methods = append $methods "token" -}}
+{{- include "sluice.secretKey" (dict "at" "nats.auth.token" "ref" .) -}}
+{{- $env = append $env (dict "name" "SLUICE_NATS_TOKEN" "secretName" .secretName "key" .key) -}}
+{{- $_ := set $fields "token" "${SLUICE_NATS_TOKEN}" -}}
+{{- end -}}
+{{- with $auth.nkey -}}
+{{- $methods = append $methods "nkey" -}}
+{{- include "sluice.secretKey" (dict "at" "nats.auth.nkey" "ref" .) -}}
+{{- $files = append $files (dict "secretName" .secretName "key" .key "path" "nats.nk") -}}
+{{- $_ := set $fields "nkey_file" (printf "%s/nats.nk" $dir) -}}
+{{- end -}}
+{{- with $auth.creds -}}
+{{- $methods = append $methods "creds" -}}
+{{- include "sluice.secretKey" (dict "at" "nats.auth.creds" "ref" .) -}}
+{{- $files = append $files (dict "secretName" .secretName "key" .key "path" "nats.creds") -}}
+{{- $_ := set $fields "creds_file" (printf "%s/nats.creds" $dir) -}}
+{{- end -}}
+{{- if gt (len $methods) 1 -}}
+{{- fail (printf "nats.auth gives %s: give one way to authenticate" (join ", " $methods)) -}}
+{{- end -}}
+{{- if $tls.enabled -}}
+{{- $_ := set $fields "tls" true -}}
+{{- $caSecret := $tls.caSecretName | default $tls.secretName -}}
+{{- if and $caSecret $tls.ca -}}
+{{- $files = append $files (dict "secretName" $caSecret "key" $tls.ca "path" "ca.crt") -}}
+{{- $_ := set $fields "tls_ca_file" (printf "%s/ca.crt" $dir) -}}
+{{- end -}}
+{{- if $tls.secretName -}}
+{{- if and $tls.cert $tls.key -}}
+{{- $files = append $files (dict "secretName" $tls.secretName "key" $tls.cert "path" "tls.crt") -}}
+{{- $files = append $files (dict "secretName" $tls.secretName "key" $tls.key "path" "tls.key") -}}
+{{- $_ := set $fields "tls_cert_file" (printf "%s/tls.crt" $dir) -}}
+{{- $_ := set $fields "tls_key_file" (printf "%s/tls.key" $dir) -}}
+{{- else if or $tls.cert $tls.key -}}
+{{- fail "nats.tls.cert and nats.tls.key: give both (the client certificate and its key) or neither" -}}
+{{- end -}}
+{{- end -}}
+{{- else if or $tls.secretName $tls.caSecretName -}}
+{{- fail "nats.tls.secretName and caSecretName need nats.tls.enabled: true" -}}
+{{- end -}}
+{{- toYaml (dict "dir" $dir "fields" $fields "env" $env "files" $files "auth" (gt (len $methods) 0) "tls" (not (not $tls.enabled))) -}}
+{{- end -}}
+
+{{/*
+sluice.env: a container's env: the NATS credentials of nats.auth, then
+secretEnv, then env. Args: root, settings (component values).
+*/}}
 {{- define "sluice.env" -}}
-{{- range $name, $ref := .secretEnv }}
+{{- $s := .settings -}}
+{{- $nats := include "sluice.nats" .root | fromYaml -}}
+{{- range $nats.env }}
+{{- $name := .name }}
+{{- if hasKey ($s.secretEnv | default dict) $name }}
+{{- fail (printf "secretEnv.%s: the chart sets %s from nats.auth; leave it out" $name $name) }}
+{{- end }}
+{{- range $s.env }}
+{{- if eq (.name | default "") $name }}
+{{- fail (printf "env %s: the chart sets %s from nats.auth; leave it out" $name $name) }}
+{{- end }}
+{{- end }}
+- name: {{ $name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secretName }}
+      key: {{ .key }}
+{{- end }}
+{{- range $name, $ref := $s.secretEnv }}
 - name: {{ $name }}
   valueFrom:
     secretKeyRef:
@@ -142,7 +279,7 @@ chart relies on, so that a missing value fails the install, not the pods.
       optional: {{ $ref.optional }}
       {{- end }}
 {{- end }}
-{{- with .env }}
+{{- with $s.env }}
 {{ toYaml . }}
 {{- end }}
 {{- end -}}
@@ -161,7 +298,7 @@ args:
   {{- range .args }}
   - {{ . | quote }}
   {{- end }}
-{{- $env := include "sluice.env" .settings | trim }}
+{{- $env := include "sluice.env" . | trim }}
 {{- if $env }}
 env:
   {{- $env | nindent 2 }}
@@ -190,6 +327,12 @@ volumeMounts:
   - name: config
     mountPath: /etc/sluice
     readOnly: true
+  {{- $nats := include "sluice.nats" $root | fromYaml }}
+  {{- if $nats.files }}
+  - name: sluice-nats
+    mountPath: {{ $nats.dir }}
+    readOnly: true
+  {{- end }}
   {{- with .settings.extraVolumeMounts }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
@@ -232,6 +375,28 @@ volumes:
   - name: config
     configMap:
       name: {{ include "sluice.fullname" $root }}-config
+  {{- $nats := include "sluice.nats" $root | fromYaml }}
+  {{- with $nats.files }}
+  {{- /* One Secret, one source; files readable by the owner only (and,
+  through fsGroup, by the services' group). */}}
+  {{- $bySecret := dict }}
+  {{- range . }}
+  {{- $_ := set $bySecret .secretName (append (get $bySecret .secretName | default list) .) }}
+  {{- end }}
+  - name: sluice-nats
+    projected:
+      defaultMode: 256 # 0400
+      sources:
+        {{- range $secret, $items := $bySecret }}
+        - secret:
+            name: {{ $secret }}
+            items:
+              {{- range $items }}
+              - key: {{ .key }}
+                path: {{ .path }}
+              {{- end }}
+        {{- end }}
+  {{- end }}
   {{- with $s.extraVolumes }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
