@@ -77,14 +77,7 @@ func TestWritersSurviveNATSRestart(t *testing.T) {
 // back, and Redis ends equal to Postgres.
 func TestFenceTakenBack(t *testing.T) {
 	const partitions = 4
-	e := harness.NewEnv(t)
-	e.Exec(harness.AccountsSchema)
-	cfg := controlConfig(e, partitions)
-	e.RunPipeline(cfg)
-	w := startWriter(t, cfg)
-	balanced(t, 15*time.Second, partitions, w)
-	stop := harness.Background(t, e.PG.URL, 50, 11)
-	underWay(t, e)
+	e, w, stop := underLoad(t, partitions, 11)
 	for p := range partitions {
 		if err := e.RC.Set(context.Background(), fmt.Sprintf("sluice:fence:cache:%d", p), "another-writer:x", 0).Err(); err != nil {
 			t.Fatal(err)
@@ -97,6 +90,22 @@ func TestFenceTakenBack(t *testing.T) {
 		t.Errorf("the writer did not say it took its partitions back:\n%s", harness.Tail(out, 2000))
 	}
 	t.Logf("%d changes", changes)
+}
+
+// underLoad runs capture and one writer of a sink of partitions
+// partitions (controlConfig: ack_wait 1s) under a workload of seed, once
+// its changes reach Redis.
+func underLoad(t *testing.T, partitions int, seed uint64) (*harness.Env, *writerProc, func() int) {
+	t.Helper()
+	e := harness.NewEnv(t)
+	e.Exec(harness.AccountsSchema)
+	cfg := controlConfig(e, partitions)
+	e.RunPipeline(cfg)
+	w := startWriter(t, cfg)
+	balanced(t, 15*time.Second, partitions, w)
+	stop := harness.Background(t, e.PG.URL, 50, seed)
+	underWay(t, e)
+	return e, w, stop
 }
 
 // underWay waits until the workload's changes reach Redis.
@@ -150,14 +159,7 @@ func members(e *harness.Env) int {
 // start, its old changes refused as older than what the keys hold.
 func TestLostConsumerMadeAgain(t *testing.T) {
 	const partitions = 4
-	e := harness.NewEnv(t)
-	e.Exec(harness.AccountsSchema)
-	cfg := controlConfig(e, partitions)
-	e.RunPipeline(cfg)
-	w := startWriter(t, cfg)
-	balanced(t, 15*time.Second, partitions, w)
-	stop := harness.Background(t, e.PG.URL, 50, 13)
-	underWay(t, e)
+	e, w, stop := underLoad(t, partitions, 13)
 	js := jetStream(t, e)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -180,14 +182,7 @@ func TestLostConsumerMadeAgain(t *testing.T) {
 // holds it for Redis to answer: JetStream redelivers none of its messages.
 func TestSlowBatchKeptAlive(t *testing.T) {
 	const partitions = 4
-	e := harness.NewEnv(t)
-	e.Exec(harness.AccountsSchema)
-	cfg := controlConfig(e, partitions) // ack_wait: 1s
-	e.RunPipeline(cfg)
-	w := startWriter(t, cfg)
-	balanced(t, 15*time.Second, partitions, w)
-	stop := harness.Background(t, e.PG.URL, 50, 17)
-	underWay(t, e)
+	e, _, stop := underLoad(t, partitions, 17)
 	if err := e.Redis.Pause(); err != nil {
 		t.Fatal(err)
 	}
