@@ -41,7 +41,8 @@ func linkOf(m *jetstream.RawStreamMsg) (link, bool) {
 	return link{session: id[:i], number: n, prev: prev}, true
 }
 
-// maxScan bounds how far back repair reads, in messages.
+// maxScanWindows bounds how far back repair reads, in sessions' windows
+// of MaxInFlight+1 messages.
 const maxScanWindows = 8
 
 // repair deletes the orphans at the end of the stream: messages stored
