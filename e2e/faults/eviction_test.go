@@ -104,6 +104,9 @@ sinks:
 	// their lease ran out.
 	harness.Eventually(t, 30*time.Second, func() string {
 		for i, v := range victims {
+			if v.Exited() {
+				t.Fatalf("writer %d exited: %s", i, v.Tail(2000))
+			}
 			if strings.Count(v.Output(), lapsed) == lapses[i] {
 				return fmt.Sprintf("writer %d has not noticed that it was replaced", i)
 			}
