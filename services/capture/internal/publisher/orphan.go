@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -24,8 +26,8 @@ type link struct {
 
 // linkOf reads a stored message's link; false for a message of another
 // kind (or of a version that did not number them).
-func linkOf(m *jetstream.RawStreamMsg) (link, bool) {
-	id := m.Header.Get(jetstream.MsgIDHeader)
+func linkOf(h nats.Header) (link, bool) {
+	id := h.Get(jetstream.MsgIDHeader)
 	i := strings.LastIndexByte(id, ':')
 	if i < 0 {
 		return link{}, false
@@ -34,7 +36,7 @@ func linkOf(m *jetstream.RawStreamMsg) (link, bool) {
 	if err != nil {
 		return link{}, false
 	}
-	prev, err := strconv.ParseUint(m.Header.Get(jetstream.ExpectedLastSeqHeader), 10, 64)
+	prev, err := strconv.ParseUint(h.Get(jetstream.ExpectedLastSeqHeader), 10, 64)
 	if err != nil {
 		return link{}, false
 	}
@@ -57,20 +59,27 @@ const maxScanWindows = 8
 // one whose predecessor lies before what was read is taken as sound.
 func repair(ctx context.Context, st jetstream.Stream, state jetstream.StreamState, o Options) error {
 	window := uint64(o.MaxInFlight + 1)
+	from := max(state.FirstSeq, o.After+1, 1)
+	if state.LastSeq >= maxScanWindows*window && state.LastSeq-maxScanWindows*window+1 > from {
+		from = state.LastSeq - maxScanWindows*window + 1
+	}
+	if state.LastSeq < from {
+		return nil
+	}
+	headers, err := headersOf(ctx, st, from, state.LastSeq)
+	if err != nil {
+		return err
+	}
 	links := map[uint64]link{} // by stream sequence
 	read := map[string]uint64{}
 	lowest := state.LastSeq + 1
-	for seq := state.LastSeq; seq >= max(state.FirstSeq, o.After+1, 1) && uint64(len(links)) < maxScanWindows*window; seq-- {
-		m, err := st.GetMsg(ctx, seq)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			lowest = seq // deleted: a predecessor here is missing
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("read stream message %d: %w", seq, err)
-		}
+	for seq := state.LastSeq; seq >= from; seq-- {
 		lowest = seq
-		l, ok := linkOf(m)
+		h, ok := headers[seq]
+		if !ok {
+			continue // deleted: a predecessor here is missing
+		}
+		l, ok := linkOf(h)
 		if !ok {
 			break // written before messages were numbered
 		}
@@ -117,4 +126,45 @@ func repair(ctx context.Context, st jetstream.Stream, state jetstream.StreamStat
 		orphans.Inc()
 	}
 	return nil
+}
+
+// headersOf reads the headers of the stream's messages from..to, without
+// their payloads (a message may be as large as max_payload): one ordered
+// consumer, not a request per message. A sequence missing from the result
+// was deleted.
+func headersOf(ctx context.Context, st jetstream.Stream, from, to uint64) (map[uint64]nats.Header, error) {
+	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: from, HeadersOnly: true,
+		InactiveThreshold: 30 * time.Second}) // the server drops it soon after
+	if err != nil {
+		return nil, fmt.Errorf("read the stream's last messages: %w", err)
+	}
+	headers := map[uint64]nats.Header{}
+	for {
+		batch, err := cons.Fetch(int(min(to-from+1, 512)), jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			return nil, fmt.Errorf("read the stream's last messages: %w", err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			md, err := m.Metadata()
+			if err != nil {
+				return nil, fmt.Errorf("read the stream's last messages: %w", err)
+			}
+			if md.Sequence.Stream > to {
+				return headers, nil
+			}
+			headers[md.Sequence.Stream] = m.Headers()
+			if md.Sequence.Stream == to || md.NumPending == 0 {
+				return headers, nil
+			}
+		}
+		if err := batch.Error(); err != nil {
+			return nil, fmt.Errorf("read the stream's last messages: %w", err)
+		}
+		if n == 0 {
+			return headers, nil // the rest was deleted
+		}
+	}
 }
