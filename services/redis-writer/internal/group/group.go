@@ -189,6 +189,16 @@ func (g *Group) watch(ctx context.Context, alive func() bool, changed func(membe
 	defer heartbeat.Stop()
 	initial := true
 	var echo uint64 // the revision of our last refresh, until the watch shows it
+	refresh := func() (uint64, error) {
+		lapses := g.lapses.Load()
+		rev, err := g.refresh(ctx)
+		if err == nil && g.lapses.Load() != lapses && !initial {
+			// The member gave up its partitions when its lease ran out:
+			// it hears the group again, changed or not.
+			changed(last)
+		}
+		return rev, err
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -211,26 +221,16 @@ func (g *Group) watch(ctx context.Context, alive func() bool, changed func(membe
 				g.stuck = false
 			}
 			// Put also brings the member back after a pause made it expire.
-			lapses := g.lapses.Load()
-			rev, err := g.refresh(ctx)
+			rev, err := refresh()
 			if err != nil && ctx.Err() == nil {
 				return fmt.Errorf("refresh membership: %w", err)
 			}
 			echo = rev
-			if g.lapses.Load() != lapses && !initial {
-				// The member gave up its partitions when its lease ran
-				// out: it hears the group again, changed or not.
-				changed(last)
-			}
 		case <-g.touch:
 			// Not a heartbeat: the watch's echo of it is not awaited, and
 			// a stuck member stays silent.
-			if g.stuck {
-				continue
-			}
-			lapses := g.lapses.Load()
-			if _, err := g.refresh(ctx); err == nil && g.lapses.Load() != lapses && !initial {
-				changed(last) // as after a heartbeat's refresh
+			if !g.stuck {
+				_, _ = refresh()
 			}
 		case e, ok := <-w.Updates():
 			if !ok {
