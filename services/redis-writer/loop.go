@@ -14,15 +14,20 @@ import (
 
 	"github.com/sluicehq/sluice/pkg/backfill"
 	"github.com/sluicehq/sluice/pkg/change"
-	"github.com/sluicehq/sluice/services/redis-writer/internal/group"
 	"github.com/sluicehq/sluice/services/redis-writer/internal/store"
 )
+
+// lease is the writer's lease in its group: it holds until until, and
+// lapses counts the times it ran out.
+type lease interface {
+	Lease() (until time.Time, lapses uint64)
+}
 
 // loop is the writer's main loop and its state; one goroutine runs it.
 type loop struct {
 	*Service
 	st       *store.Store
-	group    *group.Group
+	group    lease
 	jobs     *backfill.Store // backfill jobs, and the record of the sink's Redis
 	cons     *consumers
 	a        *applier
@@ -108,25 +113,7 @@ func (l *loop) run(ctx context.Context, assigned <-chan []int) error {
 		case d := <-l.msgs:
 			l.take(d)
 		case <-work:
-			// Take in what has arrived meanwhile, for a fuller batch.
-		more:
-			for len(l.queue) < l.sink.BatchSize {
-				select {
-				case d := <-l.msgs:
-					l.take(d)
-				default:
-					break more
-				}
-			}
-			if len(l.queue) == 0 || !l.leased() {
-				continue
-			}
-			batch := l.batch()
-			// The batch completes even when shutdown begins meanwhile.
-			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), applyTimeout)
-			l.outcome(l.a.apply(actx, batch))
-			cancel()
-			l.refence()
+			l.work(ctx)
 		case <-l.retryAt:
 			if !l.leased() {
 				continue
@@ -141,6 +128,31 @@ func (l *loop) run(ctx context.Context, assigned <-chan []int) error {
 			l.refence()
 		}
 	}
+}
+
+// work applies the next batch from the queue, if the lease still holds.
+func (l *loop) work(ctx context.Context) {
+	// Take in what has arrived meanwhile, for a fuller batch.
+more:
+	for len(l.queue) < l.sink.BatchSize {
+		select {
+		case d := <-l.msgs:
+			l.take(d)
+		default:
+			break more
+		}
+	}
+	// leased first: a lease that lapsed and was renewed since hands the
+	// queue back and holds again.
+	if !l.leased() || len(l.queue) == 0 {
+		return
+	}
+	batch := l.batch()
+	// The batch completes even when shutdown begins meanwhile.
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), applyTimeout)
+	l.outcome(l.a.apply(actx, batch))
+	cancel()
+	l.refence()
 }
 
 // delivery is a received message, and the generation of the partition
