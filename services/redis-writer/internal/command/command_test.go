@@ -31,7 +31,7 @@ func TestAppend(t *testing.T) {
 		Record: []byte(`{"id":7}`), CommitLsn: 0x10, CommitIdx: 2}
 	cmds := render(t, sink(nil), ins)
 	if len(cmds) != 1 || cmds[0].Del || cmds[0].Key != "sequin:orders:acme:7" || cmds[0].Version != "000000000000000000160000000002" ||
-		cmds[0].ExpireMS != 0 || cmds[0].VersionExpireMS != 0 {
+		cmds[0].ExpireMS != 0 || cmds[0].VersionExpireMS != 0 || !cmds[0].Insert {
 		t.Fatalf("insert: %+v", cmds)
 	}
 	var msg map[string]any
@@ -72,7 +72,7 @@ func TestExpressions(t *testing.T) {
 		OldPkValues: []string{"6"}, Record: []byte(`{"id":7,"name":"Ann","active":true}`), Changes: []byte(`{}`), CommitLsn: 9}
 	cmds := render(t, s, ev)
 	if len(cmds) != 2 || !cmds[0].Del || cmds[0].Key != "users:6" || cmds[1].Key != "users:7" || string(cmds[1].Value) != `{"id":7,"name":"Ann"}` ||
-		cmds[1].ExpireMS != 5000 || cmds[1].Message {
+		cmds[1].ExpireMS != 5000 || cmds[1].Message || cmds[1].Insert {
 		t.Fatalf("routed update: %+v", cmds)
 	}
 	ev.OldPkValues = nil

@@ -169,7 +169,7 @@ func (s *Store) run(ctx context.Context, cmds []command.Command, calls []call) (
 	pipe := s.client.Pipeline()
 	for g, cl := range calls {
 		keys := make([]string, 0, 1+2*len(cl.cmds))
-		args := make([]any, 0, 2+6*len(cl.cmds))
+		args := make([]any, 0, 2+3*len(cl.cmds))
 		if cl.fence != "" {
 			keys = append(keys, cl.fence)
 			args = append(args, 1, cl.token)
@@ -179,19 +179,12 @@ func (s *Store) run(ctx context.Context, cmds []command.Command, calls []call) (
 		evicts := s.evicts.Load()
 		for _, i := range cl.cmds {
 			c := &cmds[i]
-			op, value := "s", c.Value
-			switch {
-			case c.Del:
-				op, value = "d", nil
-			case c.Message:
-				op = "m"
-			}
-			known := ""
-			if c.Retried && evicts {
-				known = "k"
-			}
 			keys = append(keys, c.Key, VersionKey(c.Key))
-			args = append(args, c.Version, op, value, c.ExpireMS, c.VersionExpireMS, known)
+			value := c.Value
+			if c.Del {
+				value = nil
+			}
+			args = append(args, c.Version, operation(c, evicts), value)
 		}
 		results[g] = applyScript.EvalSha(ctx, pipe, keys, args...)
 	}
@@ -205,6 +198,33 @@ func (s *Store) run(ctx context.Context, cmds []command.Command, calls []call) (
 		}
 	}
 	return results, s.waited(wait)
+}
+
+// operation is c's operation argument to the script (see apply.lua).
+func operation(c *command.Command, evicts bool) string {
+	op := "s"
+	switch {
+	case c.Del:
+		op = "d"
+	case c.Message && c.Insert:
+		op = "mn"
+	case c.Message:
+		op = "m"
+	case c.Insert:
+		op = "sn"
+	}
+	known := c.Retried && evicts
+	if c.ExpireMS == 0 && c.VersionExpireMS == 0 && !known {
+		return op
+	}
+	if len(op) == 1 {
+		op += "-"
+	}
+	op += ":" + strconv.FormatInt(c.ExpireMS, 10) + ":" + strconv.FormatInt(c.VersionExpireMS, 10) + ":"
+	if known {
+		op += "k"
+	}
+	return op
 }
 
 // addWait ends a pipeline with WAIT when the sink asks for replicas.

@@ -28,10 +28,28 @@ func open(t *testing.T, r *testenv.Redis) *Store {
 
 func v(lsn uint64, idx uint32) string { return string(change.AppendVersion(nil, lsn, idx)) }
 
+// inserts marks the writes that set and msg make as inserts', which read
+// a key and its record in one call (see eachRead).
+var inserts bool
+
+// eachRead runs a test of versioned writes twice: with the writes read as
+// updates (the key's head, then its record when needed), and as inserts.
+func eachRead(test func(t *testing.T)) func(t *testing.T) {
+	return func(t *testing.T) {
+		for _, ins := range []bool{false, true} {
+			t.Run(map[bool]string{false: "update", true: "insert"}[ins], func(t *testing.T) {
+				inserts = ins
+				defer func() { inserts = false }()
+				test(t)
+			})
+		}
+	}
+}
+
 // set is a SET of an opaque value (a transform's, say): its version is
 // kept in a record.
 func set(key, value string, lsn uint64, idx uint32) command.Command {
-	return command.Command{Key: key, Value: []byte(value), Version: v(lsn, idx), Partition: -1}
+	return command.Command{Key: key, Value: []byte(value), Version: v(lsn, idx), Partition: -1, Insert: inserts}
 }
 
 func del(key string, lsn uint64, idx uint32) command.Command {
@@ -39,62 +57,66 @@ func del(key string, lsn uint64, idx uint32) command.Command {
 }
 
 func TestApplyKeepsNewest(t *testing.T) {
-	ctx := context.Background()
-	r := testenv.NewRedis(t)
-	s := open(t, r)
-	rc := s.Client()
+	eachRead(func(t *testing.T) {
+		ctx := context.Background()
+		r := testenv.NewRedis(t)
+		s := open(t, r)
+		rc := s.Client()
 
-	// In order, then older writes arriving late: the newest stays.
-	errs, stale := s.Apply(ctx, []command.Command{
-		set("k", "v1", 0x100, 0), set("k", "v2", 0x100, 1), set("k", "v3", 0x200, 0),
-		set("k", "old", 0x100, 5), set("k", "v3-again", 0x200, 0),
-	})
-	for _, err := range errs {
-		if err != nil {
-			t.Fatal(err)
+		// In order, then older writes arriving late: the newest stays.
+		errs, stale := s.Apply(ctx, []command.Command{
+			set("k", "v1", 0x100, 0), set("k", "v2", 0x100, 1), set("k", "v3", 0x200, 0),
+			set("k", "old", 0x100, 5), set("k", "v3-again", 0x200, 0),
+		})
+		for _, err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
 		}
-	}
-	if got := rc.Get(ctx, "k").Val(); got != "v3" || stale != 2 {
-		t.Fatalf("k = %q, stale = %d", got, stale)
-	}
-	// A LSN that differs only in its upper half orders correctly too.
-	s.Apply(ctx, []command.Command{set("k", "far", 1<<40, 0), set("k", "near", 0xffffffff, 9)})
-	if got := rc.Get(ctx, "k").Val(); got != "far" {
-		t.Fatalf("k = %q", got)
-	}
+		if got := rc.Get(ctx, "k").Val(); got != "v3" || stale != 2 {
+			t.Fatalf("k = %q, stale = %d", got, stale)
+		}
+		// A LSN that differs only in its upper half orders correctly too.
+		s.Apply(ctx, []command.Command{set("k", "far", 1<<40, 0), set("k", "near", 0xffffffff, 9)})
+		if got := rc.Get(ctx, "k").Val(); got != "far" {
+			t.Fatalf("k = %q", got)
+		}
 
-	// DEL leaves a tombstone: an older SET cannot resurrect the key.
-	s.Apply(ctx, []command.Command{del("k", 1<<41, 0), set("k", "zombie", 1<<40, 1)})
-	if n := rc.Exists(ctx, "k").Val(); n != 0 {
-		t.Fatal("stale SET resurrected a deleted key")
-	}
-	if ttl := rc.PTTL(ctx, VersionKey("k")).Val(); ttl <= 0 || ttl > time.Minute {
-		t.Fatalf("tombstone ttl = %v", ttl)
-	}
-	// A newer SET recreates it.
-	s.Apply(ctx, []command.Command{set("k", "back", 1<<41, 1)})
-	if got := rc.Get(ctx, "k").Val(); got != "back" {
-		t.Fatalf("k = %q", got)
-	}
-	if ttl := rc.PTTL(ctx, VersionKey("k")).Val(); ttl != -1 {
-		t.Fatalf("version of a live key without expiry has ttl %v", ttl)
-	}
+		// DEL leaves a tombstone: an older SET cannot resurrect the key.
+		s.Apply(ctx, []command.Command{del("k", 1<<41, 0), set("k", "zombie", 1<<40, 1)})
+		if n := rc.Exists(ctx, "k").Val(); n != 0 {
+			t.Fatal("stale SET resurrected a deleted key")
+		}
+		if ttl := rc.PTTL(ctx, VersionKey("k")).Val(); ttl <= 0 || ttl > time.Minute {
+			t.Fatalf("tombstone ttl = %v", ttl)
+		}
+		// A newer SET recreates it.
+		s.Apply(ctx, []command.Command{set("k", "back", 1<<41, 1)})
+		if got := rc.Get(ctx, "k").Val(); got != "back" {
+			t.Fatalf("k = %q", got)
+		}
+		if ttl := rc.PTTL(ctx, VersionKey("k")).Val(); ttl != -1 {
+			t.Fatalf("version of a live key without expiry has ttl %v", ttl)
+		}
+	})(t)
 }
 
 func TestApplyExpiry(t *testing.T) {
-	ctx := context.Background()
-	s := open(t, testenv.NewRedis(t))
-	c := set("e", "v", 1, 0)
-	c.ExpireMS, c.VersionExpireMS = 5000, 60000
-	if errs, _ := s.Apply(ctx, []command.Command{c}); errs[0] != nil {
-		t.Fatal(errs[0])
-	}
-	if ttl := s.Client().PTTL(ctx, "e").Val(); ttl <= 0 || ttl > 5*time.Second {
-		t.Fatalf("key ttl = %v", ttl)
-	}
-	if ttl := s.Client().PTTL(ctx, VersionKey("e")).Val(); ttl <= 5*time.Second {
-		t.Fatalf("version ttl = %v", ttl)
-	}
+	eachRead(func(t *testing.T) {
+		ctx := context.Background()
+		s := open(t, testenv.NewRedis(t))
+		c := set("e", "v", 1, 0)
+		c.ExpireMS, c.VersionExpireMS = 5000, 60000
+		if errs, _ := s.Apply(ctx, []command.Command{c}); errs[0] != nil {
+			t.Fatal(errs[0])
+		}
+		if ttl := s.Client().PTTL(ctx, "e").Val(); ttl <= 0 || ttl > 5*time.Second {
+			t.Fatalf("key ttl = %v", ttl)
+		}
+		if ttl := s.Client().PTTL(ctx, VersionKey("e")).Val(); ttl <= 5*time.Second {
+			t.Fatalf("version ttl = %v", ttl)
+		}
+	})(t)
 }
 
 func TestApplyReportsEachFailure(t *testing.T) {
