@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -258,4 +259,27 @@ func TestCaptureNoticesHungPostgres(t *testing.T) {
 	total += harness.Workload(t, e.PG.URL, 300, 2, harness.After(time.Second))
 	e.WaitMatch(60*time.Second, harness.Accounts)
 	harness.CheckStream(t, e.NATS.URL(), total)
+}
+
+// Stopped while it waits for Postgres, capture exits cleanly: a shutdown
+// is not a failure, whatever it cut short.
+func TestCaptureStopsWhilePostgresHangs(t *testing.T) {
+	e := harness.NewEnv(t)
+	e.Exec(harness.AccountsSchema)
+	cfg := e.Config([]string{"accounts"}, true)
+	if err := e.PG.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	defer e.PG.Resume()
+	capture := harness.Start(t, "sluice-capture", "--config", cfg)
+	harness.Eventually(t, 30*time.Second, func() string {
+		if !strings.Contains(capture.Output(), "leading: this capture streams from the slot") {
+			return "capture has not begun to lead"
+		}
+		return ""
+	})
+	capture.Signal(syscall.SIGTERM)
+	if code := capture.WaitExit(30 * time.Second); code != 0 {
+		t.Fatalf("capture exited %d: %s", code, capture.Tail(2000))
+	}
 }

@@ -180,7 +180,9 @@ func (s *Service) Run(ctx context.Context) error {
 		<-held // and released, when this process stops or failed
 		leading.Set(0)
 		if ctx.Err() != nil {
-			return err
+			// Shutting down: what failed meanwhile (a connection attempt,
+			// a query) was cut short by it, and is no failure.
+			return nil
 		}
 		if cause := context.Cause(lctx); errors.Is(cause, leader.ErrLost) || errors.Is(err, leader.ErrLost) {
 			s.log.Warn("lost the lease (paused or cut off from NATS for longer than postgres.failover); standing by", zap.Error(cause))
