@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/e2e/harness"
+	"github.com/sluicehq/sluice/pkg/testenv"
 )
 
 // BenchmarkCapture measures capture alone, from the WAL to JetStream's
@@ -183,4 +185,66 @@ func BenchmarkBackfill(b *testing.B) {
 	b.ReportMetric(rate, "rows/s")
 	b.ReportMetric(copyRate, "COPY-rows/s")
 	b.ReportMetric(rate/copyRate, "ratio")
+}
+
+// BenchmarkDev measures `sluice dev`, the whole pipeline in one process
+// with its embedded NATS server, catching up a backlog made of one insert
+// of b.N rows, one update of a fifth of them and one delete of a
+// twentieth, committed while it was stopped; the clock runs from the
+// process's start until the sink applied every change. In the same run,
+// pg_recvlogical decodes the same WAL into /dev/null: the ceiling.
+// Reported: changes/s of both, their ratio, the process's peak RSS and
+// CPU per change.
+func BenchmarkDev(b *testing.B) {
+	e := harness.NewEnv(b)
+	e.Exec(`CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL, price numeric(10,2), attrs jsonb, updated_at timestamptz DEFAULT now())`)
+	// The defaults, as a newcomer runs it: no nats.url, so the server is
+	// embedded, keeping its streams in data_dir between runs.
+	cfg := e.WriteConfig(fmt.Sprintf(`postgres: {url: %q, tables: [items]}
+nats: {data_dir: %q}
+sinks:
+  - name: cache
+    destination: {type: redis_string, host: 127.0.0.1, port: %d}
+log: {level: warn}
+`, e.PG.URL, b.TempDir(), e.Redis.Port))
+	dev := harness.Start(b, "sluice", "dev", "--config", cfg)
+	e.WaitStreaming(dev)
+	dev.Signal(syscall.SIGTERM)
+	if code := dev.WaitExit(30 * time.Second); code != 0 {
+		b.Fatalf("sluice dev exited %d: %s", code, dev.Tail(3000))
+	}
+	e.Exec(`SELECT pg_create_logical_replication_slot('recv', 'pgoutput')`)
+	e.Exec(`INSERT INTO items (id, qty, price, attrs)
+		SELECT g, g % 50, g * 0.25, jsonb_build_object('color', 'red', 'size', g % 7, 'tags', jsonb_build_array('a', 'b'), 'note', md5(g::text))
+		FROM generate_series(1, $1::int) g`, b.N)
+	e.Exec(`UPDATE items SET qty = qty + 1, updated_at = now() WHERE id % 5 = 0`)
+	e.Exec(`DELETE FROM items WHERE id % 20 = 1`)
+	changes := b.N + b.N/5 + (b.N+19)/20
+	end := e.WALLSN()
+
+	b.ResetTimer()
+	began := time.Now()
+	recv := exec.Command("pg_recvlogical", "-d", e.PG.URL, "--slot", "recv", "--start", "--no-loop",
+		"-o", "proto_version=1", "-o", "publication_names=sluice", "--endpos", end, "-f", os.DevNull)
+	if out, err := recv.CombinedOutput(); err != nil {
+		b.Fatalf("pg_recvlogical: %v: %s", err, out)
+	}
+	recvRate := float64(changes) / time.Since(began).Seconds()
+
+	began = time.Now()
+	served := harness.StartServing(b, "sluice", "dev", "--config", cfg)
+	waitMetric(b, served.Addr, `sluice_writer_changes_total{outcome="applied",sink="cache"}`, changes)
+	rate := float64(changes) / time.Since(began).Seconds()
+	b.StopTimer()
+	rss := harness.PeakRSS(b, served.Pid())
+	cpu := harness.CPUSeconds(b, served.Pid())
+	e.WaitMatch(time.Minute, testenv.Table{Schema: "public", Name: "items", PK: []string{"id"}, KeyPrefix: "sequin"})
+	served.Signal(syscall.SIGTERM)
+	served.WaitExit(30 * time.Second)
+
+	b.ReportMetric(rate, "changes/s")
+	b.ReportMetric(recvRate, "pg_recvlogical-changes/s")
+	b.ReportMetric(rate/recvRate, "ratio")
+	b.ReportMetric(float64(rss)/(1<<20), "peak-RSS-MiB")
+	b.ReportMetric(cpu*1e6/float64(changes), "CPU-µs/change")
 }
