@@ -30,7 +30,10 @@ type Command struct {
 	// Scope is the part of the config file the command reads, asked once
 	// its flags are parsed; nil reads all of it.
 	Scope func() config.Scope
-	Run   Run
+	// MemoryLimit is the soft memory limit of a command that runs several
+	// parts in one process; nil: ServiceMemoryLimit.
+	MemoryLimit func(cfg *config.Config) int64
+	Run         Run
 }
 
 // Main is Command{name, fs, nil, run}.Main(args): a command that reads
@@ -77,7 +80,11 @@ func (c Command) Main(args []string) {
 		// A safety net under 100 MiB: the services' live heap is a few tens
 		// of MiB (bounded by what they hold in flight), and the collector
 		// would otherwise let garbage double it. GOMEMLIMIT overrides it.
-		debug.SetMemoryLimit(memoryLimit)
+		limit := int64(ServiceMemoryLimit)
+		if c.MemoryLimit != nil {
+			limit = c.MemoryLimit(cfg)
+		}
+		debug.SetMemoryLimit(limit)
 	}
 	ctx, cancel := shutdown.Context(context.Background())
 	if path := os.Getenv("SLUICE_CPUPROFILE"); path != "" {
@@ -121,8 +128,8 @@ func cpuProfile(path string) (stop func(), err error) {
 	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
-// memoryLimit is the services' soft memory limit.
-const memoryLimit = 80 << 20
+// ServiceMemoryLimit is a service's soft memory limit.
+const ServiceMemoryLimit = 80 << 20
 
 // Exit prints "name: err" on one line and exits with status 1.
 func Exit(name string, err error) {

@@ -76,9 +76,7 @@ func main() {
 	switch cmd {
 	case "dev":
 		fs := flag.NewFlagSet("sluice dev", flag.ExitOnError)
-		program.Main("sluice dev", fs, args, func(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
-			return dev.Run(ctx, cfg, log)
-		})
+		program.Command{Name: "sluice dev", Flags: fs, MemoryLimit: dev.MemoryLimit, Run: dev.Run}.Main(args)
 	case "demo":
 		fs := flag.NewFlagSet("sluice demo", flag.ExitOnError)
 		keep := fs.Bool("keep", false, "leave the servers running until Ctrl-C, to look around")

@@ -10,6 +10,7 @@ import (
 
 	"github.com/sluicehq/sluice/pkg/broker"
 	"github.com/sluicehq/sluice/pkg/config"
+	"github.com/sluicehq/sluice/pkg/program"
 	"github.com/sluicehq/sluice/services/capture"
 	rediswriter "github.com/sluicehq/sluice/services/redis-writer"
 )
@@ -37,6 +38,17 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
 		parts = append(parts, w.Run)
 	}
 	return runAll(ctx, parts)
+}
+
+// MemoryLimit is a service's soft memory limit for each part dev runs:
+// capture, each writer and the embedded server. One service's limit for
+// them all made the collector run most of the time.
+func MemoryLimit(cfg *config.Config) int64 {
+	parts := 1 + len(cfg.Sinks)
+	if cfg.NATS.URL == "" {
+		parts++
+	}
+	return int64(parts) * program.ServiceMemoryLimit
 }
 
 // runAll runs parts until ctx is cancelled or one fails; it returns the
