@@ -56,6 +56,7 @@ bench: build
 	go test -run '^$$' -bench '^BenchmarkCapture$$' -benchtime 500000x ./e2e
 	go test -run '^$$' -bench '^BenchmarkCaptureBigTransaction$$' -benchtime 1000000x -timeout 30m ./e2e
 	go test -run '^$$' -bench '^BenchmarkBackfill$$' -benchtime 200000x ./e2e
+	go test -run '^$$' -bench '^BenchmarkDev$$' -benchtime 300000x -timeout 30m ./e2e
 	go run ./bench -bin bin $(BENCH_FLAGS)
 
 # Regenerates the wire contract's Go code, installing protoc and

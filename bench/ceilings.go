@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/sluicehq/sluice/pkg/change"
 	"github.com/sluicehq/sluice/pkg/testenv"
 	"github.com/sluicehq/sluice/pkg/topology"
 )
@@ -140,7 +141,8 @@ func jetstreamCeiling(ctx context.Context, e *env, n int) (ceiling, error) {
 	return c.timed(elapsed), nil
 }
 
-// averageEventSize samples the change stream's events.
+// averageEventSize samples the change stream's events: a message holds a
+// batch of them.
 func averageEventSize(ctx context.Context, e *env) (int, error) {
 	st, err := e.js.Stream(ctx, streamName)
 	if err != nil {
@@ -160,7 +162,7 @@ func averageEventSize(ctx context.Context, e *env) (int, error) {
 			continue // a gap
 		}
 		total += len(m.Data)
-		got++
+		got += max(change.CountEvents(m.Data), 1)
 	}
 	if got == 0 {
 		return 0, errors.New("the change stream holds no events to size")
