@@ -20,8 +20,8 @@
 -- operation's first letter is 'm' (SET a message value, which carries the
 -- version and needs no record unless it expires), 's' (SET any other
 -- value: a record keeps its version) or 'd' (DEL); an 'n' after it says
--- the change inserted its row, so the key is likely absent and is read
--- with its record in one call; then, only when one is not the default,
+-- the change inserted its row, so that the key and its record are likely
+-- absent, which one EXISTS finds before they are read; then, only when one is not the default,
 -- ':<PX of the key>:<PX of the record>:<k>' (0: no expiry; 'k' when it may
 -- be written only over a known version: a retried change while Redis may
 -- evict keys). Fewer arguments cost Redis less per change.
@@ -162,17 +162,12 @@ for i = 1, n do
     px, vpx, known = string.match(op, ':(%d+):(%d+):(k?)$')
   end
   local step, cur, rec = 'r', nil, false
-  local r
-  if string.byte(op, 2) == 110 then -- 'n': the key and its record at once
-    r = redis.pcall('MGET', key, vkey)
-    if not failed(r) then
-      cur = r[1] and message(r[1]) or nil
-      rec = r[2] and true or false
-      if not cur and rec then
-        cur = record(r[2])
-      end
-    end
-  else
+  local r, absent = nil, false
+  if string.byte(op, 2) == 110 then -- 'n': neither the key nor its record, most likely
+    r = redis.pcall('EXISTS', key, vkey)
+    absent = r == 0
+  end
+  if not absent and not failed(r) then
     r = redis.pcall('GETRANGE', key, '0', last)
     if not failed(r) and r ~= '' then
       cur = message(r)

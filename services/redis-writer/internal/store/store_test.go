@@ -120,37 +120,45 @@ func TestApplyExpiry(t *testing.T) {
 }
 
 func TestApplyReportsEachFailure(t *testing.T) {
-	ctx := context.Background()
-	r := testenv.NewRedis(t)
-	s := open(t, r)
-	rc := s.Client()
-	// The version record of "bad" is not a string: its command fails with
-	// WRONGTYPE, the others of the same pipeline succeed. The error names
-	// the command that failed, and is the change's own.
-	rc.HSet(ctx, VersionKey("bad"), "f", "v")
-	errs, _ := s.Apply(ctx, []command.Command{set("a", "1", 1, 0), set("bad", "2", 1, 1), set("c", "3", 1, 2)})
-	if errs[0] != nil || errs[2] != nil || errs[1] == nil || !strings.HasPrefix(errs[1].Error(), "GET sluice:v:{bad}: WRONGTYPE ") || Unavailable(errs[1]) {
-		t.Fatalf("errs = %v", errs)
-	}
-	if rc.Get(ctx, "a").Val() != "1" || rc.Get(ctx, "c").Val() != "3" {
-		t.Fatal("good commands of a failing pipeline were not applied")
-	}
+	eachRead(func(t *testing.T) {
+		ctx := context.Background()
+		r := testenv.NewRedis(t)
+		s := open(t, r)
+		rc := s.Client()
+		// The version record of "bad" is not a string: its command fails with
+		// WRONGTYPE, the others of the same pipeline succeed. The error names
+		// the command that failed, and is the change's own.
+		rc.HSet(ctx, VersionKey("bad"), "f", "v")
+		errs, _ := s.Apply(ctx, []command.Command{set("a", "1", 1, 0), set("bad", "2", 1, 1), set("c", "3", 1, 2)})
+		if errs[0] != nil || errs[2] != nil || errs[1] == nil || !strings.HasPrefix(errs[1].Error(), "GET sluice:v:{bad}: WRONGTYPE ") || Unavailable(errs[1]) {
+			t.Fatalf("errs = %v", errs)
+		}
+		if rc.Get(ctx, "a").Val() != "1" || rc.Get(ctx, "c").Val() != "3" {
+			t.Fatal("good commands of a failing pipeline were not applied")
+		}
+		// A key that is not a string is someone else's: it is not written over.
+		rc.HSet(ctx, "theirs", "f", "v")
+		errs, _ = s.Apply(ctx, []command.Command{msg("theirs", 1, 0, "")})
+		if errs[0] == nil || !strings.HasPrefix(errs[0].Error(), "GETRANGE theirs: WRONGTYPE ") || rc.Type(ctx, "theirs").Val() != "hash" {
+			t.Fatalf("a key holding a hash: %v", errs)
+		}
 
-	// Scripts flushed (as after a restart): reloaded, and applied.
-	rc.ScriptFlush(ctx)
-	if errs, _ := s.Apply(ctx, []command.Command{set("a", "2", 2, 0)}); errs[0] != nil {
-		t.Fatal(errs[0])
-	}
-	if rc.Get(ctx, "a").Val() != "2" {
-		t.Fatal("not applied after NOSCRIPT")
-	}
+		// Scripts flushed (as after a restart): reloaded, and applied.
+		rc.ScriptFlush(ctx)
+		if errs, _ := s.Apply(ctx, []command.Command{set("a", "2", 2, 0)}); errs[0] != nil {
+			t.Fatal(errs[0])
+		}
+		if rc.Get(ctx, "a").Val() != "2" {
+			t.Fatal("not applied after NOSCRIPT")
+		}
 
-	// Server gone: every command fails, and that is the server's condition.
-	r.Stop()
-	errs, _ = s.Apply(ctx, []command.Command{set("a", "3", 3, 0), set("b", "3", 3, 1)})
-	if errs[0] == nil || errs[1] == nil || !Unavailable(errs[0]) || !Unavailable(errs[1]) {
-		t.Fatalf("errs with redis down = %v", errs)
-	}
+		// Server gone: every command fails, and that is the server's condition.
+		r.Stop()
+		errs, _ = s.Apply(ctx, []command.Command{set("a", "3", 3, 0), set("b", "3", 3, 1)})
+		if errs[0] == nil || errs[1] == nil || !Unavailable(errs[0]) || !Unavailable(errs[1]) {
+			t.Fatalf("errs with redis down = %v", errs)
+		}
+	})(t)
 }
 
 // Out of memory, Redis refuses a script's SETs until the script has
