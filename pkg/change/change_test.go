@@ -2,8 +2,10 @@ package change
 
 import (
 	"encoding/json"
+	"math"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 
 	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
@@ -140,4 +142,19 @@ func TestBatch(t *testing.T) {
 	if n := CountEvents([]byte{0x0a, 0x05, 1}); n != -1 {
 		t.Fatalf("CountEvents of a truncated batch = %d", n)
 	}
+}
+
+// AppendTimestamp writes what time's layout writes, at every edge of its
+// fields and beyond the years of four digits.
+func FuzzAppendTimestamp(f *testing.F) {
+	for _, us := range []int64{0, 1, -1, 999_999, 1_000_000, 1_764_792_000_123_456, 253_402_300_799_999_999, 253_402_300_800_000_000,
+		-62_135_596_800_000_000, -62_135_596_800_000_001, 951_782_400_000_000, math.MaxInt64, math.MinInt64} {
+		f.Add(us)
+	}
+	f.Fuzz(func(t *testing.T, us int64) {
+		want := time.UnixMicro(us).UTC().Format("2006-01-02T15:04:05.000000Z")
+		if got := string(AppendTimestamp([]byte("x"), us)); got != "x"+want {
+			t.Fatalf("%d: %s, want %s", us, got, want)
+		}
+	})
 }

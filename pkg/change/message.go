@@ -3,6 +3,7 @@ package change
 import (
 	"bytes"
 	"encoding/json"
+	"slices"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -21,6 +22,10 @@ import (
 // which puts the change's version (commit_idx, commit_lsn) within the
 // value's first bytes, where Redis reads it back.
 func AppendMessage(dst []byte, ev *sluicev1.ChangeEvent, c Consumer, db *Database) []byte {
+	// Room for all of it at once (the metadata's names and ids are about
+	// 450 bytes): growing as it goes was a writer's largest allocation.
+	dst = slices.Grow(dst, 512+len(ev.Changes)+len(ev.Record)+len(ev.TransactionAnnotations)+
+		len(c.Annotations)+len(db.Annotations)+len(ev.Host)+len(ev.Database)+len(ev.IdempotencyKey)+16*len(ev.PkValues))
 	dst = append(dst, `{"action":"`...)
 	dst = append(dst, Action(ev.Action)...)
 	dst = append(dst, `","changes":`...)
@@ -92,7 +97,38 @@ func appendRaw(dst, raw []byte, empty string) []byte {
 // AppendTimestamp appends microseconds since the Unix epoch as
 // "2026-11-25T20:00:00.123456Z": UTC, always six fractional digits.
 func AppendTimestamp(dst []byte, us int64) []byte {
-	return time.UnixMicro(us).UTC().AppendFormat(dst, "2006-01-02T15:04:05.000000Z")
+	t := time.UnixMicro(us).UTC()
+	year, month, day := t.Date()
+	if year < 0 || year > 9999 {
+		return t.AppendFormat(dst, "2006-01-02T15:04:05.000000Z")
+	}
+	// By hand: time's layout interpreter was a twentieth of a writer's CPU.
+	hour, minute, second := t.Clock()
+	dst = appendDigits(dst, year, 4)
+	dst = append(dst, '-')
+	dst = appendDigits(dst, int(month), 2)
+	dst = append(dst, '-')
+	dst = appendDigits(dst, day, 2)
+	dst = append(dst, 'T')
+	dst = appendDigits(dst, hour, 2)
+	dst = append(dst, ':')
+	dst = appendDigits(dst, minute, 2)
+	dst = append(dst, ':')
+	dst = appendDigits(dst, second, 2)
+	dst = append(dst, '.')
+	dst = appendDigits(dst, t.Nanosecond()/1000, 6)
+	return append(dst, 'Z')
+}
+
+// appendDigits appends v, 0 ≤ v < 10^width, in width digits.
+func appendDigits(dst []byte, v, width int) []byte {
+	n := len(dst) + width
+	dst = slices.Grow(dst, width)[:n]
+	for i := n - 1; i >= n-width; i-- {
+		dst[i] = byte('0' + v%10)
+		v /= 10
+	}
+	return dst
 }
 
 // AppendBytes is AppendString of b, without copying it.
