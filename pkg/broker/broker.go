@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"time"
 
@@ -126,6 +127,9 @@ func Start(o Options) (*Server, error) {
 
 // URL is the client URL of the server.
 func (s *Server) URL() string { return s.ns.ClientURL() }
+
+// InProcessConn is a client connection to the server without a socket.
+func (s *Server) InProcessConn() (net.Conn, error) { return s.ns.InProcessConn() }
 
 // Refusals counts the connections of the client named name that the
 // server closed for their credentials, among the closed connections it

@@ -80,11 +80,19 @@ type Postgres struct {
 	Timeout time.Duration `yaml:"timeout"`
 }
 
+// InProcessServer is a NATS server in this process.
+type InProcessServer interface {
+	InProcessConn() (net.Conn, error)
+}
+
 // NATS is the JetStream that carries changes from capture to the writers.
 type NATS struct {
 	// URL of the NATS server, or several servers' URLs separated by
 	// commas (of one cluster). Empty: `sluice dev` embeds a server.
 	URL string `yaml:"url"`
+	// InProcess, set by `sluice dev` and never by the file, is the
+	// embedded server: its clients connect to it without a socket.
+	InProcess InProcessServer `yaml:"-" json:"-"`
 	// At most one way to authenticate: Username and Password, Token, an
 	// NKey seed (NKeyFile), or a credentials file (CredsFile: a user JWT
 	// and its seed). User info in URL is another such way.

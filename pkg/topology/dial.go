@@ -65,6 +65,9 @@ func Dial(n config.NATS, name string, log *zap.Logger, opts ...jetstream.JetStre
 		nats.ClosedHandler(func(c *nats.Conn) { conns.Delete(c) }),
 	}
 	options = append(options, authOptions(n)...)
+	if n.InProcess != nil {
+		options = append(options, nats.InProcessServer(n.InProcess))
+	}
 	nc, err := nats.Connect(strings.Join(n.Servers(), ","), options...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("connect to nats at %s: %s", where, scrub(explain(err)))

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/sluicehq/sluice/pkg/broker"
 	"github.com/sluicehq/sluice/pkg/config"
 	"github.com/sluicehq/sluice/pkg/testenv"
 )
@@ -120,5 +121,28 @@ func TestRedactUnparseable(t *testing.T) {
 		if got := Redact(in); got != want {
 			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// A server in this process is dialled without a socket: its URL is not
+// even asked.
+func TestDialInProcess(t *testing.T) {
+	srv, err := broker.Start(broker.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	port, err := testenv.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := config.NATS{URL: fmt.Sprintf("nats://127.0.0.1:%d", port), InProcess: srv}
+	nc, js, err := Dial(n, "test", zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if _, err := js.AccountInfo(context.Background()); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -26,7 +26,7 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
 		defer srv.Shutdown()
 		log.Info("embedded nats server started", zap.String("url", srv.URL()), zap.String("data_dir", srv.Dir()))
 		c := *cfg
-		c.NATS.URL = srv.URL()
+		c.NATS.URL, c.NATS.InProcess = srv.URL(), srv
 		cfg = &c
 	}
 	parts := []func(context.Context) error{capture.New(cfg, log.Named("capture")).Run}
