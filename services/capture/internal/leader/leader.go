@@ -130,7 +130,15 @@ func (l *Lease) release() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	_ = l.kv.Delete(ctx, key, jetstream.LastRevision(l.rev))
+	if l.kv.Delete(ctx, key, jetstream.LastRevision(l.rev)) == nil {
+		return
+	}
+	// A renewal cut short by the shutdown may have been applied all the
+	// same, with a revision this process never heard of: the key holding
+	// this process's id is still its own.
+	if e, err := l.kv.Get(ctx, key); err == nil && string(e.Value()) == l.id {
+		_ = l.kv.Delete(ctx, key, jetstream.LastRevision(e.Revision()))
+	}
 }
 
 // Holder returns the id of the process holding the lease; "" when none.

@@ -69,3 +69,29 @@ func TestOneLeader(t *testing.T) {
 		t.Fatalf("holder after b's refused renewal: %q", h)
 	}
 }
+
+// A renewal applied without its answer (cut short by the shutdown) leaves
+// the lease at a revision its holder never heard of: it is released all
+// the same, and a standby takes over at once.
+func TestReleaseAfterAnUnansweredRenewal(t *testing.T) {
+	ctx := context.Background()
+	js := testenv.NewNATS(t).JetStream(t)
+	a, err := Open(ctx, js, "L", "a", time.Minute, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Acquire(ctx, func(string) {}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.kv.Update(ctx, key, []byte("a"), a.rev); err != nil { // the renewal whose answer a did not get
+		t.Fatal(err)
+	}
+	hctx, stop := context.WithCancel(ctx)
+	stop()
+	if err := a.Hold(hctx); err != nil {
+		t.Fatal(err)
+	}
+	if h, err := a.Holder(ctx); err != nil || h != "" {
+		t.Fatalf("after a's release the lease is held by %q (%v)", h, err)
+	}
+}
