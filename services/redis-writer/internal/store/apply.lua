@@ -16,15 +16,16 @@
 -- "f <owner>", so a writer that lost its partition cannot write late.
 --
 -- Change i (from 1) has the key KEYS[f+2i-1] and its record KEYS[f+2i],
--- and 3 arguments: its version, its operation and its value. The
--- operation's first letter is 'm' (SET a message value, which carries the
--- version and needs no record unless it expires), 's' (SET any other
--- value: a record keeps its version) or 'd' (DEL); an 'n' after it says
--- the change inserted its row, so that the key and its record are likely
--- absent, which one EXISTS finds before they are read; then, only when one is not the default,
--- ':<PX of the key>:<PX of the record>:<k>' (0: no expiry; 'k' when it may
--- be written only over a known version: a retried change while Redis may
--- evict keys). Fewer arguments cost Redis less per change.
+-- and 3 arguments: its version, its operation and its value (fewer
+-- arguments cost Redis less per change). The operation is a letter: 'm'
+-- (SET a message value, which carries the version and needs no record
+-- unless it expires), 's' (SET any other value: a record keeps its
+-- version) or 'd' (DEL). An 'n' after it says that the change inserted
+-- its row: the key and its record are likely both absent, which one
+-- EXISTS finds before either is read. Then, only when one of them is not
+-- the default, a '-' where no 'n' is and ':<key's PX>:<record's PX>:<k>'
+-- (PX 0: no expiry; 'k' when it may be written only over a known
+-- version: a retried change while Redis may evict keys).
 --
 -- Returns for each change 1 (written), 0 (older than the key: skipped),
 -- 'u' (no known version, and 'k' asked for one: not written), or its own

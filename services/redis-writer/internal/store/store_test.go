@@ -28,12 +28,13 @@ func open(t *testing.T, r *testenv.Redis) *Store {
 
 func v(lsn uint64, idx uint32) string { return string(change.AppendVersion(nil, lsn, idx)) }
 
-// inserts marks the writes that set and msg make as inserts', which read
-// a key and its record in one call (see eachRead).
+// inserts marks the writes that set and msg make as inserts', which ask
+// first whether their key or record exists (see eachRead).
 var inserts bool
 
 // eachRead runs a test of versioned writes twice: with the writes read as
-// updates (the key's head, then its record when needed), and as inserts.
+// updates (the key's head, then its record when needed), and as inserts
+// (EXISTS, then the same reads unless both are absent).
 func eachRead(test func(t *testing.T)) func(t *testing.T) {
 	return func(t *testing.T) {
 		for _, ins := range []bool{false, true} {
