@@ -302,17 +302,21 @@ func (e *Env) RunPipeline(cfg string, sinks ...string) *Proc {
 	return capture
 }
 
-// WaitStreaming waits until capture holds the replication slot.
+// WaitStreaming waits until capture streams from the replication slot: a
+// walsender holds it. A slot is active while it is being created too,
+// held by the creating backend, and a change committed before it is
+// complete is not decoded.
 func (e *Env) WaitStreaming(p *Proc) {
 	e.T.Helper()
 	Eventually(e.T, 30*time.Second, func() string {
 		if p.Exited() {
 			e.T.Fatalf("%s exited: %s", p.Name, p.Tail(3000))
 		}
-		var active bool
-		err := e.Conn.QueryRow(context.Background(), "SELECT active FROM pg_replication_slots WHERE slot_name = 'sluice'").Scan(&active)
-		if err != nil || !active {
-			return fmt.Sprintf("slot not active (%v)", err)
+		var streaming bool
+		err := e.Conn.QueryRow(context.Background(), `SELECT EXISTS (SELECT 1 FROM pg_replication_slots r
+			JOIN pg_stat_activity a ON a.pid = r.active_pid WHERE r.slot_name = 'sluice' AND a.backend_type = 'walsender')`).Scan(&streaming)
+		if err != nil || !streaming {
+			return fmt.Sprintf("no walsender streams from the slot (%v)", err)
 		}
 		return ""
 	})
