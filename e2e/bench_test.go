@@ -33,15 +33,9 @@ func BenchmarkCapture(b *testing.B) {
 	end := e.WALLSN()
 
 	b.ResetTimer()
-	began := time.Now()
-	recv := exec.Command("pg_recvlogical", "-d", e.PG.URL, "--slot", "recv", "--start", "--no-loop",
-		"-o", "proto_version=1", "-o", "publication_names=sluice", "--endpos", end, "-f", os.DevNull)
-	if out, err := recv.CombinedOutput(); err != nil {
-		b.Fatalf("pg_recvlogical: %v: %s", err, out)
-	}
-	recvRate := float64(changes) / time.Since(began).Seconds()
+	recvRate := recvlogical(b, e, end, changes)
 
-	began = time.Now()
+	began := time.Now()
 	capture, addr := startCapture(b, cfg)
 	waitStream(b, addr, changes)
 	rate := float64(changes) / time.Since(began).Seconds()
@@ -76,6 +70,20 @@ func BenchmarkCaptureBigTransaction(b *testing.B) {
 	b.ReportMetric(float64(harness.PeakRSS(b, capture.Pid()))/(1<<20), "peak-RSS-MiB")
 	capture.Signal(syscall.SIGTERM)
 	capture.WaitExit(30 * time.Second)
+}
+
+// recvlogical has pg_recvlogical decode the WAL up to end from the slot
+// "recv" into /dev/null, with capture's plugin and publication, and
+// returns its rate over the backlog's changes: the ceiling of decoding.
+func recvlogical(b *testing.B, e *harness.Env, end string, changes int) float64 {
+	b.Helper()
+	began := time.Now()
+	recv := exec.Command("pg_recvlogical", "-d", e.PG.URL, "--slot", "recv", "--start", "--no-loop",
+		"-o", "proto_version=1", "-o", "publication_names=sluice", "--endpos", end, "-f", os.DevNull)
+	if out, err := recv.CombinedOutput(); err != nil {
+		b.Fatalf("pg_recvlogical: %v: %s", err, out)
+	}
+	return float64(changes) / time.Since(began).Seconds()
 }
 
 // prepare runs capture once, so that the publication, the slot, the
@@ -229,15 +237,9 @@ log: {level: warn}
 	end := e.WALLSN()
 
 	b.ResetTimer()
-	began := time.Now()
-	recv := exec.Command("pg_recvlogical", "-d", e.PG.URL, "--slot", "recv", "--start", "--no-loop",
-		"-o", "proto_version=1", "-o", "publication_names=sluice", "--endpos", end, "-f", os.DevNull)
-	if out, err := recv.CombinedOutput(); err != nil {
-		b.Fatalf("pg_recvlogical: %v: %s", err, out)
-	}
-	recvRate := float64(changes) / time.Since(began).Seconds()
+	recvRate := recvlogical(b, e, end, changes)
 
-	began = time.Now()
+	began := time.Now()
 	served := harness.StartServing(b, "sluice", "dev", "--config", cfg)
 	waitMetric(b, served.Addr, `sluice_writer_changes_total{outcome="applied",sink="cache"}`, changes)
 	rate := float64(changes) / time.Since(began).Seconds()
