@@ -40,17 +40,9 @@ func BenchmarkCapture(b *testing.B) {
 	waitStream(b, addr, changes)
 	rate := float64(changes) / time.Since(began).Seconds()
 	b.StopTimer()
-	rss := harness.PeakRSS(b, capture.Pid())
-	cpu := harness.CPUSeconds(b, capture.Pid())
+	reportCatchUp(b, capture.Pid(), "capture-CPU-µs/change", changes, rate, recvRate)
 	capture.Signal(syscall.SIGTERM)
 	capture.WaitExit(30 * time.Second)
-
-	b.ReportMetric(rate, "changes/s")
-	b.ReportMetric(recvRate, "pg_recvlogical-changes/s")
-	b.ReportMetric(rate/recvRate, "ratio")
-	b.ReportMetric(float64(rss)/(1<<20), "peak-RSS-MiB")
-	// CPU per change is steadier than time on a busy machine.
-	b.ReportMetric(cpu*1e6/float64(changes), "capture-CPU-µs/change")
 }
 
 // BenchmarkCaptureBigTransaction streams one transaction of b.N rows and
@@ -84,6 +76,19 @@ func recvlogical(b *testing.B, e *harness.Env, end string, changes int) float64 
 		b.Fatalf("pg_recvlogical: %v: %s", err, out)
 	}
 	return float64(changes) / time.Since(began).Seconds()
+}
+
+// reportCatchUp reports a catch-up of changes at rate against
+// pg_recvlogical's, and the peak RSS and the CPU per change (as cpuUnit) of
+// the process pid, which is still running.
+func reportCatchUp(b *testing.B, pid int, cpuUnit string, changes int, rate, recvRate float64) {
+	b.Helper()
+	b.ReportMetric(rate, "changes/s")
+	b.ReportMetric(recvRate, "pg_recvlogical-changes/s")
+	b.ReportMetric(rate/recvRate, "ratio")
+	b.ReportMetric(float64(harness.PeakRSS(b, pid))/(1<<20), "peak-RSS-MiB")
+	// CPU per change is steadier than time on a busy machine.
+	b.ReportMetric(harness.CPUSeconds(b, pid)*1e6/float64(changes), cpuUnit)
 }
 
 // prepare runs capture once, so that the publication, the slot, the
@@ -244,15 +249,8 @@ log: {level: warn}
 	waitMetric(b, served.Addr, `sluice_writer_changes_total{outcome="applied",sink="cache"}`, changes)
 	rate := float64(changes) / time.Since(began).Seconds()
 	b.StopTimer()
-	rss := harness.PeakRSS(b, served.Pid())
-	cpu := harness.CPUSeconds(b, served.Pid())
+	reportCatchUp(b, served.Pid(), "CPU-µs/change", changes, rate, recvRate)
 	e.WaitMatch(time.Minute, testenv.Table{Schema: "public", Name: "items", PK: []string{"id"}, KeyPrefix: "sequin"})
 	served.Signal(syscall.SIGTERM)
 	served.WaitExit(30 * time.Second)
-
-	b.ReportMetric(rate, "changes/s")
-	b.ReportMetric(recvRate, "pg_recvlogical-changes/s")
-	b.ReportMetric(rate/recvRate, "ratio")
-	b.ReportMetric(float64(rss)/(1<<20), "peak-RSS-MiB")
-	b.ReportMetric(cpu*1e6/float64(changes), "CPU-µs/change")
 }
