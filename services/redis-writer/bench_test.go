@@ -29,7 +29,7 @@ func BenchmarkWriter(b *testing.B) {
 	srv := testenv.NewNATS(b)
 	rd := testenv.NewRedis(b)
 	cfg := &config.Config{
-		Postgres: config.Postgres{URL: "unused", Tables: []string{"public.users"}},
+		Postgres: config.Postgres{URL: "postgres://localhost/unused", Tables: []string{"public.users"}},
 		NATS:     config.NATS{URL: srv.URL()},
 		Sinks:    []config.Sink{{Name: "bench", Destination: config.Destination{Type: "redis_string", Host: "127.0.0.1", Port: rd.Port}}},
 		Log:      config.Log{Level: "error"},

@@ -43,6 +43,11 @@ type Command struct {
 	// Retried marks a change tried again after it failed on its own: while
 	// Redis may evict keys, it is written only over a known version.
 	Retried bool
+	// Shared marks a key that changes of other partitions may write too
+	// (any key a routing expression names, a row's old key once its
+	// primary key changed): the script writes it, ordering the versions
+	// whichever writer comes first.
+	Shared bool
 }
 
 // Renderer builds the commands of one sink.
@@ -140,7 +145,7 @@ func (r *Renderer) Append(cmds []Command, ev *sluicev1.ChangeEvent) ([]Command, 
 	}
 	version := string(change.AppendVersion(make([]byte, 0, change.VersionLen), ev.CommitLsn, ev.CommitIdx))
 	c := Command{Key: r.Key(ev.Table, ev.PkValues), Del: del || rejected, Version: version, ExpireMS: r.expireMS, Partition: -1,
-		Insert: ev.Action == sluicev1.Action_ACTION_INSERT}
+		Insert: ev.Action == sluicev1.Action_ACTION_INSERT, Shared: r.routing != nil}
 	if r.routing != nil {
 		rt, err := r.routing.Route(in)
 		if err != nil && del {
@@ -177,7 +182,7 @@ func (r *Renderer) Append(cmds []Command, ev *sluicev1.ChangeEvent) ([]Command, 
 		// The old key goes, unless routing gives the row the same key
 		// again: the one write below then holds the new row.
 		if old != c.Key {
-			cmds = append(cmds, Command{Del: true, Key: old, Version: version, VersionExpireMS: r.tombstoneMS, Partition: -1})
+			cmds = append(cmds, Command{Del: true, Key: old, Version: version, VersionExpireMS: r.tombstoneMS, Partition: -1, Shared: true})
 		}
 	}
 	if c.Del {

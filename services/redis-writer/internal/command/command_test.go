@@ -60,6 +60,10 @@ func TestAppend(t *testing.T) {
 	if len(cmds) != 2 || !cmds[0].Del || cmds[0].Key != "sequin:orders:acme:7" || cmds[1].Del || cmds[1].Key != "sequin:orders:acme:8" || cmds[0].Version != cmds[1].Version {
 		t.Fatalf("key change: %+v", cmds)
 	}
+	// The old key's other changes are in the old key's partition.
+	if !cmds[0].Shared || cmds[1].Shared {
+		t.Fatalf("key change: shared %v, %v; want the old key's only", cmds[0].Shared, cmds[1].Shared)
+	}
 }
 
 func TestExpressions(t *testing.T) {
@@ -72,7 +76,7 @@ func TestExpressions(t *testing.T) {
 		OldPkValues: []string{"6"}, Record: []byte(`{"id":7,"name":"Ann","active":true}`), Changes: []byte(`{}`), CommitLsn: 9}
 	cmds := render(t, s, ev)
 	if len(cmds) != 2 || !cmds[0].Del || cmds[0].Key != "users:6" || cmds[1].Key != "users:7" || string(cmds[1].Value) != `{"id":7,"name":"Ann"}` ||
-		cmds[1].ExpireMS != 5000 || cmds[1].Message || cmds[1].Insert {
+		cmds[1].ExpireMS != 5000 || cmds[1].Message || cmds[1].Insert || !cmds[0].Shared || !cmds[1].Shared {
 		t.Fatalf("routed update: %+v", cmds)
 	}
 	ev.OldPkValues = nil

@@ -15,7 +15,9 @@ import (
 )
 
 // The cost of versioned writes against a plain pipelined SET of the same
-// keys and values, 500 commands a round trip. Each case reports, besides
+// keys and values, 500 commands a round trip: in transactions, as a
+// writer holding its partitions' fences writes them, and through the
+// script ("script-"), as in a Redis Cluster. Each case reports, besides
 // the time, the CPU Redis's main thread spent per change (INFO cpu):
 // what the version check costs Redis, which shares the machine.
 func BenchmarkApply(b *testing.B) {
@@ -26,6 +28,12 @@ func BenchmarkApply(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer s.Close()
+	s.EnableFences("bench", "w", func() bool { return true })
+	for p := range 16 {
+		if err := s.Acquire(ctx, p); err != nil {
+			b.Fatal(err)
+		}
+	}
 	const batch, keys = 500, 100000 // keys: of the plain SETs
 	// Sequin's message JSON, as the writer renders it: the version is in
 	// the value.
@@ -42,7 +50,7 @@ func BenchmarkApply(b *testing.B) {
 		remove
 	)
 	var made, lsn int // keys made so far, the last version
-	versioned := func(next func(i int) kind) func(b *testing.B) {
+	versioned := func(partitions int, next func(i int) kind) func(b *testing.B) {
 		return func(b *testing.B) {
 			cmds := make([]command.Command, batch)
 			cpu := redisCPU(ctx, b, s.client)
@@ -56,7 +64,11 @@ func BenchmarkApply(b *testing.B) {
 					} else {
 						id = (i + j) * 7919 % made
 					}
-					c := command.Command{Key: "k:" + strconv.Itoa(id), Version: v(uint64(lsn), 0), Partition: -1, Insert: k == insert}
+					p := -1 // no fence: the script
+					if partitions > 0 {
+						p = id % partitions
+					}
+					c := command.Command{Key: "k:" + strconv.Itoa(id), Version: v(uint64(lsn), 0), Partition: p, Insert: k == insert}
 					if k == remove {
 						c.Del = true
 					} else {
@@ -71,10 +83,16 @@ func BenchmarkApply(b *testing.B) {
 			cpu.report(ctx, b)
 		}
 	}
-	b.Run("insert", versioned(func(int) kind { return insert }))
-	b.Run("update", versioned(func(int) kind { return update }))
 	// The benchmark's workload: 60% inserts, 30% updates, 10% deletes.
-	b.Run("mixed", versioned(func(i int) kind { return [10]kind{0, 1, 0, 0, 1, 0, 2, 0, 1, 0}[i%10] }))
+	mixed := func(i int) kind { return [10]kind{0, 1, 0, 0, 1, 0, 2, 0, 1, 0}[i%10] }
+	for _, way := range []struct {
+		prefix     string
+		partitions int
+	}{{"", 16}, {"script-", 0}} {
+		b.Run(way.prefix+"insert", versioned(way.partitions, func(int) kind { return insert }))
+		b.Run(way.prefix+"update", versioned(way.partitions, func(int) kind { return update }))
+		b.Run(way.prefix+"mixed", versioned(way.partitions, mixed))
+	}
 	b.Run("plain-set", func(b *testing.B) {
 		value := message(0, 1)
 		cpu := redisCPU(ctx, b, s.client)

@@ -39,7 +39,46 @@ func (s *Store) apply(ctx context.Context, cmds []command.Command, errs []error)
 	return stale
 }
 
+// applyOnce writes cmds in a transaction where it can (transaction.go),
+// and the rest through the script.
 func (s *Store) applyOnce(ctx context.Context, cmds []command.Command, errs []error) (stale int) {
+	rc, tx, fences := s.transactable(cmds)
+	if len(tx) == 0 {
+		return s.script(ctx, cmds, errs)
+	}
+	stale, declined := s.transact(ctx, rc, cmds, tx, fences, errs)
+	byScript := make([]bool, len(cmds))
+	for i := range byScript {
+		byScript[i] = true
+	}
+	for _, i := range tx {
+		byScript[i] = false
+	}
+	for _, i := range declined {
+		byScript[i] = true
+	}
+	var rest []int
+	for i, b := range byScript {
+		if b {
+			rest = append(rest, i)
+		}
+	}
+	if len(rest) == 0 {
+		return stale
+	}
+	sub, subErrs := make([]command.Command, len(rest)), make([]error, len(rest))
+	for j, i := range rest {
+		sub[j] = cmds[i]
+	}
+	stale += s.script(ctx, sub, subErrs)
+	for j, i := range rest {
+		errs[i] = subErrs[j]
+	}
+	return stale
+}
+
+// script writes cmds through the script.
+func (s *Store) script(ctx context.Context, cmds []command.Command, errs []error) (stale int) {
 	if len(cmds) == 0 {
 		return 0
 	}
@@ -227,8 +266,11 @@ func operation(c *command.Command, evicts bool) string {
 	return op
 }
 
-// addWait ends a pipeline with WAIT when the sink asks for replicas.
-func (s *Store) addWait(ctx context.Context, pipe redis.Pipeliner) *redis.Cmd {
+// addWait ends a pipeline (or a transaction's connection) with WAIT when
+// the sink asks for replicas.
+func (s *Store) addWait(ctx context.Context, pipe interface {
+	Do(context.Context, ...any) *redis.Cmd
+}) *redis.Cmd {
 	if s.wait == 0 {
 		return nil
 	}

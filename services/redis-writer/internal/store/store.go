@@ -11,7 +11,11 @@
 //
 // On a standalone Redis, each partition also has a fence: the token of the
 // writer that owns it, which the script checks, so that a writer that lost
-// a partition (paused past its failover, say) cannot write late.
+// a partition (paused past its failover, say) cannot write late. There the
+// changes of the partitions a writer holds are written in transactions
+// instead (transaction.go): the same decisions, made by the writer between
+// a WATCH of the fences and an EXEC, at a third of the script's cost to
+// Redis; the script writes what a transaction leaves.
 //
 // Unversioned stores write plain SET and DEL commands instead, for a Redis
 // that forbids scripts.
@@ -67,6 +71,8 @@ type Store struct {
 	prefix string         // of the fence keys
 	writer string
 	leased func() bool
+
+	beforeExec func() // for tests: runs between a transaction's reads and its EXEC
 }
 
 // Open connects to the destination and checks that it answers.

@@ -16,6 +16,8 @@ import (
 	"github.com/sluicehq/sluice/services/redis-writer/internal/command"
 )
 
+// open opens the store of r; in the transaction mode of eachWay it holds
+// the fence of partition 0, whose changes the helpers make.
 func open(t *testing.T, r *testenv.Redis) *Store {
 	t.Helper()
 	s, err := Open(context.Background(), config.Destination{Host: "127.0.0.1", Port: r.Port})
@@ -23,26 +25,56 @@ func open(t *testing.T, r *testenv.Redis) *Store {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
+	hold(t, s)
 	return s
+}
+
+// hold makes s hold the fence of partition 0 in the transaction mode of
+// eachWay.
+func hold(t *testing.T, s *Store) {
+	t.Helper()
+	if fenced {
+		s.EnableFences("test", "w", func() bool { return true })
+		if err := s.Acquire(context.Background(), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 func v(lsn uint64, idx uint32) string { return string(change.AppendVersion(nil, lsn, idx)) }
 
-// inserts marks the writes that set and msg make as inserts', which ask
-// first whether their key or record exists (see eachRead).
-var inserts bool
+var (
+	// inserts marks the writes that set and msg make as inserts', which
+	// the script reads with EXISTS first (see eachWay).
+	inserts bool
+	// fenced makes open hold the fence of partition 0, and the helpers
+	// make changes of it, which transactions write (see eachWay).
+	fenced bool
+)
 
-// eachRead runs a test of versioned writes twice: with the writes read as
-// updates (the key's head, then its record when needed), and as inserts
-// (EXISTS, then the same reads unless both are absent).
-func eachRead(test func(t *testing.T)) func(t *testing.T) {
+// partition is the partition of the changes the helpers make.
+func partition() int {
+	if fenced {
+		return 0
+	}
+	return -1
+}
+
+// eachWay runs a test of versioned writes four ways: through the script
+// and in transactions, each with the writes read as updates (the key's
+// head and its record) and as inserts (EXISTS first, then the same reads
+// unless both are absent).
+func eachWay(test func(t *testing.T)) func(t *testing.T) {
 	return func(t *testing.T) {
-		for _, ins := range []bool{false, true} {
-			t.Run(map[bool]string{false: "update", true: "insert"}[ins], func(t *testing.T) {
-				inserts = ins
-				defer func() { inserts = false }()
-				test(t)
-			})
+		for _, tx := range []bool{false, true} {
+			for _, ins := range []bool{false, true} {
+				name := map[bool]string{false: "script", true: "transaction"}[tx] + "-" + map[bool]string{false: "update", true: "insert"}[ins]
+				t.Run(name, func(t *testing.T) {
+					inserts, fenced = ins, tx
+					defer func() { inserts, fenced = false, false }()
+					test(t)
+				})
+			}
 		}
 	}
 }
@@ -50,15 +82,15 @@ func eachRead(test func(t *testing.T)) func(t *testing.T) {
 // set is a SET of an opaque value (a transform's, say): its version is
 // kept in a record.
 func set(key, value string, lsn uint64, idx uint32) command.Command {
-	return command.Command{Key: key, Value: []byte(value), Version: v(lsn, idx), Partition: -1, Insert: inserts}
+	return command.Command{Key: key, Value: []byte(value), Version: v(lsn, idx), Partition: partition(), Insert: inserts}
 }
 
 func del(key string, lsn uint64, idx uint32) command.Command {
-	return command.Command{Del: true, Key: key, Version: v(lsn, idx), VersionExpireMS: 60000, Partition: -1}
+	return command.Command{Del: true, Key: key, Version: v(lsn, idx), VersionExpireMS: 60000, Partition: partition()}
 }
 
 func TestApplyKeepsNewest(t *testing.T) {
-	eachRead(func(t *testing.T) {
+	eachWay(func(t *testing.T) {
 		ctx := context.Background()
 		r := testenv.NewRedis(t)
 		s := open(t, r)
@@ -103,7 +135,7 @@ func TestApplyKeepsNewest(t *testing.T) {
 }
 
 func TestApplyExpiry(t *testing.T) {
-	eachRead(func(t *testing.T) {
+	eachWay(func(t *testing.T) {
 		ctx := context.Background()
 		s := open(t, testenv.NewRedis(t))
 		c := set("e", "v", 1, 0)
@@ -121,7 +153,7 @@ func TestApplyExpiry(t *testing.T) {
 }
 
 func TestApplyReportsEachFailure(t *testing.T) {
-	eachRead(func(t *testing.T) {
+	eachWay(func(t *testing.T) {
 		ctx := context.Background()
 		r := testenv.NewRedis(t)
 		s := open(t, r)
@@ -169,6 +201,10 @@ func TestApplyReportsEachFailure(t *testing.T) {
 // read out of step would report another command's outcome). The refusals
 // are the server's condition.
 func TestRepliesInStepUnderOOM(t *testing.T) {
+	eachWay(testRepliesInStepUnderOOM)(t)
+}
+
+func testRepliesInStepUnderOOM(t *testing.T) {
 	ctx := context.Background()
 	r := testenv.NewRedis(t)
 	s := open(t, r)
@@ -216,6 +252,10 @@ func TestRepliesInStepUnderOOM(t *testing.T) {
 // A user whose permissions were revoked gets NOPERM for every key: the
 // server's condition, not the changes'.
 func TestNoPermIsUnavailable(t *testing.T) {
+	eachWay(testNoPermIsUnavailable)(t)
+}
+
+func testNoPermIsUnavailable(t *testing.T) {
 	ctx := context.Background()
 	r := testenv.NewRedis(t, "--user", "app", "on", ">pw", "~*", "&*", "+@all")
 	s, err := Open(ctx, config.Destination{Host: "127.0.0.1", Port: r.Port, Username: "app", Password: "pw"})
@@ -223,6 +263,7 @@ func TestNoPermIsUnavailable(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	hold(t, s)
 	admin := r.Client()
 	defer admin.Close()
 	if err := admin.Do(ctx, "ACL", "SETUSER", "app", "resetkeys").Err(); err != nil {
@@ -241,6 +282,10 @@ func TestNoPermIsUnavailable(t *testing.T) {
 // every change fails with that, waited out, versioned or not, none taken
 // for written.
 func TestPasswordRefusedAtReconnect(t *testing.T) {
+	eachWay(testPasswordRefusedAtReconnect)(t)
+}
+
+func testPasswordRefusedAtReconnect(t *testing.T) {
 	ctx := context.Background()
 	r := testenv.NewRedis(t, "--user", "app", "on", ">pw", "~*", "&*", "+@all")
 	admin := r.Client()
@@ -254,6 +299,7 @@ func TestPasswordRefusedAtReconnect(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer s.Close()
+		hold(t, s)
 		if err := admin.Do(ctx, "ACL", "SETUSER", "app", "resetpass", ">other").Err(); err != nil {
 			t.Fatal(err)
 		}

@@ -19,7 +19,7 @@ import (
 func msg(key string, lsn uint64, idx uint32, changes string) command.Command {
 	ev := &sluicev1.ChangeEvent{Action: sluicev1.Action_ACTION_UPDATE, Schema: "public", Table: "t", PkValues: []string{key},
 		Record: []byte(`{"id":1}`), Changes: []byte(changes), CommitLsn: lsn, CommitIdx: idx, IdempotencyKey: change.IdempotencyKey(lsn, idx)}
-	return command.Command{Key: key, Value: change.AppendMessage(nil, ev, change.NewConsumer("s", nil), change.NewDatabase("", nil)), Message: true, Version: v(lsn, idx), Partition: -1, Insert: inserts}
+	return command.Command{Key: key, Value: change.AppendMessage(nil, ev, change.NewConsumer("s", nil), change.NewDatabase("", nil)), Message: true, Version: v(lsn, idx), Partition: partition(), Insert: inserts}
 }
 
 func applyAll(t *testing.T, s *Store, cmds ...command.Command) int {
@@ -38,7 +38,7 @@ func applyAll(t *testing.T, s *Store, cmds ...command.Command) int {
 // version holds (braces and quotes in strings, escapes, keys that look
 // like the metadata's, more than Redis returns in one GETRANGE).
 func TestMessageValuesCarryTheirVersion(t *testing.T) {
-	eachRead(func(t *testing.T) {
+	eachWay(func(t *testing.T) {
 		ctx := context.Background()
 		s := open(t, testenv.NewRedis(t))
 		rc := s.Client()
@@ -101,7 +101,7 @@ func TestMessageValuesCarryTheirVersion(t *testing.T) {
 // known version: an absent key with no tombstone might have been evicted
 // after a newer change.
 func TestRetriedNeedsAKnownVersion(t *testing.T) {
-	eachRead(func(t *testing.T) {
+	eachWay(func(t *testing.T) {
 		ctx := context.Background()
 		r := testenv.NewRedis(t)
 		s := open(t, r)
@@ -130,7 +130,7 @@ func TestRetriedNeedsAKnownVersion(t *testing.T) {
 // of it are refused, however late; a fence Redis lost is set again by its
 // owner.
 func TestFences(t *testing.T) {
-	eachRead(func(t *testing.T) {
+	eachWay(func(t *testing.T) {
 		ctx := context.Background()
 		r := testenv.NewRedis(t)
 		a, b := open(t, r), open(t, r)
@@ -201,6 +201,10 @@ func TestUnversioned(t *testing.T) {
 // wait_replicas: a batch counts as written only once the replicas
 // confirmed it; without a replica, it is the server's condition.
 func TestWaitReplicas(t *testing.T) {
+	eachWay(testWaitReplicas)(t)
+}
+
+func testWaitReplicas(t *testing.T) {
 	ctx := context.Background()
 	primary := testenv.NewRedis(t)
 	d := config.Destination{Host: "127.0.0.1", Port: primary.Port, WaitReplicas: 1, WaitTimeout: 200e6}
@@ -209,6 +213,7 @@ func TestWaitReplicas(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	hold(t, s)
 	errs, _ := s.Apply(ctx, []command.Command{msg("k", 1, 0, "")})
 	if errs[0] == nil || !strings.Contains(errs[0].Error(), "0 of 1 replicas") || !Unavailable(errs[0]) {
 		t.Fatalf("without a replica: %v", errs)
@@ -229,7 +234,7 @@ func TestWaitReplicas(t *testing.T) {
 // A message value that expires keeps a version record that outlives it:
 // once the key expired, an older change is still refused.
 func TestExpiringMessageKeepsItsVersion(t *testing.T) {
-	eachRead(func(t *testing.T) {
+	eachWay(func(t *testing.T) {
 		ctx := context.Background()
 		s := open(t, testenv.NewRedis(t))
 		rc := s.Client()
@@ -253,7 +258,7 @@ func TestExpiringMessageKeepsItsVersion(t *testing.T) {
 // A value whose metadata head is cut by the first read is read whole,
 // wherever the cut falls in the commit index and LSN, at their widest.
 func TestLongMessageHeadIsReadWhole(t *testing.T) {
-	eachRead(func(t *testing.T) {
+	eachWay(func(t *testing.T) {
 		s := open(t, testenv.NewRedis(t))
 		const lsn, idx = 1<<63 + 12345, 1<<32 - 1
 		for pad := 120; pad < 230; pad++ {
