@@ -46,6 +46,7 @@ fuzz:
 	go test -run '^$$' -fuzz '^FuzzAppendTimestamp$$' -fuzztime $(FUZZTIME) ./pkg/change
 	go test -run '^$$' -fuzz '^FuzzExpand$$' -fuzztime $(FUZZTIME) ./pkg/config
 	go test -run '^$$' -fuzz '^FuzzCheckWhere$$' -fuzztime $(FUZZTIME) ./pkg/backfill
+	go test -run '^$$' -fuzz '^FuzzMessageVersion$$' -fuzztime $(FUZZTIME) ./services/redis-writer/internal/store
 
 # Benchmarks of the stages on real servers, then the whole pipeline (see
 # BENCHMARKS.md; BENCH_FLAGS sizes it, e.g. BENCH_FLAGS='-changes 100000
