@@ -65,26 +65,23 @@ type keyState struct {
 	hasRec   bool
 	declined bool // left to the script
 	insert   bool // its first change inserted its row
+
+	// What the batch's writes leave: the key, and its record, set (with
+	// their PX) or deleted.
+	set, del, setRec, delRec bool
+	px, vpx                  int64
 }
 
-// read is one key's reads: its value or head, and its record; or whether
-// either exists.
-type read struct {
-	value, rec *redis.StringCmd
-	exists     *redis.IntCmd
-}
-
-// read takes in a key's reads, and reports whether its value, when this
-// was its head, must be read whole: the head was cut before its version.
-// A failed read leaves the key to the script.
-func (k *keyState) read(r *read) (cutShort bool) {
-	v, err := r.value.Bytes()
-	rec, rerr := r.rec.Result()
-	switch {
-	case err != nil && err != redis.Nil || rerr != nil && rerr != redis.Nil:
+// take takes in a key's value, or head, and its record, and reports
+// whether the value, when this was its head, must be read whole: the head
+// was cut before its version. A failed read leaves the key to the script.
+func (k *keyState) take(value *redis.StringCmd, rec string, hasRec bool) (cutShort bool) {
+	v, err := value.Bytes()
+	if err != nil && err != redis.Nil {
 		k.declined = true
 		return false
-	case rerr == nil:
+	}
+	if hasRec {
 		k.rec, k.hasRec = rec, true
 		if _, _, known := recordVersion(rec); !known {
 			k.declined = true
@@ -151,15 +148,31 @@ func (s *Store) transact(ctx context.Context, rc *redis.Client, cmds []command.C
 	for p := range tokens {
 		tokens[p] = pipe.Get(ctx, fences[p].key)
 	}
-	// A row's insert most likely finds neither its key nor its record:
-	// one EXISTS says so, and the rest are read.
-	reads := make([]read, len(keys))
-	for j, k := range keys {
+	// Reads cost Redis about what writes do, so they are few: an insert
+	// most likely finds neither its key nor its record, which one EXISTS
+	// of them all says; every record of the other keys is read by one
+	// MGET, whose nil is an absent record or one that is not a string,
+	// which one EXISTS tells apart.
+	var inserted, others, vkeys []string
+	for _, k := range keys {
 		if states[k].insert {
-			reads[j].exists = pipe.Exists(ctx, k, VersionKey(k))
+			inserted = append(inserted, k, VersionKey(k))
 		} else {
-			reads[j].value, reads[j].rec = pipe.GetRange(ctx, k, 0, head-1), pipe.Get(ctx, VersionKey(k))
+			others = append(others, k)
+			vkeys = append(vkeys, VersionKey(k))
 		}
+	}
+	var insertsFound, recsFound *redis.IntCmd
+	var recs *redis.SliceCmd
+	heads := make([]*redis.StringCmd, len(others))
+	if len(inserted) > 0 {
+		insertsFound = pipe.Exists(ctx, inserted...)
+	}
+	if len(others) > 0 {
+		for j, k := range others {
+			heads[j] = pipe.GetRange(ctx, k, 0, head-1)
+		}
+		recs, recsFound = pipe.MGet(ctx, vkeys...), pipe.Exists(ctx, vkeys...)
 	}
 	sent, err := pipe.Exec(ctx)
 	if unanswered(err, sent) {
@@ -170,33 +183,54 @@ func (s *Store) transact(ctx context.Context, rc *redis.Client, cmds []command.C
 		return 0, tx
 	}
 	watching = true
-	var again []int // keys read again, whole
-	for j, k := range keys {
-		r := &reads[j]
-		if r.exists != nil {
-			if n, err := r.exists.Result(); err != nil || n > 0 {
-				again = append(again, j)
+	var again []string // keys read again, whole
+	if insertsFound != nil {
+		if n, err := insertsFound.Result(); err != nil || n > 0 {
+			for j := 0; j < len(inserted); j += 2 {
+				again = append(again, inserted[j])
 			}
-			continue
 		}
-		if states[k].read(r) {
-			again = append(again, j) // its head was cut before its version
+	}
+	if len(others) > 0 {
+		vals, err := recs.Result()
+		n, nerr := recsFound.Result()
+		strs := 0
+		for _, v := range vals {
+			if v != nil {
+				strs++
+			}
+		}
+		for j, k := range others {
+			st := states[k]
+			if err != nil || nerr != nil || int(n) != strs || len(vals) != len(others) {
+				st.declined = true // a record that is not a string: the script says which
+				continue
+			}
+			rec, _ := vals[j].(string)
+			if st.take(heads[j], rec, vals[j] != nil) {
+				again = append(again, k) // its head was cut before its version
+			}
 		}
 	}
 	// Round 2, rarely: the whole value, and the record, of those.
 	if len(again) > 0 {
 		pipe := conn.Pipeline()
-		for _, j := range again {
-			k := keys[j]
-			reads[j] = read{value: pipe.Get(ctx, k), rec: pipe.Get(ctx, VersionKey(k))}
+		gets := make([][2]*redis.StringCmd, len(again))
+		for j, k := range again {
+			gets[j] = [2]*redis.StringCmd{pipe.Get(ctx, k), pipe.Get(ctx, VersionKey(k))}
 		}
 		sent, err := pipe.Exec(ctx)
 		if unanswered(err, sent) {
 			fail(err)
 			return 0, nil
 		}
-		for _, j := range again {
-			states[keys[j]].read(&reads[j]) // whole now
+		for j, k := range again {
+			rec, err := gets[j][1].Result()
+			if err != nil && err != redis.Nil {
+				states[k].declined = true
+				continue
+			}
+			states[k].take(gets[j][0], rec, err == nil) // whole now
 		}
 	}
 
@@ -208,7 +242,6 @@ func (s *Store) transact(ctx context.Context, rc *redis.Client, cmds []command.C
 	evicts := s.evicts.Load()
 	results := make([]error, len(cmds))
 	var written []int
-	var writes [][]any
 	for _, i := range tx {
 		c := &cmds[i]
 		st := states[c.Key]
@@ -226,27 +259,52 @@ func (s *Store) transact(ctx context.Context, rc *redis.Client, cmds []command.C
 			continue
 		}
 		if c.Del {
-			writes = append(writes, []any{"DEL", c.Key})
-			st.value = nil
+			st.value, st.set, st.del = nil, false, true
 		} else {
-			writes = append(writes, setArgs(c.Key, c.Value, c.ExpireMS))
-			st.value = c.Value
+			st.value, st.set, st.del, st.px = c.Value, true, false, c.ExpireMS
 		}
-		vkey := VersionKey(c.Key)
 		switch {
 		case c.Message && !c.Del && c.ExpireMS == 0:
 			// The value carries its version: a record is no longer
 			// needed. One that expires keeps its record (below), so that
 			// an older change cannot bring the key back once it expired.
 			if rec {
-				writes = append(writes, []any{"DEL", vkey})
-				st.hasRec = false
+				st.hasRec, st.setRec, st.delRec = false, false, true
 			}
 		default:
-			writes = append(writes, setArgs(vkey, []byte(c.Version), c.VersionExpireMS))
-			st.rec, st.hasRec = c.Version, true
+			st.rec, st.hasRec, st.setRec, st.delRec, st.vpx = c.Version, true, true, false, c.VersionExpireMS
 		}
 		written = append(written, i)
+	}
+	// Inside MULTI/EXEC only what the writes leave is seen: each key's last
+	// write is enough, and those without expiry go in one MSET, the
+	// deletes in one DEL, which cost Redis far less than a command each.
+	mset, del := []any{"MSET"}, []any{"DEL"}
+	var writes [][]any
+	for _, k := range keys {
+		st := states[k]
+		switch {
+		case st.del:
+			del = append(del, k)
+		case st.set && st.px > 0:
+			writes = append(writes, setArgs(k, st.value, st.px))
+		case st.set:
+			mset = append(mset, k, st.value)
+		}
+		switch {
+		case st.delRec:
+			del = append(del, VersionKey(k))
+		case st.setRec && st.vpx > 0:
+			writes = append(writes, setArgs(VersionKey(k), []byte(st.rec), st.vpx))
+		case st.setRec:
+			mset = append(mset, VersionKey(k), st.rec)
+		}
+	}
+	if len(mset) > 1 {
+		writes = append(writes, mset)
+	}
+	if len(del) > 1 {
+		writes = append(writes, del)
 	}
 
 	// Write.
