@@ -28,7 +28,7 @@ func TestSlotLossAndResync(t *testing.T) {
 	// Meanwhile: changes, and the slot goes.
 	e.Exec(`UPDATE accounts SET n = n + 100 WHERE id % 7 = 0`)
 	e.Exec(`INSERT INTO accounts (id, n) SELECT g, 1 FROM generate_series(501, 600) g`)
-	e.Exec(`SELECT pg_drop_replication_slot('sluice')`)
+	e.DropSlot("sluice")
 
 	served := harness.StartServing(t, "sluice-capture", "--config", cfg)
 	harness.Eventually(t, 30*time.Second, func() string {

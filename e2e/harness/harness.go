@@ -322,6 +322,19 @@ func (e *Env) WaitStreaming(p *Proc) {
 	})
 }
 
+// DropSlot drops the replication slot once no walsender holds it: one
+// ends a moment after its client went, so a capture that just exited
+// can still hold the slot.
+func (e *Env) DropSlot(name string) {
+	e.T.Helper()
+	Eventually(e.T, 30*time.Second, func() string {
+		if _, err := e.Conn.Exec(context.Background(), `SELECT pg_drop_replication_slot($1)`, name); err != nil {
+			return err.Error()
+		}
+		return ""
+	})
+}
+
 // Tail is the last n bytes of s, for error messages.
 func Tail(s string, n int) string {
 	if len(s) > n {
