@@ -79,6 +79,20 @@ func eachWay(test func(t *testing.T)) func(t *testing.T) {
 	}
 }
 
+// eachPath runs a test through the script and in transactions: for the
+// tests of what the server says, which reads do not change.
+func eachPath(test func(t *testing.T)) func(t *testing.T) {
+	return func(t *testing.T) {
+		for _, tx := range []bool{false, true} {
+			t.Run(map[bool]string{false: "script", true: "transaction"}[tx], func(t *testing.T) {
+				fenced = tx
+				defer func() { fenced = false }()
+				test(t)
+			})
+		}
+	}
+}
+
 // set is a SET of an opaque value (a transform's, say): its version is
 // kept in a record.
 func set(key, value string, lsn uint64, idx uint32) command.Command {
@@ -201,7 +215,7 @@ func TestApplyReportsEachFailure(t *testing.T) {
 // read out of step would report another command's outcome). The refusals
 // are the server's condition.
 func TestRepliesInStepUnderOOM(t *testing.T) {
-	eachWay(testRepliesInStepUnderOOM)(t)
+	eachPath(testRepliesInStepUnderOOM)(t)
 }
 
 func testRepliesInStepUnderOOM(t *testing.T) {
@@ -252,7 +266,7 @@ func testRepliesInStepUnderOOM(t *testing.T) {
 // A user whose permissions were revoked gets NOPERM for every key: the
 // server's condition, not the changes'.
 func TestNoPermIsUnavailable(t *testing.T) {
-	eachWay(testNoPermIsUnavailable)(t)
+	eachPath(testNoPermIsUnavailable)(t)
 }
 
 func testNoPermIsUnavailable(t *testing.T) {
@@ -282,7 +296,7 @@ func testNoPermIsUnavailable(t *testing.T) {
 // every change fails with that, waited out, versioned or not, none taken
 // for written.
 func TestPasswordRefusedAtReconnect(t *testing.T) {
-	eachWay(testPasswordRefusedAtReconnect)(t)
+	eachPath(testPasswordRefusedAtReconnect)(t)
 }
 
 func testPasswordRefusedAtReconnect(t *testing.T) {

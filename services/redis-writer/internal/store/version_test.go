@@ -201,7 +201,7 @@ func TestUnversioned(t *testing.T) {
 // wait_replicas: a batch counts as written only once the replicas
 // confirmed it; without a replica, it is the server's condition.
 func TestWaitReplicas(t *testing.T) {
-	eachWay(testWaitReplicas)(t)
+	eachPath(testWaitReplicas)(t)
 }
 
 func testWaitReplicas(t *testing.T) {
