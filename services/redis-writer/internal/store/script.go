@@ -12,10 +12,10 @@ import (
 	"github.com/sluicehq/sluice/services/redis-writer/internal/command"
 )
 
-// apply writes cmds (no truncates) through the script, in one pipeline,
-// putting each one's error into errs, and returns how many were older than
-// their key. A fence that Redis lost (evicted, or flushed) is set again
-// while this writer's lease holds, and its writes are tried once more.
+// apply writes cmds (no truncates), putting each one's error into errs,
+// and returns how many were older than their key. A fence that Redis
+// lost (evicted, or flushed) is set again while this writer's lease
+// holds, and its writes are tried once more.
 func (s *Store) apply(ctx context.Context, cmds []command.Command, errs []error) (stale int) {
 	stale = s.applyOnce(ctx, cmds, errs)
 	var again []int
@@ -27,13 +27,22 @@ func (s *Store) apply(ctx context.Context, cmds []command.Command, errs []error)
 	if len(again) == 0 || s.Reacquire(ctx) != nil {
 		return stale
 	}
-	sub := make([]command.Command, len(again))
-	for j, i := range again {
+	return stale + subset(cmds, again, errs, func(cmds []command.Command, errs []error) int {
+		return s.applyOnce(ctx, cmds, errs)
+	})
+}
+
+// subset runs write on cmds[idx], and puts their errors into errs.
+func subset(cmds []command.Command, idx []int, errs []error, write func([]command.Command, []error) (stale int)) (stale int) {
+	if len(idx) == 0 {
+		return 0
+	}
+	sub, subErrs := make([]command.Command, len(idx)), make([]error, len(idx))
+	for j, i := range idx {
 		sub[j] = cmds[i]
 	}
-	subErrs := make([]error, len(sub))
-	stale += s.applyOnce(ctx, sub, subErrs)
-	for j, i := range again {
+	stale = write(sub, subErrs)
+	for j, i := range idx {
 		errs[i] = subErrs[j]
 	}
 	return stale
@@ -63,18 +72,9 @@ func (s *Store) applyOnce(ctx context.Context, cmds []command.Command, errs []er
 			rest = append(rest, i)
 		}
 	}
-	if len(rest) == 0 {
-		return stale
-	}
-	sub, subErrs := make([]command.Command, len(rest)), make([]error, len(rest))
-	for j, i := range rest {
-		sub[j] = cmds[i]
-	}
-	stale += s.script(ctx, sub, subErrs)
-	for j, i := range rest {
-		errs[i] = subErrs[j]
-	}
-	return stale
+	return stale + subset(cmds, rest, errs, func(cmds []command.Command, errs []error) int {
+		return s.script(ctx, cmds, errs)
+	})
 }
 
 // script writes cmds through the script.

@@ -22,7 +22,7 @@ import (
 // marks those that are not, which the script writes), and a partition is
 // written by the holder of its fence, in order, one batch at a time. A key
 // that expires or is evicted in between is written as the script would
-// have written it then.
+// have at the time of the reads: nothing newer was written since.
 //
 // Anything out of the ordinary (a fence not this writer's, a failed read,
 // a record of an unknown form, a refused or aborted EXEC) leaves the
