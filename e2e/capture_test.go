@@ -283,3 +283,26 @@ func TestCaptureStopsWhilePostgresHangs(t *testing.T) {
 		t.Fatalf("capture exited %d: %s", code, capture.Tail(2000))
 	}
 }
+
+// Each service runs with its memory limit and, under it, a collector that
+// lets the heap grow to five times what is live (GOGC 400): collecting
+// whenever the heap doubled was much of a busy service's CPU.
+func TestServicesCollectUnderTheirLimit(t *testing.T) {
+	e := harness.NewEnv(t)
+	e.Exec(harness.AccountsSchema)
+	cfg := e.Config([]string{"accounts"}, true)
+	for _, s := range []*harness.Served{
+		harness.StartServing(t, "sluice-capture", "--config", cfg),
+		harness.StartServing(t, "sluice-redis-writer", "--sink", "cache", "--config", cfg),
+	} {
+		harness.Eventually(t, 30*time.Second, func() string {
+			m := s.Get("/metrics")
+			for _, want := range []string{"\ngo_gc_gogc_percent 400\n", "\ngo_gc_gomemlimit_bytes 8.388608e+07\n"} {
+				if !strings.Contains(m, want) {
+					return s.Addr + "/metrics has no " + strings.TrimSpace(want) + ": " + harness.Tail(m, 300)
+				}
+			}
+			return ""
+		})
+	}
+}
