@@ -92,7 +92,8 @@ func (c Command) Main(args []string) {
 		// With the limit above as the bound, the collector need not run
 		// whenever the heap doubles: on a live heap of ~15 MiB that was
 		// several times a second, and with the scavenger returning the
-		// pages in between, 40% of a busy service's CPU. GOGC overrides it.
+		// pages in between, over a third of a busy service's CPU. GOGC
+		// overrides it.
 		gc := ServiceGCPercent
 		if c.GCPercent != 0 {
 			gc = c.GCPercent
