@@ -126,12 +126,20 @@ func TestSeparateServices(t *testing.T) {
 	}
 }
 
-// `sluice dev` runs everything in one process with an embedded NATS server.
+// `sluice dev` runs everything in one process with an embedded NATS server,
+// with a service's memory limit for each part (capture, the writer, the
+// server) and Go's default collector.
 func TestSluiceDev(t *testing.T) {
 	e := harness.NewEnv(t)
 	e.Exec(schema)
-	dev := harness.Start(t, "sluice", "dev", "--config", e.Config([]string{"users", "orders"}, false))
-	e.WaitStreaming(dev)
+	dev := harness.StartServing(t, "sluice", "dev", "--config", e.Config([]string{"users", "orders"}, false))
+	e.WaitStreaming(dev.Proc)
+	m := dev.Get("/metrics")
+	for _, want := range []string{"\ngo_gc_gogc_percent 100\n", "\ngo_gc_gomemlimit_bytes 2.5165824e+08\n"} {
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics has no %s", strings.TrimSpace(want))
+		}
+	}
 	e.Exec(`INSERT INTO users (id, name, profile) SELECT g, 'u' || g, jsonb_build_object('g', g) FROM generate_series(1, 200) g`)
 	e.Exec(`INSERT INTO orders (id, tenant, note) VALUES (1, 'a', 'x'), (2, 'b', 'y')`)
 	e.Exec(`UPDATE users SET name = upper(name) WHERE id % 3 = 0`)
