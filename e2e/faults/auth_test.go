@@ -54,14 +54,7 @@ sinks:
 `, e.PG.URL, i, natsYAML(srv.Good), e.Redis.Port))
 			capture := harness.Start(t, "sluice-capture", "--config", cfg)
 			writer := harness.Start(t, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
-			harness.Eventually(t, 30*time.Second, func() string {
-				var active bool
-				err := e.Conn.QueryRow(context.Background(), "SELECT active FROM pg_replication_slots WHERE slot_name = $1", fmt.Sprintf("auth_%d", i)).Scan(&active)
-				if err != nil || !active {
-					return fmt.Sprintf("slot not active (%v); capture: %s", err, capture.Tail(500))
-				}
-				return ""
-			})
+			e.WaitStreamingFrom(capture, fmt.Sprintf("auth_%d", i))
 			e.Exec(fmt.Sprintf(`INSERT INTO accounts (id, note) VALUES (%d, '%s')`, 1000+i, method))
 			key := fmt.Sprintf("sequin:accounts:%d", 1000+i)
 			harness.Eventually(t, 30*time.Second, func() string {
@@ -76,7 +69,7 @@ sinks:
 					t.Errorf("%s exited %d: %s", p.Name, code, p.Tail(2000))
 				}
 			}
-			e.Exec(fmt.Sprintf(`SELECT pg_drop_replication_slot('auth_%d')`, i))
+			e.DropSlot(fmt.Sprintf("auth_%d", i))
 		})
 	}
 }

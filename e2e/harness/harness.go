@@ -306,7 +306,10 @@ func (e *Env) RunPipeline(cfg string, sinks ...string) *Proc {
 // walsender holds it. A slot is active while it is being created too,
 // held by the creating backend, and a change committed before it is
 // complete is not decoded.
-func (e *Env) WaitStreaming(p *Proc) {
+func (e *Env) WaitStreaming(p *Proc) { e.WaitStreamingFrom(p, "sluice") }
+
+// WaitStreamingFrom is WaitStreaming from the slot named slot.
+func (e *Env) WaitStreamingFrom(p *Proc, slot string) {
 	e.T.Helper()
 	Eventually(e.T, 30*time.Second, func() string {
 		if p.Exited() {
@@ -314,7 +317,7 @@ func (e *Env) WaitStreaming(p *Proc) {
 		}
 		var streaming bool
 		err := e.Conn.QueryRow(context.Background(), `SELECT EXISTS (SELECT 1 FROM pg_replication_slots r
-			JOIN pg_stat_activity a ON a.pid = r.active_pid WHERE r.slot_name = 'sluice' AND a.backend_type = 'walsender')`).Scan(&streaming)
+			JOIN pg_stat_activity a ON a.pid = r.active_pid WHERE r.slot_name = $1 AND a.backend_type = 'walsender')`, slot).Scan(&streaming)
 		if err != nil || !streaming {
 			return fmt.Sprintf("no walsender streams from the slot (%v)", err)
 		}
