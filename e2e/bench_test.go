@@ -177,14 +177,22 @@ func waitMetric(b *testing.B, addr, series string, n int) {
 // BenchmarkBackfill copies a table of b.N rows into Redis with a backfill,
 // the clock running from the request until the sink has applied every row,
 // and in the same run has Postgres COPY the same rows to /dev/null: the
-// ceiling of reading them. Reported: rows/s of both and their ratio.
+// ceiling of reading them. Reported: rows/s of both and their ratio, and
+// the CPU each part spent per row (this process's is the embedded NATS
+// server's, mostly).
 func BenchmarkBackfill(b *testing.B) {
 	e := harness.NewEnv(b)
 	harness.Fill(e, b.N)
 	cfg := e.Config([]string{"accounts"}, true)
 	capture := harness.Start(b, "sluice-capture", "--config", cfg)
 	e.WaitStreaming(capture)
-	writer := harness.StartServing(b, "sluice-redis-writer", "--config", cfg, "--sink", "cache").Addr
+	w := harness.StartServing(b, "sluice-redis-writer", "--config", cfg, "--sink", "cache")
+	writer := w.Addr
+	cpu := func() [4]float64 {
+		return [4]float64{harness.CPUSeconds(b, capture.Pid()), harness.CPUSeconds(b, w.Pid()),
+			e.RedisCPUSeconds(b), harness.CPUSeconds(b, os.Getpid())}
+	}
+	cpu0 := cpu()
 
 	b.ResetTimer()
 	began := time.Now()
@@ -204,6 +212,10 @@ func BenchmarkBackfill(b *testing.B) {
 	b.ReportMetric(rate, "rows/s")
 	b.ReportMetric(copyRate, "COPY-rows/s")
 	b.ReportMetric(rate/copyRate, "ratio")
+	cpu1 := cpu()
+	for i, part := range []string{"capture", "writer", "redis", "nats"} {
+		b.ReportMetric((cpu1[i]-cpu0[i])*1e6/float64(b.N), part+"-µs/row")
+	}
 }
 
 // BenchmarkDev measures `sluice dev`, the whole pipeline in one process

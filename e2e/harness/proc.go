@@ -40,6 +40,27 @@ func CPUSeconds(b *testing.B, pid int) float64 {
 	return (utime + stime) / 100 // clock ticks (USER_HZ)
 }
 
+// RedisCPUSeconds reads the CPU time Redis has used, all its threads.
+func (e *Env) RedisCPUSeconds(b *testing.B) float64 {
+	b.Helper()
+	info, err := e.RC.Info(context.Background(), "cpu").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var total float64
+	for _, line := range strings.Split(info, "\r\n") {
+		name, value, _ := strings.Cut(line, ":")
+		if name == "used_cpu_sys" || name == "used_cpu_user" {
+			f, err := strconv.ParseFloat(value, 64)
+			if err != nil {
+				b.Fatal(err)
+			}
+			total += f
+		}
+	}
+	return total
+}
+
 // WALLSN is the current WAL position, as Postgres writes it.
 func (e *Env) WALLSN() string {
 	var lsn string
