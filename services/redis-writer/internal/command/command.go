@@ -37,8 +37,9 @@ type Command struct {
 	// Partition is the stream partition the change came from, whose fence
 	// guards the write; -1: none.
 	Partition int
-	// Insert marks the write of a row its change inserted: its key is
-	// likely absent, which makes it cheaper to read with its record.
+	// Insert marks the write of a row its change inserted, or a backfill
+	// read: its key is likely absent (a backfill most often fills an empty
+	// cache), which makes it cheaper to read with its record.
 	Insert bool
 	// Retried marks a change tried again after it failed on its own: while
 	// Redis may evict keys, it is written only over a known version.
@@ -145,7 +146,7 @@ func (r *Renderer) Append(cmds []Command, ev *sluicev1.ChangeEvent) ([]Command, 
 	}
 	version := string(change.AppendVersion(make([]byte, 0, change.VersionLen), ev.CommitLsn, ev.CommitIdx))
 	c := Command{Key: r.Key(ev.Table, ev.PkValues), Del: del || rejected, Version: version, ExpireMS: r.expireMS, Partition: -1,
-		Insert: ev.Action == sluicev1.Action_ACTION_INSERT, Shared: r.routing != nil}
+		Insert: ev.Action == sluicev1.Action_ACTION_INSERT || ev.Action == sluicev1.Action_ACTION_READ, Shared: r.routing != nil}
 	if r.routing != nil {
 		rt, err := r.routing.Route(in)
 		if err != nil && del {

@@ -39,6 +39,11 @@ func TestAppend(t *testing.T) {
 		t.Fatalf("value %s: %v (%+v)", cmds[0].Value, err, cmds[0])
 	}
 
+	read := &sluicev1.ChangeEvent{Action: sluicev1.Action_ACTION_READ, Schema: "public", Table: "orders", PkValues: []string{"acme", "7"}, Record: []byte(`{"id":7}`)}
+	if cmds = render(t, sink(nil), read); len(cmds) != 1 || !cmds[0].Insert || cmds[0].Del {
+		t.Fatalf("backfill read: %+v; want a write of a likely absent key", cmds)
+	}
+
 	expire := int64(5000)
 	cmds = render(t, sink(&expire), ins)
 	if cmds[0].ExpireMS != 5000 || cmds[0].VersionExpireMS != 3600000 {
