@@ -157,7 +157,7 @@ func (w *Worker) run(ctx context.Context, id string) error {
 			return err
 		}
 		ch := &Chunk{ID: nuid.Next(), Job: job.ID, Sink: job.Sink, Table: job.Table, Rel: rel, Acked: make(chan struct{})}
-		if err := w.src.Watermark(ctx, lowMark(ch.ID, job.Table)); err != nil {
+		if _, err := w.src.Watermark(ctx, lowMark(ch.ID, job.Table)); err != nil {
 			return err
 		}
 		if err := w.src.Settle(ctx); err != nil {
@@ -180,7 +180,7 @@ func (w *Worker) run(ctx context.Context, id string) error {
 		}
 		if read == 0 {
 			// Close the window the low watermark opened.
-			if err := w.src.Watermark(ctx, highMark(ch.ID)); err != nil {
+			if _, err := w.src.Watermark(ctx, highMark(ch.ID)); err != nil {
 				return err
 			}
 			w.finish(ctx, job.ID, backfill.Done, "")
@@ -189,7 +189,7 @@ func (w *Worker) run(ctx context.Context, id string) error {
 		}
 		ch.Rows = rows
 		w.chunks.add(ch)
-		err = w.src.Watermark(ctx, highMark(ch.ID))
+		_, err = w.src.Watermark(ctx, highMark(ch.ID))
 		if err == nil {
 			err = w.await(ctx, ch)
 		}

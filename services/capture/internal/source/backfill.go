@@ -165,14 +165,17 @@ func (s *Source) Chunk(ctx context.Context, sh *Shape, where string, after []str
 }
 
 // Watermark writes a backfill watermark into the WAL, in a transaction of
-// its own, so that the replication stream orders it among the changes.
-func (s *Source) Watermark(ctx context.Context, payload string) error {
+// its own, so that the replication stream orders it among the changes,
+// and returns its position. It returns once the watermark is flushed: it
+// can be streamed at once.
+func (s *Source) Watermark(ctx context.Context, payload string) (pgoutput.LSN, error) {
 	ctx, cancel := s.bound(ctx)
 	defer cancel()
-	if _, err := s.conn.Exec(ctx, `SELECT pg_logical_emit_message(true, $1, $2)`, BackfillPrefix, payload); err != nil {
-		return fmt.Errorf("write backfill watermark: %w", err)
+	var lsn int64
+	if err := s.conn.QueryRow(ctx, `SELECT (pg_logical_emit_message(true, $1, $2) - '0/0')::bigint`, BackfillPrefix, payload).Scan(&lsn); err != nil {
+		return 0, fmt.Errorf("write backfill watermark: %w", err)
 	}
-	return nil
+	return pgoutput.LSN(lsn), nil
 }
 
 // Settle waits until the transactions still in progress now have ended,

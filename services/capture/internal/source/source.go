@@ -100,6 +100,11 @@ func (s *Source) connect(ctx context.Context) (*pgx.Conn, error) {
 		return nil, fmt.Errorf("postgres.url: %w", err)
 	}
 	maps.Copy(cfg.RuntimeParams, s.params)
+	// Logical replication sends a commit only once its WAL is flushed: on
+	// a server whose synchronous_commit is off, each backfill watermark
+	// would wait for the WAL writer (wal_writer_delay, 200ms by default),
+	// and every chunk twice that. Local flushes, waiting for no standby.
+	cfg.RuntimeParams["synchronous_commit"] = "local"
 	if cfg.ConnectTimeout == 0 { // the URL's connect_timeout, or this
 		cfg.ConnectTimeout = s.cfg.Timeout
 	}

@@ -3,9 +3,12 @@ package source
 import (
 	"context"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/sluicehq/sluice/pkg/config"
 	"github.com/sluicehq/sluice/pkg/testenv"
@@ -153,6 +156,38 @@ func TestRowsByKey(t *testing.T) {
 	}
 	if len(rows) != 2 || len(rows[0]) != len(sh.Relation.Columns) || !slices.Equal(found, []bool{true, false, true, false}) {
 		t.Fatalf("%d rows, found %v", len(rows), found)
+	}
+}
+
+// A watermark is flushed when Watermark returns, on a server whose
+// synchronous_commit is off too (the test servers' setting): logical
+// replication sends only flushed WAL, and a chunk waits for both its
+// watermarks.
+func TestWatermarkFlushed(t *testing.T) {
+	ctx := context.Background()
+	pg := testenv.NewPostgres(t, testenv.PostgresOptions{Settings: map[string]string{"synchronous_commit": "off", "wal_writer_delay": "10s"}})
+	src, err := Connect(ctx, cfg(pg.URL), pgvalue.SessionParams)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close(ctx)
+	conn, err := pgx.Connect(ctx, pg.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	for i := range 5 {
+		lsn, err := src.Watermark(ctx, "low chunk"+strconv.Itoa(i)+" public.t")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var flushed bool
+		if err := conn.QueryRow(ctx, `SELECT pg_current_wal_flush_lsn() - '0/0' >= $1::bigint`, int64(lsn)).Scan(&flushed); err != nil {
+			t.Fatal(err)
+		}
+		if lsn == 0 || !flushed {
+			t.Fatalf("watermark %d at %s not flushed once written", i, lsn)
+		}
 	}
 }
 
