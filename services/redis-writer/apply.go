@@ -43,6 +43,9 @@ type applier struct {
 	// a batch that waits for Redis (or NATS) to come back.
 	held []*work
 	cmds []command.Command // reused for each round trip
+	// ahead is what was read of the next batch while Redis applied the
+	// last one; its messages may not be the next batch's after all.
+	ahead *readAhead
 	// fencedOut are the partitions whose writes Redis refused since the
 	// loop last asked: another writer set their fence after this one.
 	fencedOut map[int]bool
@@ -78,11 +81,11 @@ const (
 	fenced                   // refused: another writer owns its partition now
 )
 
-// apply writes the changes of msgs, in order, and settles their messages.
-// It returns nil, or why some messages are held: Redis or NATS is
-// unavailable. Then retry must be called until it returns nil, before
-// apply is called again.
-func (a *applier) apply(ctx context.Context, msgs []jetstream.Msg) error {
+// apply writes the changes of msgs, in order, and settles their messages;
+// meanwhile it reads next, likely the next batch, ahead. It returns nil,
+// or why some messages are held: Redis or NATS is unavailable. Then retry
+// must be called until it returns nil, before apply is called again.
+func (a *applier) apply(ctx context.Context, msgs, next []jetstream.Msg) error {
 	now := time.Now()
 	for _, m := range msgs {
 		w := &work{msg: m}
@@ -99,14 +102,17 @@ func (a *applier) apply(ctx context.Context, msgs []jetstream.Msg) error {
 			}
 			w.ref = &ref
 		}
+		a.adopt(w)
 		a.held = append(a.held, w)
 	}
-	return a.retry(ctx)
+	a.ahead = nil
+	return a.retry(ctx, next)
 }
 
 // retry tries the held messages again: it reads what is unread, writes the
 // pending changes in one round trip and settles every message it can.
-func (a *applier) retry(ctx context.Context) (unavailable error) {
+// While Redis writes it reads next ahead.
+func (a *applier) retry(ctx context.Context, next []jetstream.Msg) (unavailable error) {
 	cmds := a.cmds[:0]
 	var written []*item
 	for _, w := range a.held {
@@ -128,6 +134,10 @@ func (a *applier) retry(ctx context.Context) (unavailable error) {
 		}
 	}
 	a.cmds = cmds[:0]
+	if len(cmds) > 0 && len(next) > 0 {
+		ahead := a.readAhead(next)
+		defer func() { <-ahead.done; a.ahead = ahead }()
+	}
 	if len(cmds) > 0 {
 		began := time.Now()
 		errs, stale := a.store.Apply(ctx, cmds)
@@ -223,19 +233,36 @@ func (a *applier) read(ctx context.Context, w *work) error {
 		w.read = true
 		return nil
 	}
-	var buf []command.Command
-	p := partition(w.msg)
-	for i, ev := range evs {
+	w.items, w.read = a.items(evs, partition(w.msg), w.ref), true
+	a.checkAnnotations(w.items)
+	return nil
+}
+
+// checkAnnotations says, at most once a minute, that a change's
+// transaction annotations are not JSON.
+func (a *applier) checkAnnotations(items []*item) {
+	for _, it := range items {
+		ev := it.ev
 		if ev.TransactionAnnotations != "" && !json.Valid([]byte(ev.TransactionAnnotations)) && time.Since(a.annotationsWarned) > time.Minute {
 			a.annotationsWarned = time.Now()
 			a.log.Warn("transaction annotations are not valid JSON; the changes are written with null annotations, as Sequin does",
 				zap.String("annotations", ev.TransactionAnnotations), zap.Uint64("commit_lsn", ev.CommitLsn))
 		}
+	}
+}
+
+// items renders the commands of a message's changes, from partition p;
+// ref is set for a parked change's next attempt. It changes nothing of
+// the applier but its metrics.
+func (a *applier) items(evs []*sluicev1.ChangeEvent, p int, ref *retry.Ref) []*item {
+	var buf []command.Command
+	items := make([]*item, 0, len(evs))
+	for i, ev := range evs {
 		it := &item{ev: ev, index: i, state: applied}
-		if w.ref != nil {
-			it.index = w.ref.Index
+		if ref != nil {
+			it.index = ref.Index
 		}
-		w.items = append(w.items, it)
+		items = append(items, it)
 		// A TRUNCATE is governed by on_truncate, not by actions; a READ
 		// is for the one sink its backfill is for.
 		truncate := ev.Action == sluicev1.Action_ACTION_TRUNCATE
@@ -256,12 +283,57 @@ func (a *applier) read(ctx context.Context, w *work) error {
 		default:
 			it.cmds, it.state = buf[from:len(buf):len(buf)], toWrite
 			for j := range it.cmds {
-				it.cmds[j].Partition, it.cmds[j].Retried = p, w.ref != nil
+				it.cmds[j].Partition, it.cmds[j].Retried = p, ref != nil
 			}
 		}
 	}
-	w.read = true
-	return nil
+	return items
+}
+
+// readAhead is the reading of the messages of the next batch, while Redis
+// applies the one before: decoding and rendering are a third of the
+// writer's work, for which Redis waited, and the writer for Redis.
+type readAhead struct {
+	msgs  []jetstream.Msg
+	items [][]*item // nil: left to read (see read)
+	done  chan struct{}
+}
+
+// readAhead starts reading msgs. Only what needs nothing but the message
+// is read (a whole message of the change stream that decodes); the rest,
+// and any warning, is for read. Until the read is done nothing else may
+// render: retry waits for it before it returns.
+func (a *applier) readAhead(msgs []jetstream.Msg) *readAhead {
+	// Its own copy: the loop's queue, which msgs is of, changes in place.
+	r := &readAhead{msgs: slices.Clone(msgs), items: make([][]*item, len(msgs)), done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		for i, m := range r.msgs {
+			if a.isRetry(m) || fragmented(m) {
+				continue
+			}
+			evs, err := change.Events(m.Data())
+			if err != nil {
+				continue
+			}
+			r.items[i] = a.items(evs, partition(m), nil)
+		}
+	}()
+	return r
+}
+
+// adopt takes what was read ahead of w's message.
+func (a *applier) adopt(w *work) {
+	if a.ahead == nil || w.ref != nil {
+		return
+	}
+	for i, m := range a.ahead.msgs {
+		if m == w.msg && a.ahead.items[i] != nil {
+			w.items, w.read = a.ahead.items[i], true
+			a.checkAnnotations(w.items)
+			return
+		}
+	}
 }
 
 // errUndecodable marks a message that is not a batch of changes.

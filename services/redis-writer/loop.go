@@ -122,7 +122,7 @@ func (l *loop) run(ctx context.Context, assigned <-chan []int) error {
 			if err := l.st.Reacquire(actx); err != nil {
 				l.outcome(err)
 			} else {
-				l.outcome(l.a.retry(actx))
+				l.outcome(l.a.retry(actx, nil))
 			}
 			cancel()
 			l.refence()
@@ -150,7 +150,7 @@ more:
 	batch := l.batch()
 	// The batch completes even when shutdown begins meanwhile.
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), applyTimeout)
-	l.outcome(l.a.apply(actx, batch))
+	l.outcome(l.a.apply(actx, batch, l.queue[:batchLen(l.queue, l.sink.BatchSize)]))
 	cancel()
 	l.refence()
 }
@@ -179,15 +179,24 @@ func (l *loop) take(d delivery) {
 // change, is a batch of its own: what the writer holds stays bounded.
 func (l *loop) batch() []jetstream.Msg {
 	q := l.queue
-	n, events := 1, max(change.CountEvents(q[0].Data()), 1)
-	for n < len(q) && events < l.sink.BatchSize && !fragmented(q[0]) && !fragmented(q[n]) {
-		events += max(change.CountEvents(q[n].Data()), 1)
-		n++
-	}
+	n := batchLen(q, l.sink.BatchSize)
 	if l.queue = q[n:]; len(l.queue) == 0 {
 		l.queue = nil
 	}
 	return q[:n:n]
+}
+
+// batchLen is how many messages of q the next batch takes.
+func batchLen(q []jetstream.Msg, size int) int {
+	if len(q) == 0 {
+		return 0
+	}
+	n, events := 1, max(change.CountEvents(q[0].Data()), 1)
+	for n < len(q) && events < size && !fragmented(q[0]) && !fragmented(q[n]) {
+		events += max(change.CountEvents(q[n].Data()), 1)
+		n++
+	}
+	return n
 }
 
 // leaseHolds reports whether this writer's lease holds, without acting on
