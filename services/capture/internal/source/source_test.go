@@ -112,6 +112,41 @@ func TestPrepareAndStream(t *testing.T) {
 	if strings.Join(got, "; ") != "begin; relation orders; insert hi acme; commit" {
 		t.Fatalf("stream: %v", got)
 	}
+
+	// A wait ends at its context's deadline, or once the context is
+	// cancelled (a shutdown), and the stream goes on after either.
+	receive := func(rctx context.Context) (any, error) {
+		for {
+			msg, err := st.Receive(rctx)
+			if _, ok := msg.(*Keepalive); !ok {
+				return msg, err
+			}
+		}
+	}
+	began := time.Now()
+	rctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	_, err = receive(rctx)
+	cancel()
+	if !IsTimeout(err) || time.Since(began) > 10*time.Second {
+		t.Fatalf("receive past its deadline: %v after %s", err, time.Since(began))
+	}
+	rctx, cancel = context.WithCancel(ctx)
+	time.AfterFunc(200*time.Millisecond, cancel)
+	_, err = receive(rctx)
+	if !IsTimeout(err) || time.Since(began) > 20*time.Second {
+		t.Fatalf("receive cancelled: %v after %s", err, time.Since(began))
+	}
+	pg.Exec(t, `INSERT INTO orders VALUES ('again', 8, 'acme')`)
+	rctx, cancel = context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	msg, err := receive(rctx)
+	if x, ok := msg.(*XLogData); !ok || err != nil {
+		t.Fatalf("receive after a timeout: %T, %v", msg, err)
+	} else if m, err := pgoutput.Parse(x.Data); err != nil {
+		t.Fatal(err)
+	} else if _, ok := m.(*pgoutput.Begin); !ok {
+		t.Fatalf("receive after a timeout: %T, want the next transaction's begin", m)
+	}
 }
 
 func TestServerChecks(t *testing.T) {
