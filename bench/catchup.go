@@ -46,7 +46,13 @@ func catchUp(ctx context.Context, e *env, writers int, bl backlog) (*pipeline, c
 		return nil, r, err
 	}
 	before := e.sampleCPU(ctx, p)
+	stopProfile, err := e.profileSelf(fmt.Sprintf("writers%d-bench.pprof", writers))
+	if err != nil {
+		p.stop()
+		return nil, r, err
+	}
 	captured, done, err := waitCaughtUp(ctx, e, p, bl.marker, uint64(bl.Changes))
+	stopProfile()
 	if err != nil {
 		p.stop()
 		return nil, r, fmt.Errorf("catch-up: %w", err)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -230,6 +231,23 @@ func containsAll(s string, subs []string) bool {
 		}
 	}
 	return true
+}
+
+// profileSelf writes this process's CPU profile (the embedded NATS
+// server's, mostly) to name in the profiles directory, until the returned
+// function is called; nothing when -profiles is not set.
+func (e *env) profileSelf(name string) (stop func(), err error) {
+	if e.profiles == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(filepath.Join(e.profiles, name))
+	if err == nil {
+		err = pprof.StartCPUProfile(f)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("profile the benchmark: %w", err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 // profileEnv asks a service for a CPU profile when -profiles is set; it
