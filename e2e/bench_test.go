@@ -26,7 +26,7 @@ import (
 func BenchmarkCapture(b *testing.B) {
 	e := harness.NewEnv(b)
 	e.Exec(`CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL, price numeric(10,2), attrs jsonb, updated_at timestamptz DEFAULT now())`)
-	cfg := e.Config([]string{"items"}, true)
+	cfg := e.DefaultConfig([]string{"items"})
 	prepare(b, e, cfg)
 	e.Exec(`SELECT pg_create_logical_replication_slot('recv', 'pgoutput')`)
 	changes := backlog(b, e, b.N)
@@ -50,7 +50,7 @@ func BenchmarkCapture(b *testing.B) {
 func BenchmarkCaptureBigTransaction(b *testing.B) {
 	e := harness.NewEnv(b)
 	e.Exec(`CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL, note text)`)
-	cfg := e.Config([]string{"items"}, true)
+	cfg := e.DefaultConfig([]string{"items"})
 	prepare(b, e, cfg)
 	e.Exec(`INSERT INTO items SELECT g, g % 100, md5(g::text) FROM generate_series(1, $1) g`, b.N)
 	b.ResetTimer()
@@ -183,7 +183,7 @@ func waitMetric(b *testing.B, addr, series string, n int) {
 func BenchmarkBackfill(b *testing.B) {
 	e := harness.NewEnv(b)
 	harness.Fill(e, b.N)
-	cfg := e.Config([]string{"accounts"}, true)
+	cfg := e.DefaultConfig([]string{"accounts"})
 	capture := harness.Start(b, "sluice-capture", "--config", cfg)
 	e.WaitStreaming(capture)
 	w := harness.StartServing(b, "sluice-redis-writer", "--config", cfg, "--sink", "cache")

@@ -176,6 +176,21 @@ log:
 	return doc
 }
 
+// DefaultConfig writes a config file for tables with Sluice's defaults but
+// for warnings-only logs, as an operator runs it (the tests' Config has
+// small batches, few partitions and debug logs), and returns its path: for
+// benchmarks.
+func (e *Env) DefaultConfig(tables []string) string {
+	e.T.Helper()
+	return e.WriteConfig(fmt.Sprintf(`postgres: {url: %q, tables: [%s]}
+nats: {url: %q}
+sinks:
+  - name: cache
+    destination: {type: redis_string, host: 127.0.0.1, port: %d}
+log: {level: warn}
+`, e.PG.URL, strings.Join(tables, ", "), e.NATSURL(), e.Redis.Port))
+}
+
 // SinkConfig writes a config file that captures Accounts into partitions
 // partitions and one sink, cache, on the env's Redis, with settings (YAML
 // lines, indented as a sink's) added to the sink, and returns its path.
