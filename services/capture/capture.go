@@ -480,6 +480,14 @@ func (ss *session) receive(ctx, rctx context.Context, stream *source.Stream) err
 				return err
 			}
 		}
+		if !ss.dec.InTx() && ss.pub.Pending() && stream.Idle() {
+			// Between transactions, and nothing more has come (Postgres
+			// follows a transaction it caught up with by a keepalive):
+			// what waits is published now, not after the flush delay,
+			// which only a stream that keeps coming is worth waiting for.
+			ss.flushAt = time.Now()
+			return errRearm
+		}
 		if ss.flushAt.IsZero() && ss.pub.Pending() {
 			ss.flushAt = time.Now().Add(max(ss.delay, quickFlush))
 			return errRearm

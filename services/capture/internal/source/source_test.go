@@ -136,7 +136,14 @@ func TestPrepareAndStream(t *testing.T) {
 	if !IsTimeout(err) || time.Since(began) > 20*time.Second {
 		t.Fatalf("receive cancelled: %v after %s", err, time.Since(began))
 	}
+	// A transaction waiting in the socket makes the stream busy, until it
+	// is read.
 	pg.Exec(t, `INSERT INTO orders VALUES ('again', 8, 'acme')`)
+	for deadline := time.Now().Add(20 * time.Second); st.Idle(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the stream stays idle while a transaction waits in it")
+		}
+	}
 	rctx, cancel = context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	msg, err := receive(rctx)
@@ -146,6 +153,24 @@ func TestPrepareAndStream(t *testing.T) {
 		t.Fatal(err)
 	} else if _, ok := m.(*pgoutput.Begin); !ok {
 		t.Fatalf("receive after a timeout: %T, want the next transaction's begin", m)
+	}
+	for {
+		msg, err := receive(rctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m, _ := pgoutput.Parse(msg.(*XLogData).Data); m != nil {
+			if _, ok := m.(*pgoutput.Commit); ok {
+				break
+			}
+		}
+	}
+	// Read to its end, and to the keepalive Postgres sends once caught up,
+	// the stream is idle.
+	for !st.Idle() {
+		if _, err := st.Receive(rctx); err != nil {
+			t.Fatalf("the stream is never idle after its last transaction: %v", err)
+		}
 	}
 }
 

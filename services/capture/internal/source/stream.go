@@ -211,6 +211,17 @@ func (st *Stream) unwatched() {
 	}
 }
 
+// Idle reports whether nothing more has arrived from the server: nothing
+// waits to be read, neither in the connection's buffer nor in its socket.
+// False when it cannot tell (a TLS connection).
+func (st *Stream) Idle() bool {
+	if st.conn.Frontend().ReadBufferLen() > 0 {
+		return false
+	}
+	n, ok := queued(st.conn.Conn())
+	return ok && n == 0
+}
+
 // IsTimeout reports whether a Receive error is only its context's deadline.
 func IsTimeout(err error) bool { return pgconn.Timeout(err) }
 
