@@ -41,6 +41,7 @@ vet:
 fuzz:
 	go test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./services/capture/internal/pgoutput
 	go test -run '^$$' -fuzz '^FuzzAppend$$' -fuzztime $(FUZZTIME) ./services/capture/internal/pgvalue
+	go test -run '^$$' -fuzz '^FuzzValidJSON$$' -fuzztime $(FUZZTIME) ./services/capture/internal/pgvalue
 	go test -run '^$$' -fuzz '^FuzzRecord$$' -fuzztime $(FUZZTIME) ./services/capture/internal/event
 	go test -run '^$$' -fuzz '^FuzzAppendString$$' -fuzztime $(FUZZTIME) ./pkg/change
 	go test -run '^$$' -fuzz '^FuzzEvents$$' -fuzztime $(FUZZTIME) ./pkg/change

@@ -22,7 +22,6 @@ package pgvalue
 
 import (
 	"bytes"
-	"encoding/json"
 	"strconv"
 	"strings"
 	"time"
@@ -92,7 +91,7 @@ func (t *Type) Append(dst, text []byte) []byte {
 			return append(dst, text...)
 		}
 	case kindJSON:
-		if json.Valid(text) {
+		if validJSON(text) {
 			return append(dst, text...)
 		}
 	case kindTimestamptz:
