@@ -86,7 +86,15 @@ type Database struct {
 	Name        string
 	Annotations []byte // a JSON object
 	id, idOf    string // the id of name idOf
+	// originJSON is a message's metadata naming the consumer and the
+	// database, as last rendered, for originOf (see origin).
+	originJSON []byte
+	originOf   originKey
 }
+
+// originKey is what a message's origin depends on, besides the database's
+// configured name and annotations.
+type originKey struct{ consumerID, consumerName, consumerAnnotations, database, host string }
 
 // NewDatabase returns the metadata of a database called name (empty: as
 // each event says) with annotations, a JSON object ("{}" when nil).
@@ -96,7 +104,7 @@ func NewDatabase(name string, annotations []byte) *Database {
 
 // NameAndID returns the database's name for an event of the database
 // called actual, and its id: a UUID derived from the name, stable. It is
-// not safe for concurrent use.
+// not safe for concurrent use, nor is AppendMessage with d.
 func (d *Database) NameAndID(actual string) (name, id string) {
 	name = d.Name
 	if name == "" {

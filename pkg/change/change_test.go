@@ -158,3 +158,25 @@ func FuzzAppendTimestamp(f *testing.F) {
 		}
 	})
 }
+
+// A message renders the same whatever was rendered before it with the same
+// Database: another database, host or consumer in between changes nothing.
+func TestAppendMessageAfterOthers(t *testing.T) {
+	evs := []*sluicev1.ChangeEvent{
+		{Action: sluicev1.Action_ACTION_INSERT, Database: "a", Host: "h1", Table: "t", PkValues: []string{"1"}, Record: []byte(`{"id":1}`)},
+		{Action: sluicev1.Action_ACTION_INSERT, Database: "b", Host: "h1", Table: "t", PkValues: []string{"2"}, Record: []byte(`{"id":2}`)},
+		{Action: sluicev1.Action_ACTION_INSERT, Database: "b", Host: "h2", Table: "t", PkValues: []string{"3"}, Record: []byte(`{"id":3}`)},
+	}
+	consumers := []Consumer{NewConsumer("one", nil), NewConsumer("two", []byte(`{"team":"x"}`))}
+	shared := NewDatabase("", []byte(`{"env":"test"}`))
+	for round := range 2 {
+		for _, ev := range evs {
+			for _, c := range consumers {
+				want := string(AppendMessage(nil, ev, c, NewDatabase("", []byte(`{"env":"test"}`))))
+				if got := string(AppendMessage(nil, ev, c, shared)); got != want {
+					t.Fatalf("round %d, database %s, host %s, consumer %s:\n%s\nwant\n%s", round, ev.Database, ev.Host, c.Name, got, want)
+				}
+			}
+		}
+	}
+}

@@ -36,26 +36,7 @@ func AppendMessage(dst []byte, ev *sluicev1.ChangeEvent, c Consumer, db *Databas
 	dst = strconv.AppendUint(dst, ev.CommitLsn, 10)
 	dst = append(dst, `,"commit_timestamp":"`...)
 	dst = AppendTimestamp(dst, ev.CommitTimestampUs)
-	dst = append(dst, `","consumer":{"annotations":`...)
-	dst = append(dst, c.Annotations...)
-	dst = append(dst, `,"id":`...)
-	dst = AppendString(dst, c.ID)
-	dst = append(dst, `,"name":`...)
-	dst = AppendString(dst, c.Name)
-	name, id := db.NameAndID(ev.Database)
-	dst = append(dst, `},"database":{"annotations":`...)
-	dst = append(dst, db.Annotations...)
-	dst = append(dst, `,"database":`...)
-	dst = AppendString(dst, ev.Database)
-	dst = append(dst, `,"hostname":`...)
-	dst = AppendString(dst, ev.Host)
-	dst = append(dst, `,"id":`...)
-	dst = AppendString(dst, id)
-	dst = append(dst, `,"name":`...)
-	dst = AppendString(dst, name)
-	dst = append(dst, `},"database_name":`...)
-	dst = AppendString(dst, name)
-	dst = append(dst, `,"enrichment":null,"idempotency_key":`...)
+	dst = append(dst, db.origin(c, ev)...)
 	dst = AppendString(dst, ev.IdempotencyKey)
 	dst = append(dst, `,"record_pks":[`...)
 	for i, v := range ev.PkValues {
@@ -85,6 +66,41 @@ func AppendAnnotations(dst []byte, annotations string) []byte {
 	var b bytes.Buffer
 	_ = json.Compact(&b, []byte(annotations))
 	return append(dst, b.Bytes()...)
+}
+
+// origin is the part of the metadata between the commit timestamp and the
+// idempotency key, which names the consumer and the database: the same
+// for every change of one database and host, so it is rendered once for
+// them and kept.
+func (d *Database) origin(c Consumer, ev *sluicev1.ChangeEvent) []byte {
+	k := &d.originOf
+	if d.originJSON != nil && k.consumerID == c.ID && k.consumerName == c.Name && k.consumerAnnotations == string(c.Annotations) &&
+		k.database == ev.Database && k.host == ev.Host {
+		return d.originJSON
+	}
+	dst := append(d.originJSON[:0], `","consumer":{"annotations":`...)
+	dst = append(dst, c.Annotations...)
+	dst = append(dst, `,"id":`...)
+	dst = AppendString(dst, c.ID)
+	dst = append(dst, `,"name":`...)
+	dst = AppendString(dst, c.Name)
+	name, id := d.NameAndID(ev.Database)
+	dst = append(dst, `},"database":{"annotations":`...)
+	dst = append(dst, d.Annotations...)
+	dst = append(dst, `,"database":`...)
+	dst = AppendString(dst, ev.Database)
+	dst = append(dst, `,"hostname":`...)
+	dst = AppendString(dst, ev.Host)
+	dst = append(dst, `,"id":`...)
+	dst = AppendString(dst, id)
+	dst = append(dst, `,"name":`...)
+	dst = AppendString(dst, name)
+	dst = append(dst, `},"database_name":`...)
+	dst = AppendString(dst, name)
+	dst = append(dst, `,"enrichment":null,"idempotency_key":`...)
+	d.originJSON = dst
+	d.originOf = originKey{c.ID, c.Name, string(c.Annotations), ev.Database, ev.Host}
+	return dst
 }
 
 func appendRaw(dst, raw []byte, empty string) []byte {
