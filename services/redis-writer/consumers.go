@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -216,19 +217,28 @@ func (c *consumers) state() []byte {
 }
 
 // updatePending reads each owned partition's backlog into the pending
-// gauge, and returns it, and the partitions whose consumer is gone.
+// gauge, and returns it, and the partitions whose consumer is gone. The
+// partitions are asked all at once: one after the other, a loaded server
+// held the writer's loop for tens of milliseconds every tick.
 func (c *consumers) updatePending(ctx context.Context) (backlog map[int]uint64, gone []int) {
 	backlog = map[int]uint64{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
 	for p, cons := range c.handlers {
-		info, err := cons.Info(ctx)
-		switch {
-		case err == nil:
-			backlog[p] = info.NumPending + uint64(info.NumAckPending)
-			pending.WithLabelValues(c.sink.Name, strconv.Itoa(p)).Set(float64(backlog[p]))
-		case errors.Is(err, jetstream.ErrConsumerNotFound):
-			gone = append(gone, p)
-		}
+		wg.Go(func() {
+			info, err := cons.Info(ctx)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				backlog[p] = info.NumPending + uint64(info.NumAckPending)
+				pending.WithLabelValues(c.sink.Name, strconv.Itoa(p)).Set(float64(backlog[p]))
+			case errors.Is(err, jetstream.ErrConsumerNotFound):
+				gone = append(gone, p)
+			}
+		})
 	}
+	wg.Wait()
 	return backlog, gone
 }
 
