@@ -13,10 +13,9 @@ import (
 // holds without the script, which costs Redis several times what the
 // writes do (every value passes through Lua, and every call from it costs
 // about what a command does). It WATCHes the fences, reads each key's
-// value (a large one's head) and version record, decides in Go what the
-// script would, and sends the writes in MULTI/EXEC, which Redis refuses if
-// a fence changed in between: a writer that lost a partition writes
-// nothing of it.
+// head and version record, decides in Go what the script would, and sends
+// the writes in MULTI/EXEC, which Redis refuses if a fence changed in
+// between: a writer that lost a partition writes nothing of it.
 //
 // Reading and writing apart is safe because nothing else writes those keys
 // meanwhile: a key is written from its own partition only (command.Shared
@@ -58,11 +57,6 @@ func (s *Store) transactable(cmds []command.Command) (rc *redis.Client, tx []int
 	return rc, tx, fences
 }
 
-// smallValue is the largest value whose key is read whole: a row's values
-// are mostly of a size, so a key whose new value is small likely holds a
-// small one.
-const smallValue = 4 << 10
-
 // keyState is what a transaction knows of a key: read from Redis, then
 // as its own writes leave it.
 type keyState struct {
@@ -71,7 +65,6 @@ type keyState struct {
 	hasRec   bool
 	declined bool // left to the script
 	insert   bool // its first change inserted its row
-	large    bool // its first change's value is large: its head is read, not all of it
 
 	// What the batch's writes leave: the key, and its record, set (with
 	// their PX) or deleted.
@@ -82,7 +75,8 @@ type keyState struct {
 // take takes in a key's value, or head, and its record, and reports
 // whether the value, when this was its head, must be read whole: the head
 // was cut before its version. A failed read leaves the key to the script.
-func (k *keyState) take(v []byte, err error, rec string, hasRec bool) (cutShort bool) {
+func (k *keyState) take(value *redis.StringCmd, rec string, hasRec bool) (cutShort bool) {
+	v, err := value.Bytes()
 	if err != nil && err != redis.Nil {
 		k.declined = true
 		return false
@@ -146,7 +140,7 @@ func (s *Store) transact(ctx context.Context, rc *redis.Client, cmds []command.C
 			watch = append(watch, fences[c.Partition].key)
 		}
 		if _, ok := states[c.Key]; !ok {
-			states[c.Key] = &keyState{insert: c.Insert, large: len(c.Value) > smallValue}
+			states[c.Key] = &keyState{insert: c.Insert}
 			keys = append(keys, c.Key)
 		}
 	}
@@ -156,40 +150,29 @@ func (s *Store) transact(ctx context.Context, rc *redis.Client, cmds []command.C
 	}
 	// Reads cost Redis about what writes do, so they are few: an insert
 	// most likely finds neither its key nor its record, which one EXISTS
-	// of them all says. The other keys, whose new values are small, are
-	// read whole by one MGET with every record, whose nil is an absent key
-	// or one that is not a string, which one EXISTS of the same keys tells
-	// apart; a command per key costs Redis several times the bytes of a
-	// small value. A large value's key has its head read (GETRANGE), to
-	// find its version without reading it all.
-	var inserted, others, whole []string
-	var large []int // of others, read by their head
+	// of them all says; every record of the other keys is read by one
+	// MGET, whose nil is an absent record or one that is not a string,
+	// which one EXISTS tells apart.
+	var inserted, others, vkeys []string
 	for _, k := range keys {
-		switch st := states[k]; {
-		case st.insert:
+		if states[k].insert {
 			inserted = append(inserted, k, VersionKey(k))
-		case st.large:
-			large = append(large, len(others))
+		} else {
 			others = append(others, k)
-		default:
-			others = append(others, k)
-			whole = append(whole, k)
+			vkeys = append(vkeys, VersionKey(k))
 		}
 	}
-	for _, k := range others {
-		whole = append(whole, VersionKey(k))
-	}
-	var insertsFound, wholeFound *redis.IntCmd
-	var wholeVals *redis.SliceCmd
+	var insertsFound, recsFound *redis.IntCmd
+	var recs *redis.SliceCmd
 	heads := make([]*redis.StringCmd, len(others))
 	if len(inserted) > 0 {
 		insertsFound = pipe.Exists(ctx, inserted...)
 	}
 	if len(others) > 0 {
-		for _, j := range large {
-			heads[j] = pipe.GetRange(ctx, others[j], 0, head-1)
+		for j, k := range others {
+			heads[j] = pipe.GetRange(ctx, k, 0, head-1)
 		}
-		wholeVals, wholeFound = pipe.MGet(ctx, whole...), pipe.Exists(ctx, whole...)
+		recs, recsFound = pipe.MGet(ctx, vkeys...), pipe.Exists(ctx, vkeys...)
 	}
 	sent, err := pipe.Exec(ctx)
 	if unanswered(err, sent) {
@@ -209,34 +192,22 @@ func (s *Store) transact(ctx context.Context, rc *redis.Client, cmds []command.C
 		}
 	}
 	if len(others) > 0 {
-		vals, err := wholeVals.Result()
-		n, nerr := wholeFound.Result()
+		vals, err := recs.Result()
+		n, nerr := recsFound.Result()
 		strs := 0
 		for _, v := range vals {
 			if v != nil {
 				strs++
 			}
 		}
-		recs := vals[len(vals)-min(len(vals), len(others)):]
-		w := 0 // the next value read whole
 		for j, k := range others {
 			st := states[k]
-			if err != nil || nerr != nil || int(n) != strs || len(vals) != len(whole) {
-				st.declined = true // a key or record that is not a string: the script says which
+			if err != nil || nerr != nil || int(n) != strs || len(vals) != len(others) {
+				st.declined = true // a record that is not a string: the script says which
 				continue
 			}
-			rec, _ := recs[j].(string)
-			var v []byte
-			var verr error
-			if heads[j] != nil {
-				v, verr = heads[j].Bytes()
-			} else {
-				if str, ok := vals[w].(string); ok {
-					v = []byte(str)
-				}
-				w++
-			}
-			if st.take(v, verr, rec, recs[j] != nil) {
+			rec, _ := vals[j].(string)
+			if st.take(heads[j], rec, vals[j] != nil) {
 				again = append(again, k) // its head was cut before its version
 			}
 		}
@@ -259,8 +230,7 @@ func (s *Store) transact(ctx context.Context, rc *redis.Client, cmds []command.C
 				states[k].declined = true
 				continue
 			}
-			v, verr := gets[j][0].Bytes()
-			states[k].take(v, verr, rec, err == nil) // whole now
+			states[k].take(gets[j][0], rec, err == nil) // whole now
 		}
 	}
 

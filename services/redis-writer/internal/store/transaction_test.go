@@ -9,9 +9,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/sluicehq/sluice/pkg/change"
 	"github.com/sluicehq/sluice/pkg/testenv"
-	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
 	"github.com/sluicehq/sluice/services/redis-writer/internal/command"
 )
 
@@ -157,42 +155,4 @@ func FuzzMessageVersion(f *testing.F) {
 			t.Errorf("record %q: the script reads %q, a transaction %q", record, got[1], rv)
 		}
 	})
-}
-
-// A transaction reads the keys of small values whole, in one MGET with
-// their records, and a large value only by its head (GETRANGE): either
-// way an older change finds the newer version and leaves the key alone.
-func TestTransactionReadsLargeValuesByTheirHead(t *testing.T) {
-	ctx := context.Background()
-	fenced = true
-	defer func() { fenced = false }()
-	s := open(t, testenv.NewRedis(t))
-	rc := s.Client()
-	large := func(key string, lsn uint64) command.Command {
-		c := msg(key, lsn, 0, "")
-		ev := &sluicev1.ChangeEvent{Action: sluicev1.Action_ACTION_UPDATE, Schema: "public", Table: "t", PkValues: []string{key},
-			Record: []byte(`{"id":1,"note":"` + strings.Repeat("x", 2*smallValue) + `"}`), CommitLsn: lsn, IdempotencyKey: change.IdempotencyKey(lsn, 0)}
-		c.Value = change.AppendMessage(nil, ev, change.NewConsumer("s", nil), change.NewDatabase("", nil))
-		return c
-	}
-	applyAll(t, s, large("l", 10), msg("s", 10, 0, ""))
-	if err := rc.ConfigResetStat(ctx).Err(); err != nil {
-		t.Fatal(err)
-	}
-	if stale := applyAll(t, s, large("l", 9), msg("s", 9, 0, "")); stale != 2 {
-		t.Fatalf("stale = %d, want 2", stale)
-	}
-	if got, want := rc.Get(ctx, "l").Val(), string(large("l", 10).Value); got != want {
-		t.Fatal("an older change replaced the large value")
-	}
-	if got, want := rc.Get(ctx, "s").Val(), string(msg("s", 10, 0, "").Value); got != want {
-		t.Fatal("an older change replaced the small value")
-	}
-	if g, m := calls(t, rc, "getrange"), calls(t, rc, "mget"); g != 1 || m != 1 {
-		t.Fatalf("%d GETRANGEs and %d MGETs, want one of each: the large value's head, the rest whole", g, m)
-	}
-	applyAll(t, s, large("l", 11), msg("s", 11, 0, ""))
-	if rc.Get(ctx, "l").Val() != string(large("l", 11).Value) || rc.Get(ctx, "s").Val() != string(msg("s", 11, 0, "").Value) {
-		t.Fatal("newer changes not written")
-	}
 }
