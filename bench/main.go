@@ -51,7 +51,7 @@ func main() {
 	flag.Uint64Var(&o.seed, "seed", 1, "seed of the workload's random choices")
 	flag.BoolVar(&o.keep, "keep", false, "keep each run's service logs and config, and print where")
 	flag.StringVar(&o.logLevel, "log-level", "warn", "log.level of the services")
-	flag.StringVar(&o.profiles, "profiles", "", "write the services' CPU profiles (SLUICE_CPUPROFILE) to this directory, for go tool pprof")
+	flag.StringVar(&o.profiles, "profiles", "", "write the services' CPU profiles (SLUICE_CPUPROFILE), and the benchmark's own over each catch-up, to this directory, for go tool pprof")
 	flag.Parse()
 	var err error
 	if o.rates, err = intList(*rates); err != nil {
