@@ -40,9 +40,9 @@ func (v *validator) value(depth int) bool {
 	}
 	switch c := v.b[v.i]; {
 	case c == '{':
-		return v.object(depth + 1)
+		return v.container(depth+1, '}', v.member)
 	case c == '[':
-		return v.array(depth + 1)
+		return v.container(depth+1, ']', v.value)
 	case c == '"':
 		return v.string()
 	case c == '-' || c >= '0' && c <= '9':
@@ -57,27 +57,20 @@ func (v *validator) value(depth int) bool {
 	return false
 }
 
-func (v *validator) object(depth int) bool {
+// container reads an object or an array from its opening brace or
+// bracket to close, each of its members read by member.
+func (v *validator) container(depth int, close byte, member func(depth int) bool) bool {
 	if depth > maxDepth {
 		return false
 	}
-	v.i++ // {
+	v.i++ // { or [
 	v.space()
-	if v.i < len(v.b) && v.b[v.i] == '}' {
+	if v.i < len(v.b) && v.b[v.i] == close {
 		v.i++
 		return true
 	}
 	for {
-		if v.i >= len(v.b) || v.b[v.i] != '"' || !v.string() {
-			return false
-		}
-		v.space()
-		if v.i >= len(v.b) || v.b[v.i] != ':' {
-			return false
-		}
-		v.i++
-		v.space()
-		if !v.value(depth) {
+		if !member(depth) {
 			return false
 		}
 		v.space()
@@ -88,7 +81,7 @@ func (v *validator) object(depth int) bool {
 		case ',':
 			v.i++
 			v.space()
-		case '}':
+		case close:
 			v.i++
 			return true
 		default:
@@ -97,35 +90,18 @@ func (v *validator) object(depth int) bool {
 	}
 }
 
-func (v *validator) array(depth int) bool {
-	if depth > maxDepth {
+// member reads an object's "name": value.
+func (v *validator) member(depth int) bool {
+	if v.i >= len(v.b) || v.b[v.i] != '"' || !v.string() {
 		return false
 	}
-	v.i++ // [
 	v.space()
-	if v.i < len(v.b) && v.b[v.i] == ']' {
-		v.i++
-		return true
+	if v.i >= len(v.b) || v.b[v.i] != ':' {
+		return false
 	}
-	for {
-		if !v.value(depth) {
-			return false
-		}
-		v.space()
-		if v.i >= len(v.b) {
-			return false
-		}
-		switch v.b[v.i] {
-		case ',':
-			v.i++
-			v.space()
-		case ']':
-			v.i++
-			return true
-		default:
-			return false
-		}
-	}
+	v.i++
+	v.space()
+	return v.value(depth)
 }
 
 // string reads a string from its opening quote: any byte but a control
