@@ -92,9 +92,11 @@ type Database struct {
 	originOf   originKey
 }
 
-// originKey is what a message's origin depends on, besides the database's
-// configured name and annotations.
-type originKey struct{ consumerID, consumerName, consumerAnnotations, database, host string }
+// originKey is what a message's origin depends on.
+type originKey struct {
+	consumerID, consumerName, consumerAnnotations string
+	name, annotations, database, host             string
+}
 
 // NewDatabase returns the metadata of a database called name (empty: as
 // each event says) with annotations, a JSON object ("{}" when nil).

@@ -169,10 +169,13 @@ func TestAppendMessageAfterOthers(t *testing.T) {
 	}
 	consumers := []Consumer{NewConsumer("one", nil), NewConsumer("two", []byte(`{"team":"x"}`))}
 	shared := NewDatabase("", []byte(`{"env":"test"}`))
-	for round := range 2 {
+	for round := range 3 {
+		if round == 2 { // the database renamed in place
+			shared.Name = "renamed"
+		}
 		for _, ev := range evs {
 			for _, c := range consumers {
-				want := string(AppendMessage(nil, ev, c, NewDatabase("", []byte(`{"env":"test"}`))))
+				want := string(AppendMessage(nil, ev, c, NewDatabase(shared.Name, []byte(`{"env":"test"}`))))
 				if got := string(AppendMessage(nil, ev, c, shared)); got != want {
 					t.Fatalf("round %d, database %s, host %s, consumer %s:\n%s\nwant\n%s", round, ev.Database, ev.Host, c.Name, got, want)
 				}

@@ -75,7 +75,7 @@ func AppendAnnotations(dst []byte, annotations string) []byte {
 func (d *Database) origin(c Consumer, ev *sluicev1.ChangeEvent) []byte {
 	k := &d.originOf
 	if d.originJSON != nil && k.consumerID == c.ID && k.consumerName == c.Name && k.consumerAnnotations == string(c.Annotations) &&
-		k.database == ev.Database && k.host == ev.Host {
+		k.name == d.Name && k.annotations == string(d.Annotations) && k.database == ev.Database && k.host == ev.Host {
 		return d.originJSON
 	}
 	dst := append(d.originJSON[:0], `","consumer":{"annotations":`...)
@@ -99,7 +99,7 @@ func (d *Database) origin(c Consumer, ev *sluicev1.ChangeEvent) []byte {
 	dst = AppendString(dst, name)
 	dst = append(dst, `,"enrichment":null,"idempotency_key":`...)
 	d.originJSON = dst
-	d.originOf = originKey{c.ID, c.Name, string(c.Annotations), ev.Database, ev.Host}
+	d.originOf = originKey{c.ID, c.Name, string(c.Annotations), d.Name, string(d.Annotations), ev.Database, ev.Host}
 	return dst
 }
 
