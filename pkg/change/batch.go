@@ -49,8 +49,17 @@ func AppendEvent(batch []byte, ev *sluicev1.ChangeEvent) ([]byte, error) {
 		return batch, fmt.Errorf("encode change: %w", err)
 	}
 	batch = protowire.AppendTag(batch, 1, protowire.BytesType)
-	batch = protowire.AppendVarint(batch, uint64(eventSize(ev)))
-	return appendEvent(batch, ev), nil
+	// The event is encoded first and its length put before it, shifting
+	// it by the length's few bytes: sizing it beforehand would walk every
+	// field twice.
+	at := len(batch)
+	batch = appendEvent(batch, ev)
+	n := uint64(len(batch) - at)
+	size := protowire.SizeVarint(n)
+	batch = append(batch, make([]byte, size)...)
+	copy(batch[at+size:], batch[at:len(batch)-size])
+	protowire.AppendVarint(batch[at:at], n)
+	return batch, nil
 }
 
 // appendEvent appends ev's fields in field order, leaving out the zero
@@ -77,21 +86,6 @@ func appendEvent(b []byte, ev *sluicev1.ChangeEvent) []byte {
 	b = appendString(b, fBackfillSink, ev.BackfillSink)
 	b = appendString(b, fHost, ev.Host)
 	return appendString(b, fTransactionAnnotations, ev.TransactionAnnotations)
-}
-
-// eventSize is the length of ev's encoding.
-func eventSize(ev *sluicev1.ChangeEvent) int {
-	n := stringSize(fIdempotencyKey, ev.IdempotencyKey)
-	if ev.Action != 0 {
-		n += protowire.SizeTag(fAction) + protowire.SizeVarint(uint64(int64(ev.Action)))
-	}
-	n += stringSize(fDatabase, ev.Database) + stringSize(fSchema, ev.Schema) + stringSize(fTable, ev.Table)
-	n += stringsSize(fPKColumns, ev.PkColumns) + stringsSize(fPKValues, ev.PkValues)
-	n += bytesSize(fRecord, ev.Record) + bytesSize(fChanges, ev.Changes) + stringsSize(fOldPKValues, ev.OldPkValues)
-	n += varintSize(fCommitLSN, ev.CommitLsn) + varintSize(fCommitIdx, uint64(ev.CommitIdx)) + varintSize(fCommitTimestampUs, uint64(ev.CommitTimestampUs))
-	n += stringSize(fBackfillID, ev.BackfillId) + stringsSize(fUnchangedToastColumns, ev.UnchangedToastColumns)
-	n += stringSize(fBackfillSink, ev.BackfillSink) + stringSize(fHost, ev.Host) + stringSize(fTransactionAnnotations, ev.TransactionAnnotations)
-	return n
 }
 
 func appendString(b []byte, num protowire.Number, s string) []byte {
@@ -125,35 +119,6 @@ func appendVarint(b []byte, num protowire.Number, v uint64) []byte {
 	}
 	b = protowire.AppendTag(b, num, protowire.VarintType)
 	return protowire.AppendVarint(b, v)
-}
-
-func stringSize(num protowire.Number, s string) int {
-	if s == "" {
-		return 0
-	}
-	return protowire.SizeTag(num) + protowire.SizeBytes(len(s))
-}
-
-func stringsSize(num protowire.Number, ss []string) int {
-	n := 0
-	for _, s := range ss {
-		n += protowire.SizeTag(num) + protowire.SizeBytes(len(s))
-	}
-	return n
-}
-
-func bytesSize(num protowire.Number, v []byte) int {
-	if len(v) == 0 {
-		return 0
-	}
-	return protowire.SizeTag(num) + protowire.SizeBytes(len(v))
-}
-
-func varintSize(num protowire.Number, v uint64) int {
-	if v == 0 {
-		return 0
-	}
-	return protowire.SizeTag(num) + protowire.SizeVarint(v)
 }
 
 // checkStrings refuses what protobuf refuses to encode: a string field that

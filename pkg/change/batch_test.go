@@ -11,7 +11,8 @@ import (
 )
 
 // seedEvents cover every field, repeated fields with empty elements,
-// extreme numbers and strings that repeat from one event to the next.
+// extreme numbers, strings that repeat from one event to the next, and
+// events of every length of length.
 var seedEvents = []*sluicev1.ChangeEvent{
 	{IdempotencyKey: "MjIxMTk3MDQ6MA==", Action: sluicev1.Action_ACTION_UPDATE, Database: "app", Schema: "public", Table: "users",
 		PkColumns: []string{"id", "tenant"}, PkValues: []string{"7", ""}, Record: []byte(`{"id":7,"name":"Grâce"}`), Changes: []byte(`{}`),
@@ -21,6 +22,9 @@ var seedEvents = []*sluicev1.ChangeEvent{
 		PkValues: []string{"8", "y"}, CommitLsn: 1, CommitTimestampUs: math.MinInt64, Host: "db"},
 	{Action: sluicev1.Action(-3), Table: "t"},
 	{},
+	// Records whose lengths take two and three bytes to say.
+	{Table: "t", Record: bytes.Repeat([]byte("r"), 200)},
+	{Table: "t", Record: bytes.Repeat([]byte("r"), 20000)},
 }
 
 // seedBatch is the generated code's encoding of the seed events.
