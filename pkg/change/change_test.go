@@ -160,7 +160,10 @@ func FuzzAppendTimestamp(f *testing.F) {
 }
 
 // A message renders the same whatever was rendered before it with the same
-// Database: another database, host or consumer in between changes nothing.
+// Database: each step below changes one thing the last rendering depended
+// on (nothing, the database, the host, the consumer, the configured name,
+// the configured annotations), and its message is what a fresh Database
+// renders.
 func TestAppendMessageAfterOthers(t *testing.T) {
 	evs := []*sluicev1.ChangeEvent{
 		{Action: sluicev1.Action_ACTION_INSERT, Database: "a", Host: "h1", Table: "t", PkValues: []string{"1"}, Record: []byte(`{"id":1}`)},
@@ -169,17 +172,23 @@ func TestAppendMessageAfterOthers(t *testing.T) {
 	}
 	consumers := []Consumer{NewConsumer("one", nil), NewConsumer("two", []byte(`{"team":"x"}`))}
 	shared := NewDatabase("", []byte(`{"env":"test"}`))
-	for round := range 3 {
-		if round == 2 { // the database renamed in place
-			shared.Name = "renamed"
-		}
-		for _, ev := range evs {
-			for _, c := range consumers {
-				want := string(AppendMessage(nil, ev, c, NewDatabase(shared.Name, []byte(`{"env":"test"}`))))
-				if got := string(AppendMessage(nil, ev, c, shared)); got != want {
-					t.Fatalf("round %d, database %s, host %s, consumer %s:\n%s\nwant\n%s", round, ev.Database, ev.Host, c.Name, got, want)
-				}
-			}
+	for i, step := range []struct {
+		ev, consumer      int
+		name, annotations string
+	}{
+		{0, 0, "", `{"env":"test"}`},
+		{0, 0, "", `{"env":"test"}`},
+		{1, 0, "", `{"env":"test"}`},
+		{2, 0, "", `{"env":"test"}`},
+		{2, 1, "", `{"env":"test"}`},
+		{2, 1, "renamed", `{"env":"test"}`},
+		{2, 1, "renamed", `{"env":"prod"}`},
+	} {
+		shared.Name, shared.Annotations = step.name, []byte(step.annotations)
+		ev, c := evs[step.ev], consumers[step.consumer]
+		want := string(AppendMessage(nil, ev, c, NewDatabase(step.name, []byte(step.annotations))))
+		if got := string(AppendMessage(nil, ev, c, shared)); got != want {
+			t.Fatalf("step %d:\n%s\nwant\n%s", i, got, want)
 		}
 	}
 }
