@@ -10,12 +10,12 @@ import (
 // whether it could tell: for TCP and Unix sockets (TLS hides its own
 // buffers).
 func queued(conn net.Conn) (int, bool) {
-	sc, ok := conn.(syscall.Conn)
-	if !ok {
-		return 0, false
-	}
-	switch conn.(type) {
-	case *net.TCPConn, *net.UnixConn:
+	var sc syscall.Conn
+	switch c := conn.(type) {
+	case *net.TCPConn:
+		sc = c
+	case *net.UnixConn:
+		sc = c
 	default:
 		return 0, false
 	}
