@@ -144,46 +144,14 @@ func (v *validator) string() bool {
 	return false
 }
 
-// number reads -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
+// number reads a number (see numberEnd).
 func (v *validator) number() bool {
-	if v.b[v.i] == '-' {
-		v.i++
-	}
-	switch {
-	case v.i >= len(v.b):
-		return false
-	case v.b[v.i] == '0':
-		v.i++
-	case v.b[v.i] >= '1' && v.b[v.i] <= '9':
-		v.digits()
-	default:
+	end := numberEnd(v.b, v.i)
+	if end < 0 {
 		return false
 	}
-	if v.i < len(v.b) && v.b[v.i] == '.' {
-		v.i++
-		if !v.digits() {
-			return false
-		}
-	}
-	if v.i < len(v.b) && (v.b[v.i] == 'e' || v.b[v.i] == 'E') {
-		v.i++
-		if v.i < len(v.b) && (v.b[v.i] == '+' || v.b[v.i] == '-') {
-			v.i++
-		}
-		if !v.digits() {
-			return false
-		}
-	}
+	v.i = end
 	return true
-}
-
-// digits reads one or more digits.
-func (v *validator) digits() bool {
-	from := v.i
-	for v.i < len(v.b) && v.b[v.i] >= '0' && v.b[v.i] <= '9' {
-		v.i++
-	}
-	return v.i > from
 }
 
 func (v *validator) literal(word string) bool {

@@ -8,7 +8,7 @@ import (
 
 var jsonSeeds = []string{
 	`{"color": "red", "size": 3, "tags": ["a", "b"], "note": "e5c2\u00e9\n", "n": null, "t": true, "f": false}`,
-	`[]`, `{}`, ` 1 `, `-0.5e+10`, `0`, `01`, `1.`, `.5`, `1e`, `-`, `"\ud800"`, `"\x"`, "\"\x01\"", "\"\xff\"",
+	`[]`, `{}`, ` 1 `, `-0.5e+10`, `0`, `01`, `-`, `1e+`, `12.50E-3`, `1 `, `1.`, `.5`, `1e`, `-`, `"\ud800"`, `"\x"`, "\"\x01\"", "\"\xff\"",
 	`{"a":1,}`, `[1,]`, `{"a" 1}`, `{1:2}`, `tru`, `nul`, `"abc`, `[1 2]`, ``, ` `, `{"a":[{"b":{}}]}`, "\t[\r\n]\n",
 }
 
@@ -25,14 +25,20 @@ func TestValidJSONDepth(t *testing.T) {
 	}
 }
 
-// validJSON says what encoding/json.Valid says.
+// validJSON says what encoding/json.Valid says, and isNumber, which
+// shares its reading of numbers, whether that is one number alone.
 func FuzzValidJSON(f *testing.F) {
 	for _, s := range jsonSeeds {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		if got, want := validJSON(b), json.Valid(b); got != want {
-			t.Fatalf("validJSON(%q) = %v, encoding/json %v", b, got, want)
+		valid := json.Valid(b)
+		if got := validJSON(b); got != valid {
+			t.Fatalf("validJSON(%q) = %v, encoding/json %v", b, got, valid)
+		}
+		number := valid && len(b) > 0 && (b[0] == '-' || b[0] >= '0' && b[0] <= '9') && b[len(b)-1] > ' '
+		if got := isNumber(b); got != number {
+			t.Fatalf("isNumber(%q) = %v, want %v", b, got, number)
 		}
 	})
 }

@@ -112,18 +112,26 @@ func (t *Type) Append(dst, text []byte) []byte {
 
 // isNumber reports whether b is a JSON number. Postgres writes the special
 // floats as NaN and Infinity, which JSON lacks; those become strings.
-func isNumber(b []byte) bool {
-	i := 0
+func isNumber(b []byte) bool { return numberEnd(b, 0) == len(b) }
+
+// numberEnd returns where the JSON number at b[i] ends,
+// -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?, or -1 when none is there.
+func numberEnd(b []byte, i int) int {
 	if i < len(b) && b[i] == '-' {
 		i++
 	}
-	j := skipDigits(b, i)
-	if j == i || b[i] == '0' && j-i > 1 {
-		return false
+	switch {
+	case i < len(b) && b[i] == '0':
+		i++
+	case i < len(b) && b[i] >= '1' && b[i] <= '9':
+		i = skipDigits(b, i)
+	default:
+		return -1
 	}
-	if i = j; i < len(b) && b[i] == '.' {
-		if j = skipDigits(b, i+1); j == i+1 {
-			return false
+	if i < len(b) && b[i] == '.' {
+		j := skipDigits(b, i+1)
+		if j == i+1 {
+			return -1
 		}
 		i = j
 	}
@@ -132,12 +140,13 @@ func isNumber(b []byte) bool {
 		if i < len(b) && (b[i] == '+' || b[i] == '-') {
 			i++
 		}
-		if j = skipDigits(b, i); j == i {
-			return false
+		j := skipDigits(b, i)
+		if j == i {
+			return -1
 		}
 		i = j
 	}
-	return i == len(b)
+	return i
 }
 
 // skipDigits returns the index of the first non-digit at or after i.
