@@ -65,6 +65,9 @@ type keyState struct {
 	hasRec   bool
 	declined bool // left to the script
 	insert   bool // its first change inserted its row
+	// Its value likely carries its version: its record is read only if
+	// its head turns out not to (as the script reads it).
+	message bool
 
 	// What the batch's writes leave: the key, and its record, set (with
 	// their PX) or deleted.
@@ -73,9 +76,11 @@ type keyState struct {
 }
 
 // take takes in a key's value, or head, and its record, and reports
-// whether the value, when this was its head, must be read whole: the head
-// was cut before its version. A failed read leaves the key to the script.
-func (k *keyState) take(value *redis.StringCmd, rec string, hasRec bool) (cutShort bool) {
+// whether the key, when this was its head, must be read again, whole and
+// with its record: the head was cut before its version, or it is of a
+// message key, whose record is not read first, and has no version. A
+// failed read leaves the key to the script.
+func (k *keyState) take(value *redis.StringCmd, rec string, hasRec bool) (again bool) {
 	v, err := value.Bytes()
 	if err != nil && err != redis.Nil {
 		k.declined = true
@@ -89,7 +94,7 @@ func (k *keyState) take(value *redis.StringCmd, rec string, hasRec bool) (cutSho
 	}
 	k.value = v
 	_, h := messageVersion(v)
-	return h == cut && len(v) >= head
+	return h == cut && len(v) >= head || k.message && h != versioned
 }
 
 // current is the key's version as the script finds it, and whether it
@@ -133,6 +138,12 @@ func (s *Store) transact(ctx context.Context, rc *redis.Client, cmds []command.C
 	states := map[string]*keyState{}
 	var keys []string
 	pipe := conn.Pipeline()
+	// A sink writes message values, or opaque ones, to all its keys: a
+	// delete's key most likely holds what the sink's other writes hold.
+	messages := false
+	for _, i := range tx {
+		messages = messages || cmds[i].Message
+	}
 	for _, i := range tx {
 		c := &cmds[i]
 		if _, ok := tokens[c.Partition]; !ok {
@@ -140,7 +151,7 @@ func (s *Store) transact(ctx context.Context, rc *redis.Client, cmds []command.C
 			watch = append(watch, fences[c.Partition].key)
 		}
 		if _, ok := states[c.Key]; !ok {
-			states[c.Key] = &keyState{insert: c.Insert}
+			states[c.Key] = &keyState{insert: c.Insert, message: c.Message || c.Del && messages}
 			keys = append(keys, c.Key)
 		}
 	}
@@ -150,15 +161,20 @@ func (s *Store) transact(ctx context.Context, rc *redis.Client, cmds []command.C
 	}
 	// Reads cost Redis about what writes do, so they are few: an insert
 	// most likely finds neither its key nor its record, which one EXISTS
-	// of them all says; every record of the other keys is read by one
-	// MGET, whose nil is an absent record or one that is not a string,
-	// which one EXISTS tells apart.
-	var inserted, others, vkeys []string
+	// of them all says; the other keys' heads are read, and the records
+	// of those whose values are opaque by one MGET, whose nil is an absent
+	// record or one that is not a string, which one EXISTS tells apart.
+	// A message value's record is read only when its head has no version.
+	var inserted, others, opaque, vkeys []string
 	for _, k := range keys {
-		if states[k].insert {
+		switch st := states[k]; {
+		case st.insert:
 			inserted = append(inserted, k, VersionKey(k))
-		} else {
+		case st.message:
 			others = append(others, k)
+		default:
+			others = append(others, k)
+			opaque = append(opaque, k)
 			vkeys = append(vkeys, VersionKey(k))
 		}
 	}
@@ -168,10 +184,10 @@ func (s *Store) transact(ctx context.Context, rc *redis.Client, cmds []command.C
 	if len(inserted) > 0 {
 		insertsFound = pipe.Exists(ctx, inserted...)
 	}
-	if len(others) > 0 {
-		for j, k := range others {
-			heads[j] = pipe.GetRange(ctx, k, 0, head-1)
-		}
+	for j, k := range others {
+		heads[j] = pipe.GetRange(ctx, k, 0, head-1)
+	}
+	if len(vkeys) > 0 {
 		recs, recsFound = pipe.MGet(ctx, vkeys...), pipe.Exists(ctx, vkeys...)
 	}
 	sent, err := pipe.Exec(ctx)
@@ -191,7 +207,7 @@ func (s *Store) transact(ctx context.Context, rc *redis.Client, cmds []command.C
 			}
 		}
 	}
-	if len(others) > 0 {
+	if len(vkeys) > 0 {
 		vals, err := recs.Result()
 		n, nerr := recsFound.Result()
 		strs := 0
@@ -200,16 +216,19 @@ func (s *Store) transact(ctx context.Context, rc *redis.Client, cmds []command.C
 				strs++
 			}
 		}
-		for j, k := range others {
+		for j, k := range opaque {
 			st := states[k]
-			if err != nil || nerr != nil || int(n) != strs || len(vals) != len(others) {
+			if err != nil || nerr != nil || int(n) != strs || len(vals) != len(opaque) {
 				st.declined = true // a record that is not a string: the script says which
 				continue
 			}
 			rec, _ := vals[j].(string)
-			if st.take(heads[j], rec, vals[j] != nil) {
-				again = append(again, k) // its head was cut before its version
-			}
+			st.rec, st.hasRec = rec, vals[j] != nil
+		}
+	}
+	for j, k := range others {
+		if st := states[k]; !st.declined && st.take(heads[j], st.rec, st.hasRec) {
+			again = append(again, k)
 		}
 	}
 	// Round 2, rarely: the whole value, and the record, of those.
