@@ -30,7 +30,9 @@ import (
 // A change that fails because Redis is unavailable (see
 // store.Unavailable) is not a failure of the change: its message is held,
 // with every message after it, and tried again until Redis takes it; no
-// attempt is counted. Only the writer's loop uses an applier.
+// attempt is counted. Each lane of the writer's loop has an applier of
+// its own, which one goroutine at a time uses: the lane's while a batch is
+// in flight, the loop's otherwise.
 type applier struct {
 	*Service
 	store   *store.Store
@@ -43,9 +45,8 @@ type applier struct {
 	// a batch that waits for Redis (or NATS) to come back.
 	held []*work
 	cmds []command.Command // reused for each round trip
-	// ahead is what was read of the next batch while Redis applied the
-	// last one; its messages may not be the next batch's after all.
-	ahead *readAhead
+	// render is the applier's own: it keeps what it rendered last.
+	render *command.Renderer
 	// fencedOut are the partitions whose writes Redis refused since the
 	// loop last asked: another writer set their fence after this one.
 	fencedOut map[int]bool
@@ -81,11 +82,11 @@ const (
 	fenced                   // refused: another writer owns its partition now
 )
 
-// apply writes the changes of msgs, in order, and settles their messages;
-// meanwhile it reads next, likely the next batch, ahead. It returns nil,
-// or why some messages are held: Redis or NATS is unavailable. Then retry
-// must be called until it returns nil, before apply is called again.
-func (a *applier) apply(ctx context.Context, msgs, next []jetstream.Msg) error {
+// apply writes the changes of msgs, in order, and settles their messages.
+// It returns nil, or why some messages are held: Redis or NATS is
+// unavailable. Then retry must be called until it returns nil, before
+// apply is called again.
+func (a *applier) apply(ctx context.Context, msgs []jetstream.Msg) error {
 	now := time.Now()
 	for _, m := range msgs {
 		w := &work{msg: m}
@@ -102,17 +103,14 @@ func (a *applier) apply(ctx context.Context, msgs, next []jetstream.Msg) error {
 			}
 			w.ref = &ref
 		}
-		a.adopt(w)
 		a.held = append(a.held, w)
 	}
-	a.ahead = nil
-	return a.retry(ctx, next)
+	return a.retry(ctx)
 }
 
 // retry tries the held messages again: it reads what is unread, writes the
 // pending changes in one round trip and settles every message it can.
-// While Redis writes it reads next ahead.
-func (a *applier) retry(ctx context.Context, next []jetstream.Msg) (unavailable error) {
+func (a *applier) retry(ctx context.Context) (unavailable error) {
 	cmds := a.cmds[:0]
 	var written []*item
 	for _, w := range a.held {
@@ -134,10 +132,6 @@ func (a *applier) retry(ctx context.Context, next []jetstream.Msg) (unavailable 
 		}
 	}
 	a.cmds = cmds[:0]
-	if len(cmds) > 0 && len(next) > 0 {
-		ahead := a.readAhead(next)
-		defer func() { <-ahead.done; a.ahead = ahead }()
-	}
 	if len(cmds) > 0 {
 		began := time.Now()
 		errs, stale := a.store.Apply(ctx, cmds)
@@ -252,8 +246,7 @@ func (a *applier) checkAnnotations(items []*item) {
 }
 
 // items renders the commands of a message's changes, from partition p;
-// ref is set for a parked change's next attempt. It changes nothing of
-// the applier but its metrics.
+// ref is set for a parked change's next attempt.
 func (a *applier) items(evs []*sluicev1.ChangeEvent, p int, ref *retry.Ref) []*item {
 	var buf []command.Command
 	items := make([]*item, 0, len(evs))
@@ -288,52 +281,6 @@ func (a *applier) items(evs []*sluicev1.ChangeEvent, p int, ref *retry.Ref) []*i
 		}
 	}
 	return items
-}
-
-// readAhead is the reading of the messages of the next batch, while Redis
-// applies the one before: decoding and rendering are a third of the
-// writer's work, for which Redis waited, and the writer for Redis.
-type readAhead struct {
-	msgs  []jetstream.Msg
-	items [][]*item // nil: left to read (see read)
-	done  chan struct{}
-}
-
-// readAhead starts reading msgs. Only what needs nothing but the message
-// is read (a whole message of the change stream that decodes); the rest,
-// and any warning, is for read. Until the read is done nothing else may
-// render: retry waits for it before it returns.
-func (a *applier) readAhead(msgs []jetstream.Msg) *readAhead {
-	// Its own copy: the loop's queue, which msgs is of, changes in place.
-	r := &readAhead{msgs: slices.Clone(msgs), items: make([][]*item, len(msgs)), done: make(chan struct{})}
-	go func() {
-		defer close(r.done)
-		for i, m := range r.msgs {
-			if a.isRetry(m) || fragmented(m) {
-				continue
-			}
-			evs, err := change.Events(m.Data())
-			if err != nil {
-				continue
-			}
-			r.items[i] = a.items(evs, partition(m), nil)
-		}
-	}()
-	return r
-}
-
-// adopt takes what was read ahead of w's message.
-func (a *applier) adopt(w *work) {
-	if a.ahead == nil || w.ref != nil {
-		return
-	}
-	for i, m := range a.ahead.msgs {
-		if m == w.msg && a.ahead.items[i] != nil {
-			w.items, w.read = a.ahead.items[i], true
-			a.checkAnnotations(w.items)
-			return
-		}
-	}
 }
 
 // errUndecodable marks a message that is not a batch of changes.

@@ -2,14 +2,22 @@ package rediswriter
 
 import (
 	"context"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/sluicehq/sluice/pkg/change"
 	"github.com/sluicehq/sluice/pkg/config"
+	"github.com/sluicehq/sluice/pkg/testenv"
 	"github.com/sluicehq/sluice/pkg/topology"
+	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
+	"github.com/sluicehq/sluice/services/redis-writer/internal/command"
+	"github.com/sluicehq/sluice/services/redis-writer/internal/store"
 )
 
 // renewedLease ran out once and holds again: the writer slept through it.
@@ -37,8 +45,8 @@ func TestWorkAfterALapsedLease(t *testing.T) {
 	held := &holding{msgs: map[jetstream.Msg]struct{}{}}
 	msgs := []*queuedMsg{{}, {}}
 	l := &loop{Service: s, group: renewedLease{}, held: held, msgs: make(chan delivery),
-		cons: newConsumers(nil, nil, topo, sink, nil, time.Second, s.log, &s.warn),
-		a:    &applier{Service: s, holding: held, fencedOut: map[int]bool{}}}
+		cons:  newConsumers(nil, nil, topo, sink, nil, time.Second, s.log, &s.warn),
+		lanes: []*lane{{a: &applier{Service: s, holding: held, fencedOut: map[int]bool{}}}}}
 	for _, m := range msgs {
 		held.add(m)
 		l.queue = append(l.queue, m)
@@ -54,7 +62,119 @@ func TestWorkAfterALapsedLease(t *testing.T) {
 			t.Errorf("change %d handed back %d times, want once", i, m.naks)
 		}
 	}
-	if l.lapses != 1 {
-		t.Errorf("lapses seen = %d, want 1", l.lapses)
+	if l.lapses.Load() != 1 {
+		t.Errorf("lapses seen = %d, want 1", l.lapses.Load())
+	}
+}
+
+// streamMsg is a message of the change stream, as a partition consumer
+// delivers it.
+type streamMsg struct {
+	jetstream.Msg
+	subject string
+	data    []byte
+	header  nats.Header
+	acks    int
+}
+
+func (m *streamMsg) Subject() string      { return m.subject }
+func (m *streamMsg) Data() []byte         { return m.data }
+func (m *streamMsg) Headers() nats.Header { return m.header }
+func (m *streamMsg) Ack() error           { m.acks++; return nil }
+
+// heldLease holds, and never ran out.
+type heldLease struct{}
+
+func (heldLease) Lease() (time.Time, uint64) { return time.Now().Add(time.Minute), 0 }
+
+// Lanes apply batches of different partitions at once, never two of one
+// partition: a partition's changes are written in order, one batch after
+// the other, and each message is acknowledged once.
+func TestLanesTakeDisjointPartitions(t *testing.T) {
+	ctx := context.Background()
+	rd := testenv.NewRedis(t)
+	cfg := &config.Config{
+		Postgres: config.Postgres{URL: "postgres://localhost/unused", Tables: []string{"public.users"}},
+		Sinks: []config.Sink{{Name: "s", BatchSize: 1,
+			Destination: config.Destination{Type: "redis_string", Host: "127.0.0.1", Port: rd.Port}}},
+	}
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(cfg, "s", zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(ctx, s.sink.Destination)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	held := &holding{msgs: map[jetstream.Msg]struct{}{}}
+	l := &loop{Service: s, st: st, group: heldLease{}, held: held, done: make(chan *lane, lanes),
+		cons: newConsumers(nil, st, s.topo, *s.sink, nil, time.Second, s.log, &s.warn)}
+	m := newSinkMetrics("s")
+	for range lanes {
+		render, err := command.NewRenderer(s.sink, cfg.Postgres)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.lanes = append(l.lanes, &lane{a: &applier{Service: s, store: st, m: m, holding: held, render: render, fencedOut: map[int]bool{}}})
+	}
+
+	msg := func(id, lsn int) *streamMsg {
+		pk := []string{strconv.Itoa(id)}
+		ev := &sluicev1.ChangeEvent{Action: sluicev1.Action_ACTION_UPDATE, Schema: "public", Table: "users", PkColumns: []string{"id"}, PkValues: pk,
+			Record: []byte(`{"id":` + pk[0] + `,"lsn":` + strconv.Itoa(lsn) + `}`), CommitLsn: uint64(lsn)}
+		data, err := change.AppendEvent(nil, ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &streamMsg{subject: s.topo.Subject(s.topo.Partition("public", "users", pk)), data: data}
+	}
+	// Two rows of one partition, one of another.
+	p := partition(msg(1, 0))
+	other := 2
+	for partition(msg(other, 0)) == p {
+		other++
+	}
+	a1, a2, b := msg(1, 10), msg(1, 20), msg(other, 30)
+	for _, m := range []*streamMsg{a1, a2, b} {
+		held.add(m)
+		l.queue = append(l.queue, m)
+	}
+
+	l.work(ctx) // a1, on the first lane
+	l.work(ctx) // not a2: its partition is in flight; b, on the second
+	q := partition(b)
+	if !l.lanes[0].busy[p] || !l.lanes[1].busy[q] || len(l.lanes[1].busy) != 1 || len(l.queue) != 1 || l.queue[0] != a2 {
+		t.Fatalf("lanes hold %v and %v, queue %d messages: want partition %d, then %d, and a2 queued", l.lanes[0].busy, l.lanes[1].busy, len(l.queue), p, q)
+	}
+	l.await()
+	l.work(ctx) // a2, now that a1 is written
+	if l.lanes[0].busy == nil && l.lanes[1].busy == nil {
+		t.Fatal("a2 did not start once its partition was free")
+	}
+	// While a2 is in flight, nothing else of its partition may start.
+	l.queue = append(l.queue, msg(1, 5))
+	held.add(l.queue[0])
+	l.work(ctx)
+	if !l.stalled || len(l.queue) != 1 {
+		t.Fatalf("a change of a partition in flight started on another lane (stalled %v, %d queued)", l.stalled, len(l.queue))
+	}
+	l.await()
+	l.work(ctx)
+	l.await()
+
+	for _, m := range []*streamMsg{a1, a2, b} {
+		if m.acks != 1 {
+			t.Errorf("message of %s acknowledged %d times, want once", m.subject, m.acks)
+		}
+	}
+	for id, want := range map[int]string{1: `"lsn":20`, other: `"lsn":30`} {
+		if v := rd.Client().Get(ctx, "sequin:users:"+strconv.Itoa(id)).Val(); !strings.Contains(v, want) {
+			t.Errorf("row %d's key holds %s, want its change with %s", id, v, want)
+		}
 	}
 }

@@ -47,7 +47,6 @@ type Service struct {
 	sink    *config.Sink
 	log     *zap.Logger
 	topo    topology.Topology
-	render  *command.Renderer
 	tables  map[string]bool
 	actions map[string]bool
 	id      string
@@ -60,13 +59,13 @@ func New(cfg *config.Config, name string, log *zap.Logger) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	render, err := command.NewRenderer(sink, cfg.Postgres)
-	if err != nil {
+	// Each lane renders with its own renderer; this one checks the sink.
+	if _, err := command.NewRenderer(sink, cfg.Postgres); err != nil {
 		return nil, fmt.Errorf("sink %s: %w", name, err)
 	}
 	id := group.NewID()
 	s := &Service{cfg: cfg, sink: sink, log: log.With(zap.String("sink", name), zap.String("writer", id)), topo: topology.New(cfg.NATS),
-		render: render, tables: map[string]bool{}, actions: map[string]bool{}, id: id}
+		tables: map[string]bool{}, actions: map[string]bool{}, id: id}
 	for _, t := range sink.Tables {
 		s.tables[t] = true
 	}
@@ -141,10 +140,17 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 	}
 	expiry := max(time.Second, s.sink.Failover/3)
-	l := &loop{Service: s, st: st, group: g, jobs: jobs, held: held, msgs: msgs,
+	l := &loop{Service: s, st: st, group: g, jobs: jobs, held: held, msgs: msgs, done: make(chan *lane, lanes),
 		cons: newConsumers(stream, st, s.topo, *s.sink, receive, expiry, s.log, &s.warn),
-		a:    &applier{Service: s, store: st, box: box, js: js, changes: stream, m: newSinkMetrics(s.sink.Name), holding: held, fencedOut: map[int]bool{}},
 		up:   redisUp.WithLabelValues(s.sink.Name)}
+	m := newSinkMetrics(s.sink.Name)
+	for range lanes {
+		render, err := command.NewRenderer(s.sink, s.cfg.Postgres)
+		if err != nil {
+			return fmt.Errorf("sink %s: %w", s.sink.Name, err)
+		}
+		l.lanes = append(l.lanes, &lane{a: &applier{Service: s, store: st, box: box, js: js, changes: stream, m: m, holding: held, render: render, fencedOut: map[int]bool{}}})
+	}
 	st.EnableFences(s.sink.Name, s.id, l.leaseHolds)
 	g.Report(l.cons.state)
 	l.cons.onChange = g.Touch
