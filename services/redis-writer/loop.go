@@ -54,7 +54,7 @@ type loop struct {
 	retryAt  <-chan time.Time
 	delay    time.Duration
 	up       prometheus.Gauge
-	policy   string       // Redis's maxmemory-policy, as last read
+	policy   string       // Redis's maxmemory-policy, as last read; watchRedis's alone once it runs
 	progress atomic.Int64 // when the loop last went round
 
 	stopping    atomic.Bool            // read by the /readyz handler's goroutine
@@ -137,7 +137,6 @@ func (l *loop) run(ctx context.Context, assigned <-chan []int) error {
 				l.warn.log(l.log, "start partition consumers", err)
 			}
 		case <-tick.C:
-			l.await()
 			l.tick(ctx)
 		case d := <-l.msgs:
 			l.take(d)
@@ -189,15 +188,20 @@ func (l *loop) holds() bool {
 	return false
 }
 
-// await waits for the batches in flight, and takes in their outcomes.
-func (l *loop) await() {
-	busy := 0
+// busy is how many lanes have a batch in flight.
+func (l *loop) busy() int {
+	n := 0
 	for _, ln := range l.lanes {
 		if ln.busy != nil {
-			busy++
+			n++
 		}
 	}
-	for range busy {
+	return n
+}
+
+// await waits for the batches in flight, and takes in their outcomes.
+func (l *loop) await() {
+	for range l.busy() {
 		l.finish(<-l.done)
 	}
 }
@@ -399,6 +403,10 @@ func (l *loop) giveUp(partitions []int) {
 
 func (l *loop) tick(ctx context.Context) {
 	backlog, gone := l.cons.updatePending(ctx)
+	stuck := l.cons.quiet(backlog, max(3*tickEvery, 2*l.sink.Failover))
+	if len(gone) > 0 || len(stuck) > 0 {
+		l.await() // restarting a partition hands back what is held of it
+	}
 	if !l.holds() {
 		// A partition whose consumer is gone delivers nothing, and says
 		// nothing of its backlog: it starts over, with the consumer made
@@ -409,25 +417,40 @@ func (l *loop) tick(ctx context.Context) {
 		}
 		// A partition whose consumer delivers nothing while its backlog
 		// waits is stuck: it starts over, handing back what it delivered.
-		for _, p := range l.cons.quiet(backlog, max(3*tickEvery, 2*l.sink.Failover)) {
+		for _, p := range stuck {
 			l.log.Warn("partition delivered nothing while changes wait; starting its consumer again", zap.Int("partition", p), zap.Uint64("backlog", backlog[p]))
 			l.restart(p)
 		}
-	}
-	l.checkPolicy(ctx)
-	if err := l.checkReset(ctx); err != nil {
-		l.warn.log(l.log, "check whether redis lost its data", err)
 	}
 	if l.leased() {
 		if err := l.cons.resume(ctx); err != nil {
 			l.warn.log(l.log, "start partition consumers", err)
 		}
 	}
-	if !l.holds() && len(l.queue) == 0 {
+	if l.busy() == 0 && !l.holds() && len(l.queue) == 0 {
 		// Idle: readiness still tells whether Redis answers.
 		pctx, cancel := context.WithTimeout(ctx, tickEvery)
 		l.available(l.st.Ping(pctx))
 		cancel()
+	}
+}
+
+// watchRedis checks, every tick until ctx is done, Redis's eviction
+// policy and whether it lost acknowledged writes; on a goroutine of its
+// own, since their round trips would hold the loop.
+func (l *loop) watchRedis(ctx context.Context) {
+	t := time.NewTicker(tickEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		l.checkPolicy(ctx)
+		if err := l.checkReset(ctx); err != nil {
+			l.warn.log(l.log, "check whether redis lost its data", err)
+		}
 	}
 }
 

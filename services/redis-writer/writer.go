@@ -166,9 +166,7 @@ func (s *Service) Run(ctx context.Context) error {
 	assigned := make(chan []int, 1)
 	gctx, leave := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
+	wg.Go(func() {
 		_ = g.Run(gctx, l.alive, func(members []string) {
 			mine := s.topo.Assign(members, s.id)
 			s.log.Info("partitions assigned", zap.Ints("partitions", mine), zap.Int("writers", len(members)))
@@ -178,11 +176,8 @@ func (s *Service) Run(ctx context.Context) error {
 			}
 			assigned <- mine
 		})
-	}()
-	go func() {
-		defer wg.Done()
-		held.keepAlive(gctx, s.sink.AckWait/3, l.alive)
-	}()
+	})
+	wg.Go(func() { held.keepAlive(gctx, s.sink.AckWait/3, l.alive) })
 	admin.Ready("redis writer "+s.sink.Name, func() error {
 		if err := l.ready(); err != nil {
 			return err
@@ -203,6 +198,7 @@ func (s *Service) Run(ctx context.Context) error {
 	if err := l.checkReset(ctx); err != nil {
 		s.warn.log(s.log, "check whether redis lost its data", err)
 	}
+	wg.Go(func() { l.watchRedis(gctx) })
 	s.log.Info("writing", zap.String("redis", st.Addr()))
 	err = l.run(ctx, assigned)
 	parked.Stop()
