@@ -447,10 +447,16 @@ func (l *loop) watchRedis(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		l.checkPolicy(ctx)
-		if err := l.checkReset(ctx); err != nil {
-			l.warn.log(l.log, "check whether redis lost its data", err)
-		}
+		l.checkRedis(ctx)
+	}
+}
+
+// checkRedis reads Redis's eviction policy and finds out whether it lost
+// acknowledged writes.
+func (l *loop) checkRedis(ctx context.Context) {
+	l.checkPolicy(ctx)
+	if err := l.checkReset(ctx); err != nil {
+		l.warn.log(l.log, "check whether redis lost its data", err)
 	}
 }
 

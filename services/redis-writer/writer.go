@@ -194,10 +194,7 @@ func (s *Service) Run(ctx context.Context) error {
 		return nil
 	})
 	l.up.Set(1)
-	l.checkPolicy(ctx)
-	if err := l.checkReset(ctx); err != nil {
-		s.warn.log(s.log, "check whether redis lost its data", err)
-	}
+	l.checkRedis(ctx)
 	wg.Go(func() { l.watchRedis(gctx) })
 	s.log.Info("writing", zap.String("redis", st.Addr()))
 	err = l.run(ctx, assigned)
