@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sluicehq/sluice/pkg/change"
@@ -18,7 +19,30 @@ import (
 
 func setup(t *testing.T, maxMsgs int64) jetstream.JetStream {
 	t.Helper()
-	js := testenv.NewNATS(t).JetStream(t)
+	return stream(t, testenv.NewNATS(t).JetStream(t), maxMsgs)
+}
+
+// setupFar is setup with the server 50 ms away each way: what is
+// published stays in flight for 100 ms, however slowly the test runs.
+func setupFar(t *testing.T, maxMsgs int64) jetstream.JetStream {
+	t.Helper()
+	srv := testenv.NewNATS(t)
+	port := testenv.Distant(t, strings.TrimPrefix(srv.URL(), "nats://"), 50*time.Millisecond)
+	nc, err := nats.Connect("nats://127.0.0.1:" + strconv.Itoa(port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stream(t, js, maxMsgs)
+}
+
+// stream makes the stream S of the tests.
+func stream(t *testing.T, js jetstream.JetStream, maxMsgs int64) jetstream.JetStream {
+	t.Helper()
 	_, err := js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "S", Subjects: []string{"S.changes.*", "S.fragments.*"}, MaxMsgs: maxMsgs, Discard: jetstream.DiscardNew})
 	if err != nil {
 		t.Fatal(err)
@@ -365,7 +389,7 @@ func TestTruncateCopiesAreNotResends(t *testing.T) {
 // it would take the first message's events for published.
 func TestOrphansDeleted(t *testing.T) {
 	ctx := context.Background()
-	js := setup(t, -1)
+	js := setupFar(t, -1) // the three messages below are in flight at once
 	rival, _, err := Open(ctx, js, options(4, 10))
 	if err != nil {
 		t.Fatal(err)
