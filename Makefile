@@ -9,6 +9,10 @@
 
 MODULES  := proto pkg services/capture services/redis-writer services/sluice e2e bench deploy
 PKGS     := $(foreach m,$(MODULES),./$(m)/...)
+# The services' and libraries' own tests run under the race detector; the
+# end-to-end ones drive built binaries, and run as they are.
+UNIT     := $(foreach m,proto pkg services/capture services/redis-writer services/sluice,./$(m)/...)
+SLOW     := $(foreach m,e2e bench deploy,./$(m)/...)
 BINARIES := ./services/sluice/cmd/sluice ./services/capture/cmd/sluice-capture ./services/redis-writer/cmd/sluice-redis-writer
 FUZZTIME ?= 20s
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -25,7 +29,8 @@ demo: build
 	bin/sluice demo
 
 test: vet
-	go test -count=1 -timeout 20m $(PKGS)
+	go test -count=1 -race -timeout 20m $(UNIT)
+	go test -count=1 -timeout 20m $(SLOW)
 
 # The slow deployment checks: release binaries and images, built and
 # inspected (needs podman, buildah or docker; root to chroot into them).
