@@ -439,16 +439,7 @@ func (l *loop) tick(ctx context.Context) {
 // policy and whether it lost acknowledged writes; on a goroutine of its
 // own, since their round trips would hold the loop.
 func (l *loop) watchRedis(ctx context.Context) {
-	t := time.NewTicker(tickEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		l.checkRedis(ctx)
-	}
+	every(ctx, tickEvery, func() { l.checkRedis(ctx) })
 }
 
 // checkRedis reads Redis's eviction policy and finds out whether it lost

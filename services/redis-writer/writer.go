@@ -290,16 +290,9 @@ func (h *holding) purge(p int, handBack func([]jetstream.Msg)) {
 // says the writer's loop goes round, until ctx is done. A stuck loop lets
 // its messages go to other writers.
 func (h *holding) keepAlive(ctx context.Context, period time.Duration, alive func() bool) {
-	t := time.NewTicker(period)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, period, func() {
 		if !alive() {
-			continue
+			return
 		}
 		h.mu.Lock()
 		msgs := make([]jetstream.Msg, 0, len(h.msgs))
@@ -309,6 +302,20 @@ func (h *holding) keepAlive(ctx context.Context, period time.Duration, alive fun
 		h.mu.Unlock()
 		for _, m := range msgs {
 			_ = m.InProgress()
+		}
+	})
+}
+
+// every calls f each period until ctx is done.
+func every(ctx context.Context, period time.Duration, f func()) {
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			f()
 		}
 	}
 }
