@@ -2,7 +2,6 @@ package testenv
 
 import (
 	"net"
-	"testing"
 	"time"
 )
 
@@ -10,14 +9,14 @@ import (
 // port passes every byte on, each direction, one way later, the way a
 // server on another host is reached. It does not hold back throughput:
 // what is sent meanwhile follows at its own time. It returns the proxy's
-// port; tb's cleanup closes it.
-func Distant(tb testing.TB, addr string, oneWay time.Duration) int {
-	tb.Helper()
+// port; t's cleanup closes it.
+func Distant(t TB, addr string, oneWay time.Duration) int {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		tb.Fatal(err)
+		t.Fatalf("distant proxy: %v", err)
 	}
-	tb.Cleanup(func() { ln.Close() })
+	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
 			c, err := ln.Accept()
