@@ -27,7 +27,7 @@ type lease interface {
 // partitions no other holds: while Redis applies one, the writer reads,
 // renders and settles another, instead of each waiting for the other, and
 // the round trips to a Redis on another host overlap. With Redis 1 ms
-// away, two lanes doubled a writer's throughput, and three or four took
+// away, two lanes nearly doubled a writer's throughput, and three or four took
 // it to what two cores allow (BenchmarkWriter/remote).
 const lanes = 4
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sluicehq/sluice/pkg/change"
 	"github.com/sluicehq/sluice/pkg/config"
+	"github.com/sluicehq/sluice/pkg/fragment"
 	"github.com/sluicehq/sluice/pkg/testenv"
 	"github.com/sluicehq/sluice/pkg/topology"
 	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
@@ -176,5 +177,32 @@ func TestLanesTakeDisjointPartitions(t *testing.T) {
 		if v := rd.Client().Get(ctx, "sequin:users:"+strconv.Itoa(id)).Val(); !strings.Contains(v, want) {
 			t.Errorf("row %d's key holds %s, want its change with %s", id, v, want)
 		}
+	}
+}
+
+// A message in fragments is a batch of its own: met after others, it is
+// passed over, and so is everything after it of its partition, which
+// would otherwise be written before it.
+func TestBatchPassesOverAFragmentsPartition(t *testing.T) {
+	l := &loop{Service: &Service{sink: &config.Sink{BatchSize: 100}}, lanes: []*lane{{}}}
+	msg := func(p int, fragments bool) *streamMsg {
+		m := &streamMsg{subject: "sluice.changes." + strconv.Itoa(p)}
+		if fragments {
+			m.header = nats.Header{fragment.Header: []string{"3"}}
+		}
+		return m
+	}
+	a, frag, b, c := msg(1, false), msg(2, true), msg(2, false), msg(3, false)
+	l.queue = []jetstream.Msg{a, frag, b, c}
+	batch, partitions := l.batch()
+	if len(batch) != 2 || batch[0] != a || batch[1] != c || !partitions[1] || !partitions[3] || partitions[2] {
+		t.Fatalf("batch %v of partitions %v, want a and c", batch, partitions)
+	}
+	if len(l.queue) != 2 || l.queue[0] != frag || l.queue[1] != b {
+		t.Fatalf("queue %v, want the fragments, then b", l.queue)
+	}
+	// Alone at the head of the queue, the fragments are a batch of their own.
+	if batch, _ = l.batch(); len(batch) != 1 || batch[0] != frag {
+		t.Fatalf("batch %v, want the fragments alone", batch)
 	}
 }
