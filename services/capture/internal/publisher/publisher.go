@@ -36,8 +36,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/sluicehq/sluice/pkg/change"
 	"github.com/sluicehq/sluice/pkg/fragment"
@@ -156,6 +154,7 @@ type batch struct {
 	first     string // the position of its first event
 	data      []byte
 	events    int
+	size      int // the capacity a new batch starts with
 }
 
 // eventKey is an event's position, to name a batch in errors. A TRUNCATE's
@@ -258,23 +257,34 @@ func (p *Publisher) Add(ctx context.Context, partition int, ev *sluicev1.ChangeE
 		b = &batch{partition: partition}
 		p.batches[partition] = b
 	}
-	size := proto.Size(ev)
-	encoded := protowire.SizeTag(1) + protowire.SizeBytes(size)
-	if b.events > 0 && len(b.data)+encoded > p.maxBatch {
-		if err := p.publish(ctx, b); err != nil {
-			return err
-		}
+	if b.data == nil {
+		// Sized like the partition's last batch, so that a stream of full
+		// batches does not grow each one from nothing (a copy of it at
+		// every doubling), nor a trickle of small ones hold 64 KiB each.
+		b.data = make([]byte, 0, b.size)
 	}
+	// Encoded in place, then measured: sizing it first would walk every
+	// field twice.
+	at := len(b.data)
 	var err error
 	if b.data, err = change.AppendEvent(b.data, ev); err != nil {
 		return err
+	}
+	if b.events > 0 && len(b.data) > p.maxBatch {
+		// It does not fit: the batch goes without it, and it starts the next.
+		encoded := b.data[at:]
+		b.data = b.data[:at]
+		if err := p.publish(ctx, b); err != nil {
+			return err
+		}
+		b.data = append(make([]byte, 0, max(b.size, len(encoded))), encoded...)
 	}
 	if b.events == 0 {
 		b.first = eventKey(ev)
 	}
 	b.events++
 	switch {
-	case encoded > p.maxBatch:
+	case len(b.data) > p.maxBatch:
 		return p.publishFragments(ctx, b)
 	case b.events >= maxBatchEvents || len(b.data) >= p.maxBatch:
 		return p.publish(ctx, b)
@@ -319,6 +329,7 @@ func (p *Publisher) publish(ctx context.Context, b *batch) error {
 	// The message keeps the batch's buffer: the NATS client may resend it.
 	msg := &nats.Msg{Subject: p.opts.Subject(b.partition), Data: b.data, Header: nats.Header{}}
 	events := b.events
+	b.size = min(len(b.data)+len(b.data)/8, p.maxBatch+p.maxBatch/8)
 	b.data, b.events = nil, 0
 	return p.send(ctx, msg, events, b.name())
 }
