@@ -37,6 +37,7 @@ var sluiceMetricTypes = map[string]string{
 	"sluice_capture_restarts_total":              "counter",
 	"sluice_capture_events_published_total":      "counter",
 	"sluice_capture_publish_seconds":             "histogram",
+	"sluice_capture_commit_to_stream_seconds":    "histogram",
 	"sluice_capture_in_flight":                   "gauge",
 	"sluice_capture_confirmed_lsn":               "gauge",
 	"sluice_capture_source_refused":              "gauge",

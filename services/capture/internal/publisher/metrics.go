@@ -15,6 +15,13 @@ var (
 		Help:    "From publishing an event to JetStream's acknowledgement.",
 		Buckets: prometheus.ExponentialBuckets(0.0002, 3, 10),
 	})
+	// Its buckets are the writer's sluice_writer_commit_to_redis_seconds':
+	// the two split a change's way from Postgres to Redis at the stream.
+	commitToStream = promauto.NewHistogram(prometheus.HistogramOpts{
+		Name:    "sluice_capture_commit_to_stream_seconds",
+		Help:    "From a change's commit in Postgres to JetStream's acknowledgement of the message holding it.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 3, 11),
+	})
 	inFlight = promauto.NewGauge(prometheus.GaugeOpts{
 		Name: "sluice_capture_in_flight",
 		Help: "Events published and not yet acknowledged.",

@@ -145,6 +145,8 @@ type item struct {
 	tokens int // of the in-flight budget, returned once resolved
 	lsn    uint64
 	sent   time.Time
+	// commits are the commit times of its events (Unix µs).
+	commits []int64
 	notify []chan struct{} // closed once the marker is passed
 }
 
@@ -154,7 +156,8 @@ type batch struct {
 	first     string // the position of its first event
 	data      []byte
 	events    int
-	size      int // the capacity a new batch starts with
+	commits   []int64 // its events' commit times (Unix µs)
+	size      int     // the capacity a new batch starts with
 }
 
 // eventKey is an event's position, to name a batch in errors. A TRUNCATE's
@@ -281,8 +284,10 @@ func (p *Publisher) Add(ctx context.Context, partition int, ev *sluicev1.ChangeE
 	}
 	if b.events == 0 {
 		b.first = eventKey(ev)
+		b.commits = make([]int64, 0, min(maxBatchEvents, b.size/128+1))
 	}
 	b.events++
+	b.commits = append(b.commits, ev.CommitTimestampUs)
 	switch {
 	case len(b.data) > p.maxBatch:
 		return p.publishFragments(ctx, b)
@@ -328,10 +333,10 @@ func (p *Publisher) Flush(ctx context.Context) (int, error) {
 func (p *Publisher) publish(ctx context.Context, b *batch) error {
 	// The message keeps the batch's buffer: the NATS client may resend it.
 	msg := &nats.Msg{Subject: p.opts.Subject(b.partition), Data: b.data, Header: nats.Header{}}
-	events := b.events
+	commits := b.commits
 	b.size = min(len(b.data)+len(b.data)/8, p.maxBatch+p.maxBatch/8)
-	b.data, b.events = nil, 0
-	return p.send(ctx, msg, events, b.name())
+	b.data, b.events, b.commits = nil, 0, nil
+	return p.send(ctx, msg, commits, b.name())
 }
 
 // name is how errors refer to b's message: its partition and first event.
@@ -344,20 +349,22 @@ func (p *Publisher) publishFragments(ctx context.Context, b *batch) error {
 	seqs := make([]uint64, len(parts))
 	for i, part := range parts {
 		seqs[i] = p.lastSeq + 1 // the expected last sequence makes it so
-		if err := p.send(ctx, &nats.Msg{Subject: p.opts.FragmentSubject(b.partition), Data: part, Header: nats.Header{}}, 0, b.name()+" fragment "+strconv.Itoa(i)); err != nil {
+		if err := p.send(ctx, &nats.Msg{Subject: p.opts.FragmentSubject(b.partition), Data: part, Header: nats.Header{}}, nil, b.name()+" fragment "+strconv.Itoa(i)); err != nil {
 			return err
 		}
 	}
 	msg := &nats.Msg{Subject: p.opts.Subject(b.partition), Header: nats.Header{}}
 	fragment.SetHeader(msg.Header, seqs)
-	name := b.name()
-	b.data, b.events = nil, 0
-	return p.send(ctx, msg, 1, name)
+	name, commits := b.name(), b.commits
+	b.data, b.events, b.commits = nil, 0, nil
+	return p.send(ctx, msg, commits, name)
 }
 
-// send publishes msg as the stream's next message once the in-flight
-// budget has room for it; name says which in errors.
-func (p *Publisher) send(ctx context.Context, msg *nats.Msg, events int, name string) error {
+// send publishes msg, which holds events committed at commits (none for
+// a fragment), as the stream's next message once the in-flight budget has
+// room for it; name says which in errors.
+func (p *Publisher) send(ctx context.Context, msg *nats.Msg, commits []int64, name string) error {
+	events := len(commits)
 	tokens := min(max(1, len(msg.Data)/unit), p.opts.MaxInFlight)
 	for range tokens {
 		select {
@@ -381,7 +388,7 @@ func (p *Publisher) send(ctx context.Context, msg *nats.Msg, events int, name st
 	p.lastSeq++
 	p.number++
 	inFlight.Add(float64(events))
-	return p.enqueue(ctx, item{fut: fut, name: name, events: events, tokens: tokens, sent: time.Now()})
+	return p.enqueue(ctx, item{fut: fut, name: name, events: events, tokens: tokens, sent: time.Now(), commits: commits})
 }
 
 // Commit marks lsn as safely delivered once every event added before the
@@ -457,8 +464,12 @@ func (p *Publisher) track() {
 		}
 		select {
 		case <-it.fut.Ok():
+			now := time.Now()
 			published.Add(float64(it.events))
-			publishSeconds.Observe(time.Since(it.sent).Seconds())
+			publishSeconds.Observe(now.Sub(it.sent).Seconds())
+			for _, c := range it.commits {
+				commitToStream.Observe(now.Sub(time.UnixMicro(c)).Seconds())
+			}
 		case err := <-it.fut.Err():
 			p.fail(fmt.Errorf("publish to %s (message %s): %w", it.fut.Msg().Subject, it.name, err))
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/sluicehq/sluice/pkg/change"
 	"github.com/sluicehq/sluice/pkg/fragment"
@@ -442,4 +443,42 @@ func TestOrphansDeleted(t *testing.T) {
 		t.Fatal(err)
 	}
 	rival.Close(ctx)
+}
+
+// Every event published counts in the commit-to-stream histogram, from
+// its own commit: with the writer's commit-to-Redis, it splits a change's
+// way at the stream.
+func TestCommitToStreamObserved(t *testing.T) {
+	ctx := context.Background()
+	js := setup(t, -1)
+	p, _, err := Open(ctx, js, options(2, 10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	count, sum := histogram(t)
+	committed := time.Now().Add(-2 * time.Second)
+	for i := range uint32(3) {
+		ev := event(5, i)
+		ev.CommitTimestampUs = committed.UnixMicro()
+		if err := p.Add(ctx, int(i%2), ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.Commit(ctx, 6)
+	if err := p.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	n, s := histogram(t)
+	if n-count != 3 || s-sum < 6 || s-sum > 6+3*time.Since(committed).Seconds() {
+		t.Fatalf("histogram gained %d samples summing to %.1fs, want 3 of 2s or more each", n-count, s-sum)
+	}
+}
+
+func histogram(t *testing.T) (count uint64, sum float64) {
+	t.Helper()
+	var m dto.Metric
+	if err := commitToStream.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum()
 }
