@@ -43,9 +43,9 @@ func cpuSeconds(pid int) float64 {
 }
 
 // treeCPUSeconds is the CPU time of a process and all its descendants,
-// living or reaped: a Postgres cluster's postmaster, its backends and its
-// walsenders.
-func treeCPUSeconds(root int) float64 {
+// living or reaped (a Postgres cluster's postmaster, its backends and its
+// walsenders), and the pids of the living ones.
+func treeCPUSeconds(root int) (float64, []int) {
 	entries, _ := os.ReadDir("/proc")
 	children := map[int][]int{}
 	own := map[int]float64{}
@@ -66,14 +66,39 @@ func treeCPUSeconds(root int) float64 {
 		}
 	}
 	total := rootReaped
+	var pids []int
 	stack := []int{root}
 	for len(stack) > 0 {
 		pid := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
 		total += own[pid]
+		pids = append(pids, pid)
 		stack = append(stack, children[pid]...)
 	}
-	return total
+	return total, pids
+}
+
+// runQueueSeconds is how long the threads of the processes pids have been
+// runnable and waiting for a core (the second field of each thread's
+// schedstat): what queueing for the machine's cores cost them. A thread
+// that exited takes its share with it.
+func runQueueSeconds(pids ...int) float64 {
+	var ns float64
+	for _, pid := range pids {
+		dir := filepath.Join("/proc", strconv.Itoa(pid), "task")
+		tasks, _ := os.ReadDir(dir)
+		for _, t := range tasks {
+			b, err := os.ReadFile(filepath.Join(dir, t.Name(), "schedstat"))
+			if err != nil {
+				continue // gone meanwhile, or no schedstats in this kernel
+			}
+			if f := strings.Fields(string(b)); len(f) >= 2 {
+				v, _ := strconv.ParseFloat(f[1], 64)
+				ns += v
+			}
+		}
+	}
+	return ns / 1e9
 }
 
 // peakRSS is a process's peak resident set size (VmHWM), in bytes.
@@ -121,6 +146,7 @@ type cpuSample struct {
 	at        time.Time
 	names     []string
 	seconds   map[string]float64
+	waited    map[string]float64 // runQueueSeconds
 	busy, all float64
 }
 
@@ -128,21 +154,23 @@ type cpuSample struct {
 // all their processes, and of this process, which embeds NATS and runs the
 // load generator and the observer.
 func (e *env) sampleCPU(ctx context.Context, p *pipeline) cpuSample {
-	s := cpuSample{at: time.Now(), seconds: map[string]float64{}}
-	add := func(name string, sec float64) {
+	s := cpuSample{at: time.Now(), seconds: map[string]float64{}, waited: map[string]float64{}}
+	add := func(name string, sec float64, pids ...int) {
 		s.names = append(s.names, name)
 		s.seconds[name] = sec
+		s.waited[name] = runQueueSeconds(pids...)
 	}
 	for _, svc := range p.services() {
-		add(svc.name, cpuSeconds(svc.Pid()))
+		add(svc.name, cpuSeconds(svc.Pid()), svc.Pid())
 	}
 	if pid, err := e.postgresPID(); err == nil {
-		add("postgres", treeCPUSeconds(pid))
+		sec, pids := treeCPUSeconds(pid)
+		add("postgres", sec, pids...)
 	}
 	if pid, err := e.redisPID(ctx); err == nil {
-		add("redis", cpuSeconds(pid))
+		add("redis", cpuSeconds(pid), pid)
 	}
-	add("bench+nats", cpuSeconds(os.Getpid()))
+	add("bench+nats", cpuSeconds(os.Getpid()), os.Getpid())
 	s.busy, s.all = machineTicks()
 	return s
 }
@@ -153,6 +181,10 @@ type cpuUse struct {
 	Seconds float64 `json:"cpu_seconds"`
 	// Cores is the seconds divided by the interval: 1 is one core busy.
 	Cores float64 `json:"cores"`
+	// Waiting is the time its threads were runnable and waiting for a
+	// core, divided by the interval: 0.5 is one thread kept waiting half
+	// the time. For "machine", the sum over the processes.
+	Waiting float64 `json:"waiting_for_a_core"`
 }
 
 // cpuBetween is what each process used from a to b, and the machine's
@@ -160,14 +192,17 @@ type cpuUse struct {
 func cpuBetween(a, b cpuSample) []cpuUse {
 	wall := b.at.Sub(a.at).Seconds()
 	var out []cpuUse
+	var waiting float64
 	for _, n := range b.names {
 		sec := b.seconds[n] - a.seconds[n]
-		out = append(out, cpuUse{Process: n, Seconds: round(sec, 2), Cores: round(sec/wall, 2)})
+		w := max(b.waited[n]-a.waited[n], 0) / wall // a thread gone takes its share
+		waiting += w
+		out = append(out, cpuUse{Process: n, Seconds: round(sec, 2), Cores: round(sec/wall, 2), Waiting: round(w, 2)})
 	}
 	if b.all > a.all {
 		busy := b.busy - a.busy
 		cores := busy / (b.all - a.all) * float64(numCPU())
-		out = append(out, cpuUse{Process: "machine", Seconds: round(cores*wall, 2), Cores: round(cores, 2)})
+		out = append(out, cpuUse{Process: "machine", Seconds: round(cores*wall, 2), Cores: round(cores, 2), Waiting: round(waiting, 2)})
 	}
 	return out
 }

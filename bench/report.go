@@ -142,14 +142,14 @@ func (r *results) markdown() string {
 	fmt.Fprintf(&b, "Services built from %s with %s; %d partitions, default batch size.\n\n", orUnknown(rev), r.Build.Go, r.Settings.Partitions)
 
 	b.WriteString("### Catch-up: a backlog committed while the services were stopped\n\n")
-	b.WriteString("| writers | changes | transactions | seconds | changes/s | stream complete after s | CPU s: capture | writers | postgres | redis | bench+nats | machine busy cores | peak RSS MiB: capture | writer (max) | Redis = Postgres |\n")
-	b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|\n")
+	b.WriteString("| writers | changes | transactions | seconds | changes/s | stream complete after s | CPU s: capture | writers | postgres | redis | bench+nats | machine busy cores | threads waiting for a core | peak RSS MiB: capture | writer (max) | Redis = Postgres |\n")
+	b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|\n")
 	for _, c := range r.CatchUp {
-		fmt.Fprintf(&b, "| %d | %d | %d | %.1f | **%.0f** | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.2f | %.1f | %.1f | %s |\n",
+		fmt.Fprintf(&b, "| %d | %d | %d | %.1f | **%.0f** | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.2f | %.2f | %.1f | %.1f | %s |\n",
 			c.Writers, c.Backlog.Changes, c.Backlog.Transactions, c.Seconds, c.ChangesPerSecond, c.CapturedSeconds,
 			cpuOf(c.CPU, "capture").Seconds, cpuOf(c.CPU, "writer-").Seconds, cpuOf(c.CPU, "postgres").Seconds,
 			cpuOf(c.CPU, "redis").Seconds, cpuOf(c.CPU, "bench+nats").Seconds, cpuOf(c.CPU, "machine").Cores,
-			peakOf(c.Peaks, "capture"), peakOf(c.Peaks, "writer-"), yes(c.Equal))
+			cpuOf(c.CPU, "machine").Waiting, peakOf(c.Peaks, "capture"), peakOf(c.Peaks, "writer-"), yes(c.Equal))
 	}
 	if len(r.CatchUp) > 0 {
 		bl := r.CatchUp[0].Backlog
@@ -159,13 +159,14 @@ func (r *results) markdown() string {
 
 	if len(r.Latency) > 0 {
 		b.WriteString("\n### Steady state: commit to Redis, seen by a keyspace-notification observer\n\n")
-		b.WriteString("| rate/s | achieved/s | values timed | mean ms | p50 ms | p99 ms | p99.9 ms | max ms | peak backlog | drain s | kept up | cores: capture | writer | postgres | redis | bench+nats | machine |\n")
-		b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|---:|---:|---:|---:|\n")
+		b.WriteString("| rate/s | achieved/s | values timed | mean ms | p50 ms | p99 ms | p99.9 ms | max ms | peak backlog | drain s | kept up | cores: capture | writer | postgres | redis | bench+nats | machine | threads waiting for a core |\n")
+		b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, l := range r.Latency {
-			fmt.Fprintf(&b, "| %d | %.0f | %d | %.1f | %.1f | **%.1f** | %.1f | %.1f | %d | %.2f | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n",
+			fmt.Fprintf(&b, "| %d | %.0f | %d | %.1f | %.1f | **%.1f** | %.1f | %.1f | %d | %.2f | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n",
 				l.Rate, l.Achieved, l.Samples, l.MeanMs, l.P50Ms, l.P99Ms, l.P999Ms, l.MaxMs, l.PeakBacklog, l.DrainSeconds, yes(l.KeptUp),
 				cpuOf(l.CPU, "capture").Cores, cpuOf(l.CPU, "writer-").Cores, cpuOf(l.CPU, "postgres").Cores,
-				cpuOf(l.CPU, "redis").Cores, cpuOf(l.CPU, "bench+nats").Cores, cpuOf(l.CPU, "machine").Cores)
+				cpuOf(l.CPU, "redis").Cores, cpuOf(l.CPU, "bench+nats").Cores, cpuOf(l.CPU, "machine").Cores,
+				cpuOf(l.CPU, "machine").Waiting)
 		}
 	}
 	if len(r.Peaks) > 0 {
@@ -201,6 +202,7 @@ func cpuOf(uses []cpuUse, name string) cpuUse {
 		if u.Process == name || strings.HasSuffix(name, "-") && strings.HasPrefix(u.Process, name) {
 			sum.Seconds += u.Seconds
 			sum.Cores += u.Cores
+			sum.Waiting += u.Waiting
 		}
 	}
 	return sum
