@@ -155,8 +155,7 @@ type batch struct {
 	partition int
 	first     string // the position of its first event
 	data      []byte
-	events    int
-	commits   []int64 // its events' commit times (Unix µs)
+	commits   []int64 // its events' commit times (Unix µs), one each
 	size      int     // the capacity a new batch starts with
 }
 
@@ -273,7 +272,7 @@ func (p *Publisher) Add(ctx context.Context, partition int, ev *sluicev1.ChangeE
 	if b.data, err = change.AppendEvent(b.data, ev); err != nil {
 		return err
 	}
-	if b.events > 0 && len(b.data) > p.maxBatch {
+	if len(b.commits) > 0 && len(b.data) > p.maxBatch {
 		// It does not fit: the batch goes without it, and it starts the next.
 		encoded := b.data[at:]
 		b.data = b.data[:at]
@@ -282,16 +281,15 @@ func (p *Publisher) Add(ctx context.Context, partition int, ev *sluicev1.ChangeE
 		}
 		b.data = append(make([]byte, 0, max(b.size, len(encoded))), encoded...)
 	}
-	if b.events == 0 {
+	if len(b.commits) == 0 {
 		b.first = eventKey(ev)
 		b.commits = make([]int64, 0, min(maxBatchEvents, b.size/128+1))
 	}
-	b.events++
 	b.commits = append(b.commits, ev.CommitTimestampUs)
 	switch {
 	case len(b.data) > p.maxBatch:
 		return p.publishFragments(ctx, b)
-	case b.events >= maxBatchEvents || len(b.data) >= p.maxBatch:
+	case len(b.commits) >= maxBatchEvents || len(b.data) >= p.maxBatch:
 		return p.publish(ctx, b)
 	}
 	return nil
@@ -302,7 +300,7 @@ func (p *Publisher) Pending() bool { return len(p.markers) > 0 || p.buffered() }
 
 func (p *Publisher) buffered() bool {
 	for _, b := range p.batches {
-		if b.events > 0 {
+		if len(b.commits) > 0 {
 			return true
 		}
 	}
@@ -314,8 +312,8 @@ func (p *Publisher) buffered() bool {
 func (p *Publisher) Flush(ctx context.Context) (int, error) {
 	n := 0
 	for _, b := range p.batches {
-		if b.events > 0 {
-			n += b.events
+		if len(b.commits) > 0 {
+			n += len(b.commits)
 			if err := p.publish(ctx, b); err != nil {
 				return n, err
 			}
@@ -335,7 +333,7 @@ func (p *Publisher) publish(ctx context.Context, b *batch) error {
 	msg := &nats.Msg{Subject: p.opts.Subject(b.partition), Data: b.data, Header: nats.Header{}}
 	commits := b.commits
 	b.size = min(len(b.data)+len(b.data)/8, p.maxBatch+p.maxBatch/8)
-	b.data, b.events, b.commits = nil, 0, nil
+	b.data, b.commits = nil, nil
 	return p.send(ctx, msg, commits, b.name())
 }
 
@@ -356,7 +354,7 @@ func (p *Publisher) publishFragments(ctx context.Context, b *batch) error {
 	msg := &nats.Msg{Subject: p.opts.Subject(b.partition), Header: nats.Header{}}
 	fragment.SetHeader(msg.Header, seqs)
 	name, commits := b.name(), b.commits
-	b.data, b.events, b.commits = nil, 0, nil
+	b.data, b.commits = nil, nil
 	return p.send(ctx, msg, commits, name)
 }
 
