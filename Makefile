@@ -62,6 +62,7 @@ BENCH_FLAGS ?=
 bench: build
 	go test -run '^$$' -bench . -benchtime 200000x ./services/redis-writer/...
 	go test -run '^$$' -bench . ./services/capture/internal/event
+	go test -run '^$$' -bench . -benchtime 300000x ./services/capture/internal/publisher
 	go test -run '^$$' -bench '^BenchmarkCapture$$' -benchtime 500000x ./e2e
 	go test -run '^$$' -bench '^BenchmarkCaptureBigTransaction$$' -benchtime 1000000x -timeout 30m ./e2e
 	go test -run '^$$' -bench '^BenchmarkBackfill$$' -benchtime 200000x ./e2e
