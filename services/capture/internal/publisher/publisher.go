@@ -147,7 +147,7 @@ type item struct {
 	sent   time.Time
 	// commits are the commit times of its events (Unix µs).
 	commits []int64
-	notify []chan struct{} // closed once the marker is passed
+	notify  []chan struct{} // closed once the marker is passed
 }
 
 // batch is a partition's events not yet published.
