@@ -18,7 +18,7 @@ import (
 	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
 )
 
-func setup(t *testing.T, maxMsgs int64) jetstream.JetStream {
+func setup(t testing.TB, maxMsgs int64) jetstream.JetStream {
 	t.Helper()
 	return stream(t, testenv.NewNATS(t).JetStream(t), maxMsgs)
 }
@@ -42,7 +42,7 @@ func setupFar(t *testing.T, maxMsgs int64) jetstream.JetStream {
 }
 
 // stream makes the stream S of the tests.
-func stream(t *testing.T, js jetstream.JetStream, maxMsgs int64) jetstream.JetStream {
+func stream(t testing.TB, js jetstream.JetStream, maxMsgs int64) jetstream.JetStream {
 	t.Helper()
 	_, err := js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "S", Subjects: []string{"S.changes.*", "S.fragments.*"}, MaxMsgs: maxMsgs, Discard: jetstream.DiscardNew})
 	if err != nil {
@@ -488,20 +488,7 @@ func histogram(t *testing.T) (count uint64, sum float64) {
 // capture's own and the embedded server's.
 func BenchmarkAdd(b *testing.B) {
 	ctx := context.Background()
-	srv := testenv.NewNATS(b)
-	nc, err := nats.Connect(srv.URL())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
-	if err != nil {
-		b.Fatal(err)
-	}
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "S", Subjects: []string{"S.changes.*", "S.fragments.*"}}); err != nil {
-		b.Fatal(err)
-	}
-	p, _, err := Open(ctx, js, options(16, 64))
+	p, _, err := Open(ctx, setup(b, -1), options(16, 64))
 	if err != nil {
 		b.Fatal(err)
 	}
