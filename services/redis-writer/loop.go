@@ -446,7 +446,7 @@ func (l *loop) watchRedis(ctx context.Context) {
 // acknowledged writes.
 func (l *loop) checkRedis(ctx context.Context) {
 	l.checkPolicy(ctx)
-	if err := l.checkReset(ctx); err != nil {
+	if err := l.checkReset(ctx); err != nil && ctx.Err() == nil { // shutdown cuts a check short: not a failure
 		l.warn.log(l.log, "check whether redis lost its data", err)
 	}
 }
