@@ -39,6 +39,9 @@ const (
 	// of sending many changes per message; quickFlush after a flush that
 	// found few events, so that a light load pays little of it.
 	flushDelay, quickFlush = 5 * time.Millisecond, time.Millisecond
+	// A transaction that committed longer ago than this finds capture
+	// catching up: its reads may wait for many changes (source.Stream.Behind).
+	behindAge = time.Second
 	// fewEvents is a flush too small to be worth waiting for.
 	fewEvents = 64
 	// drainTimeout bounds the wait for acknowledgements at shutdown.
@@ -475,6 +478,9 @@ func (ss *session) receive(ctx, rctx context.Context, stream *source.Stream) err
 			pm, err := pgoutput.Parse(m.Data)
 			if err != nil {
 				return fmt.Errorf("decode WAL at %s: %w", m.WALStart, err)
+			}
+			if b, ok := pm.(*pgoutput.Begin); ok {
+				stream.Behind(time.Since(b.CommitTime) > behindAge)
 			}
 			if err := ss.handle(ctx, pm); err != nil {
 				return err

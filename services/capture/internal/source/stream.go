@@ -29,6 +29,7 @@ type Stream struct {
 	unwatch func() bool
 	mu      sync.Mutex
 	gen     uint64
+	co      *coalescer // nil where the socket cannot coalesce
 }
 
 // XLogData carries one pgoutput message. Data is valid until the next Receive.
@@ -59,7 +60,7 @@ func (s *Source) StartStream(ctx context.Context) (*Stream, error) {
 		conn.Close(ctx)
 		return nil, fmt.Errorf("start replication from slot %s: %w", s.cfg.Slot, err)
 	}
-	return &Stream{conn: conn}, nil
+	return &Stream{conn: conn, co: newCoalescer(conn.Conn())}, nil
 }
 
 // replication opens a replication connection.
@@ -148,6 +149,9 @@ func (st *Stream) Receive(ctx context.Context) (any, error) {
 		return nil, err
 	}
 	st.silent = 0
+	if st.co != nil {
+		st.co.received.Add(1)
+	}
 	switch m := msg.(type) {
 	case *pgproto3.CopyData:
 		if len(m.Data) == 0 {
@@ -255,8 +259,18 @@ func (e *silentError) Error() string {
 	return fmt.Sprintf("postgres sent nothing on the replication connection for %s, not even replies to status updates (postgres.timeout): taking the connection for lost", e.silent.Round(time.Second))
 }
 
+// Behind tells the stream whether capture is far behind the server (the
+// transaction it reads committed long ago): while it is, reads wait for
+// many changes rather than take one or two (see coalescer).
+func (st *Stream) Behind(behind bool) {
+	if st.co != nil {
+		st.co.behind(behind)
+	}
+}
+
 // Close closes the connection.
 func (st *Stream) Close(ctx context.Context) error {
+	st.Behind(false)
 	st.unwatched()
 	return st.conn.Close(ctx)
 }
