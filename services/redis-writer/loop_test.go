@@ -117,7 +117,7 @@ func TestLanesTakeDisjointPartitions(t *testing.T) {
 		cons: newConsumers(nil, st, s.topo, *s.sink, nil, time.Second, s.log, &s.warn)}
 	m := newSinkMetrics("s")
 	for range lanes {
-		render, err := command.NewRenderer(s.sink, cfg.Postgres)
+		render, err := command.NewRenderer(s.sink, cfg.Postgres, s.topo.Partition)
 		if err != nil {
 			t.Fatal(err)
 		}

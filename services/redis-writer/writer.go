@@ -60,7 +60,7 @@ func New(cfg *config.Config, name string, log *zap.Logger) (*Service, error) {
 		return nil, err
 	}
 	// Each lane renders with its own renderer; this one checks the sink.
-	if _, err := command.NewRenderer(sink, cfg.Postgres); err != nil {
+	if _, err := command.NewRenderer(sink, cfg.Postgres, topology.New(cfg.NATS).Partition); err != nil {
 		return nil, fmt.Errorf("sink %s: %w", name, err)
 	}
 	id := group.NewID()
@@ -145,7 +145,7 @@ func (s *Service) Run(ctx context.Context) error {
 		up:   redisUp.WithLabelValues(s.sink.Name)}
 	m := newSinkMetrics(s.sink.Name)
 	for range lanes {
-		render, err := command.NewRenderer(s.sink, s.cfg.Postgres)
+		render, err := command.NewRenderer(s.sink, s.cfg.Postgres, s.topo.Partition)
 		if err != nil {
 			return fmt.Errorf("sink %s: %w", s.sink.Name, err)
 		}

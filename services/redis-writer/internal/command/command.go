@@ -49,6 +49,11 @@ type Command struct {
 	// primary key changed): the script writes it, ordering the versions
 	// whichever writer comes first.
 	Shared bool
+	// Home is the partition whose changes write a Shared key otherwise (a
+	// row's old key: its row's partition), whose transactions the script's
+	// write must break; -1: none (routing, which writes every key by the
+	// script).
+	Home int
 }
 
 // Renderer builds the commands of one sink.
@@ -65,10 +70,14 @@ type Renderer struct {
 	filter                                   *expression.Filter
 	transform                                *expression.Transform
 	routing                                  *expression.Routing
+	partition                                func(schema, table string, pk []string) int
 }
 
 // NewRenderer returns the renderer of a sink, compiling its expressions.
-func NewRenderer(s *config.Sink, pg config.Postgres) (*Renderer, error) {
+// partition is the stream partition of a row's changes (see
+// topology.Topology.Partition), for the Home of its old key once its
+// primary key changed.
+func NewRenderer(s *config.Sink, pg config.Postgres, partition func(schema, table string, pk []string) int) (*Renderer, error) {
 	consumer, err := annotations(s.Annotations)
 	if err != nil {
 		return nil, fmt.Errorf("annotations: %w", err)
@@ -84,6 +93,7 @@ func NewRenderer(s *config.Sink, pg config.Postgres) (*Renderer, error) {
 		tombstoneMS: s.TombstoneTTL.Milliseconds(),
 		truncate:    s.OnTruncate == "delete",
 		deletes:     slices.Contains(s.Actions, "delete"),
+		partition:   partition,
 	}
 	if s.Destination.ExpireMS != nil {
 		r.expireMS = *s.Destination.ExpireMS // 0 means no expiry: Redis refuses PX 0
@@ -123,7 +133,7 @@ func (r *Renderer) Append(cmds []Command, ev *sluicev1.ChangeEvent) ([]Command, 
 			return cmds, nil
 		}
 		version := string(change.AppendVersion(nil, ev.CommitLsn, ev.CommitIdx))
-		return append(cmds, Command{Truncate: true, Key: r.prefix + ":" + ev.Table + ":", Version: version, VersionExpireMS: r.tombstoneMS, Partition: -1}), nil
+		return append(cmds, Command{Truncate: true, Key: r.prefix + ":" + ev.Table + ":", Version: version, VersionExpireMS: r.tombstoneMS, Partition: -1, Home: -1}), nil
 	}
 	var in *expression.Input
 	if r.filter != nil || r.transform != nil || r.routing != nil {
@@ -145,7 +155,7 @@ func (r *Renderer) Append(cmds []Command, ev *sluicev1.ChangeEvent) ([]Command, 
 		rejected = !ok
 	}
 	version := string(change.AppendVersion(make([]byte, 0, change.VersionLen), ev.CommitLsn, ev.CommitIdx))
-	c := Command{Key: r.Key(ev.Table, ev.PkValues), Del: del || rejected, Version: version, ExpireMS: r.expireMS, Partition: -1,
+	c := Command{Key: r.Key(ev.Table, ev.PkValues), Del: del || rejected, Version: version, ExpireMS: r.expireMS, Partition: -1, Home: -1,
 		Insert: ev.Action == sluicev1.Action_ACTION_INSERT || ev.Action == sluicev1.Action_ACTION_READ, Shared: r.routing != nil}
 	if r.routing != nil {
 		rt, err := r.routing.Route(in)
@@ -181,9 +191,15 @@ func (r *Renderer) Append(cmds []Command, ev *sluicev1.ChangeEvent) ([]Command, 
 			old = rt.Key
 		}
 		// The old key goes, unless routing gives the row the same key
-		// again: the one write below then holds the new row.
+		// again: the one write below then holds the new row. Without
+		// routing, the old key is its row's, whose partition writes it
+		// otherwise.
 		if old != c.Key {
-			cmds = append(cmds, Command{Del: true, Key: old, Version: version, VersionExpireMS: r.tombstoneMS, Partition: -1, Shared: true})
+			home := -1
+			if r.routing == nil && r.partition != nil {
+				home = r.partition(ev.Schema, ev.Table, ev.OldPkValues)
+			}
+			cmds = append(cmds, Command{Del: true, Key: old, Version: version, VersionExpireMS: r.tombstoneMS, Partition: -1, Shared: true, Home: home})
 		}
 	}
 	if c.Del {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/pkg/config"
+	"github.com/sluicehq/sluice/pkg/topology"
 	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
 )
 
@@ -13,9 +14,12 @@ func sink(expire *int64) *config.Sink {
 	return &config.Sink{Name: "cache", TombstoneTTL: time.Hour, Destination: config.Destination{KeyPrefix: "sequin", ExpireMS: expire}}
 }
 
+// partitions spreads the rows of the tests' changes.
+var partitions = topology.Topology{Partitions: 16}
+
 func render(t *testing.T, s *config.Sink, ev *sluicev1.ChangeEvent) []Command {
 	t.Helper()
-	r, err := NewRenderer(s, config.Postgres{})
+	r, err := NewRenderer(s, config.Postgres{}, partitions.Partition)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,9 +69,13 @@ func TestAppend(t *testing.T) {
 	if len(cmds) != 2 || !cmds[0].Del || cmds[0].Key != "sequin:orders:acme:7" || cmds[1].Del || cmds[1].Key != "sequin:orders:acme:8" || cmds[0].Version != cmds[1].Version {
 		t.Fatalf("key change: %+v", cmds)
 	}
-	// The old key's other changes are in the old key's partition.
+	// The old key's other changes are in the old key's partition, whose
+	// transactions its delete must break.
 	if !cmds[0].Shared || cmds[1].Shared {
 		t.Fatalf("key change: shared %v, %v; want the old key's only", cmds[0].Shared, cmds[1].Shared)
+	}
+	if home := partitions.Partition("", "orders", []string{"acme", "7"}); cmds[0].Home != home {
+		t.Fatalf("the old key's home is partition %d, want %d", cmds[0].Home, home)
 	}
 }
 
@@ -81,7 +89,7 @@ func TestExpressions(t *testing.T) {
 		OldPkValues: []string{"6"}, Record: []byte(`{"id":7,"name":"Ann","active":true}`), Changes: []byte(`{}`), CommitLsn: 9}
 	cmds := render(t, s, ev)
 	if len(cmds) != 2 || !cmds[0].Del || cmds[0].Key != "users:6" || cmds[1].Key != "users:7" || string(cmds[1].Value) != `{"id":7,"name":"Ann"}` ||
-		cmds[1].ExpireMS != 5000 || cmds[1].Message || cmds[1].Insert || !cmds[0].Shared || !cmds[1].Shared {
+		cmds[1].ExpireMS != 5000 || cmds[1].Message || cmds[1].Insert || !cmds[0].Shared || !cmds[1].Shared || cmds[0].Home != -1 || cmds[1].Home != -1 {
 		t.Fatalf("routed update: %+v", cmds)
 	}
 	ev.OldPkValues = nil
@@ -100,7 +108,7 @@ func TestExpressions(t *testing.T) {
 		t.Fatalf("string transform, routed expiry: %+v", cmds)
 	}
 	s.Routing = `record.missing.field`
-	r, _ := NewRenderer(s, config.Postgres{})
+	r, _ := NewRenderer(s, config.Postgres{}, nil)
 	if _, err := r.Append(nil, ev); err == nil {
 		t.Fatal("a failing routing expression gave no error")
 	}

@@ -10,13 +10,20 @@
 --      version of an opaque (transformed) value, or a record written by an
 --      earlier release (24 hex digits).
 --
--- ARGV[1] is the number of fence keys, 0 or 1. With one, KEYS[1] holds the
--- token of the writer that owns the changes' partition and ARGV[2] is this
--- writer's: on a mismatch nothing is written and every change answers
+-- ARGV[1] is the number of fence keys, f, 0 or 1. With one, KEYS[1] holds
+-- the token of the writer that owns the changes' partition and ARGV[2] is
+-- this writer's: on a mismatch nothing is written and every change answers
 -- "f <owner>", so a writer that lost its partition cannot write late.
 --
--- Change i (from 1) has the key KEYS[f+2i-1] and its record KEYS[f+2i],
--- and 3 arguments: its version, its operation and its value (fewer
+-- ARGV[f+2] is the number of fences to touch, t, KEYS[f+1] to KEYS[f+t]:
+-- those of the partitions that write some of these keys otherwise (a
+-- row's old key, deleted from the partition of its new one). Setting each
+-- to its own value makes the EXEC of a transaction that watches it fail:
+-- its reads of these keys may be older than the writes here.
+--
+-- Change i (from 1) has the key KEYS[f+t+2i-1] and its record
+-- KEYS[f+t+2i], and 3 arguments from ARGV[f+3+3(i-1)]: its version, its
+-- operation and its value (fewer
 -- arguments cost Redis less per change). The operation is a letter: 'm'
 -- (SET a message value, which carries the version and needs no record
 -- unless it expires), 's' (SET any other value: a record keeps its
@@ -145,7 +152,8 @@ end
 
 local out = {}
 local f = tonumber(ARGV[1])
-local n = (#KEYS - f) / 2
+local t = tonumber(ARGV[f + 2])
+local n = (#KEYS - f - t) / 2
 if f == 1 then
   local owner = redis.call('GET', KEYS[1])
   if owner ~= ARGV[2] then
@@ -156,7 +164,7 @@ if f == 1 then
   end
 end
 for i = 1, n do
-  local key, vkey, a = KEYS[f + 2 * i - 1], KEYS[f + 2 * i], f + 1 + 3 * (i - 1)
+  local key, vkey, a = KEYS[f + t + 2 * i - 1], KEYS[f + t + 2 * i], f + 2 + 3 * (i - 1)
   local ver, op, val = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local kind, px, vpx, known = string.byte(op, 1), '0', '0', ''
   if #op > 2 then
@@ -226,5 +234,11 @@ for i = 1, n do
     r = step .. ' ' .. r.err
   end
   out[i] = r
+end
+for j = f + 1, f + t do
+  local owner = redis.call('GET', KEYS[j])
+  if owner then
+    redis.call('SET', KEYS[j], owner)
+  end
 end
 return out

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -207,14 +208,17 @@ func (s *Store) run(ctx context.Context, cmds []command.Command, calls []call) (
 	results = make([]*redis.Cmd, len(calls))
 	pipe := s.client.Pipeline()
 	for g, cl := range calls {
-		keys := make([]string, 0, 1+2*len(cl.cmds))
-		args := make([]any, 0, 2+3*len(cl.cmds))
+		touch := s.touches(cmds, cl.cmds)
+		keys := make([]string, 0, 1+len(touch)+2*len(cl.cmds))
+		args := make([]any, 0, 3+3*len(cl.cmds))
 		if cl.fence != "" {
 			keys = append(keys, cl.fence)
 			args = append(args, 1, cl.token)
 		} else {
 			args = append(args, 0)
 		}
+		keys = append(keys, touch...)
+		args = append(args, len(touch))
 		evicts := s.evicts.Load()
 		for _, i := range cl.cmds {
 			c := &cmds[i]
@@ -237,6 +241,28 @@ func (s *Store) run(ctx context.Context, cmds []command.Command, calls []call) (
 		}
 	}
 	return results, s.waited(wait)
+}
+
+// touches are the fence keys of the partitions whose transactions the
+// script's writes of cmds[idx] must break: the Home of a Shared key, which
+// its own partition may be writing meanwhile from reads that the script's
+// write makes stale (see transaction.go). Breaking one costs it a fall
+// back to the script; not breaking it could bring a deleted key back.
+func (s *Store) touches(cmds []command.Command, idx []int) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fences == nil {
+		return nil // no fences, no transactions
+	}
+	var keys []string
+	for _, i := range idx {
+		if c := &cmds[i]; c.Shared && c.Home >= 0 {
+			if k := s.prefix + strconv.Itoa(c.Home); !slices.Contains(keys, k) {
+				keys = append(keys, k)
+			}
+		}
+	}
+	return keys
 }
 
 // operation is c's operation argument to the script (see apply.lua).

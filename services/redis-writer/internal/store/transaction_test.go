@@ -9,6 +9,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/sluicehq/sluice/pkg/config"
 	"github.com/sluicehq/sluice/pkg/testenv"
 	"github.com/sluicehq/sluice/services/redis-writer/internal/command"
 )
@@ -191,4 +192,43 @@ func FuzzMessageVersion(f *testing.F) {
 			t.Errorf("record %q: the script reads %q, a transaction %q", record, got[1], rv)
 		}
 	})
+}
+
+// A primary-key change deletes its row's old key from the new key's
+// partition, by the script, while the old key's own partition may be
+// writing it in a transaction (another lane, another writer): the script
+// touches the fence of the key's own partition, and the transaction, its
+// reads now stale, is left to the script. Without that, an insert read
+// before the delete's tombstone was written brought the deleted key back.
+func TestSharedDeleteBreaksATransactionOfItsKey(t *testing.T) {
+	ctx := context.Background()
+	fenced = true
+	defer func() { fenced = false }()
+	r := testenv.NewRedis(t)
+	// s holds partition 0, the key's own; other writes the new key's.
+	s := open(t, r)
+	other, err := Open(ctx, config.Destination{Host: "127.0.0.1", Port: r.Port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	other.EnableFences("test", "o", func() bool { return true }) // holds none of them
+	rc := r.Client()
+	defer rc.Close()
+	inserted := msg("k", 1, 0, "")
+	inserted.Insert = true
+	s.beforeExec = func() {
+		s.beforeExec = nil
+		moved := command.Command{Del: true, Key: "k", Version: v(2, 0), VersionExpireMS: 60000, Partition: -1, Shared: true, Home: 0}
+		if errs, _ := other.Apply(ctx, []command.Command{moved}); errs[0] != nil {
+			t.Error(errs[0])
+		}
+	}
+	errs, stale := s.Apply(ctx, []command.Command{inserted})
+	if errs[0] != nil {
+		t.Fatal(errs[0])
+	}
+	if rc.Exists(ctx, "k").Val() != 0 || rc.Get(ctx, VersionKey("k")).Val() != v(2, 0) || stale != 1 {
+		t.Fatalf("stale = %d, k exists: %d: the insert, older than the delete, was written after it", stale, rc.Exists(ctx, "k").Val())
+	}
 }
