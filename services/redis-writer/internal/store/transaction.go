@@ -18,11 +18,14 @@ import (
 // between: a writer that lost a partition writes nothing of it.
 //
 // Reading and writing apart is safe because nothing else writes those keys
-// meanwhile: a key is written from its own partition only (command.Shared
-// marks those that are not, which the script writes), and a partition is
-// written by the holder of its fence, in order, one batch at a time. A key
-// that expires or is evicted in between is written as the script would
-// have at the time of the reads: nothing newer was written since.
+// meanwhile unwatched: a key is written from its own partition only, by the
+// holder of its fence, in order, one batch at a time; command.Shared marks
+// the writes that come from elsewhere (a row's old key, deleted from the
+// partition of its new one), which the script makes, and which set the
+// fence of the key's own partition to its own value (see touches), failing
+// the EXEC of a transaction that read the key before. A key that expires
+// or is evicted in between is written as the script would have at the
+// time of the reads: nothing newer was written since.
 //
 // Anything out of the ordinary (a fence not this writer's, a failed read,
 // a record of an unknown form, a refused or aborted EXEC) leaves the
