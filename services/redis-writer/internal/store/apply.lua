@@ -236,9 +236,11 @@ for i = 1, n do
   out[i] = r
 end
 for j = f + 1, f + t do
-  local owner = redis.call('GET', KEYS[j])
-  if owner then
-    redis.call('SET', KEYS[j], owner)
+  -- A fence that cannot be touched (Redis out of memory) fails none of the
+  -- changes written above.
+  local owner = redis.pcall('GET', KEYS[j])
+  if owner and not failed(owner) then
+    redis.pcall('SET', KEYS[j], owner)
   end
 end
 return out
