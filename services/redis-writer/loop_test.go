@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/sluicehq/sluice/pkg/change"
 	"github.com/sluicehq/sluice/pkg/config"
@@ -17,7 +18,6 @@ import (
 	"github.com/sluicehq/sluice/pkg/testenv"
 	"github.com/sluicehq/sluice/pkg/topology"
 	sluicev1 "github.com/sluicehq/sluice/proto/sluice/v1"
-	"github.com/sluicehq/sluice/services/redis-writer/internal/command"
 	"github.com/sluicehq/sluice/services/redis-writer/internal/store"
 )
 
@@ -88,11 +88,10 @@ type heldLease struct{}
 
 func (heldLease) Lease() (time.Time, uint64) { return time.Now().Add(time.Minute), 0 }
 
-// Lanes apply batches of different partitions at once, never two of one
-// partition: a partition's changes are written in order, one batch after
-// the other, and each message is acknowledged once.
-func TestLanesTakeDisjointPartitions(t *testing.T) {
-	ctx := context.Background()
+// service is the writer of sink "s" of the table public.users, with
+// batches of one change, and a store of its Redis.
+func service(t *testing.T, log *zap.Logger) (*Service, *store.Store) {
+	t.Helper()
 	rd := testenv.NewRedis(t)
 	cfg := &config.Config{
 		Postgres: config.Postgres{URL: "postgres://localhost/unused", Tables: []string{"public.users"}},
@@ -103,21 +102,30 @@ func TestLanesTakeDisjointPartitions(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(cfg, "s", zap.NewNop())
+	s, err := New(cfg, "s", log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := store.Open(ctx, s.sink.Destination)
+	st, err := store.Open(context.Background(), s.sink.Destination)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
+	t.Cleanup(func() { st.Close() })
+	return s, st
+}
+
+// Lanes apply batches of different partitions at once, never two of one
+// partition: a partition's changes are written in order, one batch after
+// the other, and each message is acknowledged once.
+func TestLanesTakeDisjointPartitions(t *testing.T) {
+	ctx := context.Background()
+	s, st := service(t, zap.NewNop())
 	held := &holding{msgs: map[jetstream.Msg]struct{}{}}
 	l := &loop{Service: s, st: st, group: heldLease{}, held: held, done: make(chan *lane, lanes),
 		cons: newConsumers(nil, st, s.topo, *s.sink, nil, time.Second, s.log, &s.warn)}
 	m := newSinkMetrics("s")
 	for range lanes {
-		render, err := command.NewRenderer(s.sink, cfg.Postgres, s.topo.Partition)
+		render, err := s.renderer()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -174,7 +182,7 @@ func TestLanesTakeDisjointPartitions(t *testing.T) {
 		}
 	}
 	for id, want := range map[int]string{1: `"lsn":20`, other: `"lsn":30`} {
-		if v := rd.Client().Get(ctx, "sequin:users:"+strconv.Itoa(id)).Val(); !strings.Contains(v, want) {
+		if v := st.Client().Get(ctx, "sequin:users:"+strconv.Itoa(id)).Val(); !strings.Contains(v, want) {
 			t.Errorf("row %d's key holds %s, want its change with %s", id, v, want)
 		}
 	}
@@ -204,5 +212,44 @@ func TestBatchPassesOverAFragmentsPartition(t *testing.T) {
 	// Alone at the head of the queue, the fragments are a batch of their own.
 	if batch, _ = l.batch(); len(batch) != 1 || batch[0] != frag {
 		t.Fatalf("batch %v, want the fragments alone", batch)
+	}
+}
+
+// A row's old key, deleted once its primary key changed, is the row's own
+// partition's otherwise: the writer's commands say which, for the script
+// to break that partition's transactions (see the store's touches).
+func TestOldKeyNamesItsPartition(t *testing.T) {
+	s, _ := service(t, zap.NewNop())
+	r, err := s.renderer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := []string{"4"}
+	cmds, err := r.Append(nil, &sluicev1.ChangeEvent{Action: sluicev1.Action_ACTION_UPDATE, Schema: "public", Table: "users",
+		PkColumns: []string{"id"}, PkValues: []string{"40"}, OldPkValues: old, Record: []byte(`{"id":40}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cmds) != 2 || !cmds[0].Shared || cmds[0].Home != s.topo.Partition("public", "users", old) {
+		t.Fatalf("the old key's command %+v, want it shared, of partition %d", cmds[0], s.topo.Partition("public", "users", old))
+	}
+}
+
+// A Redis check that shutdown cuts short is no failure to warn about; one
+// that fails while the writer runs is.
+func TestRedisCheckCutShortByShutdown(t *testing.T) {
+	core, logs := observer.New(zap.WarnLevel)
+	s, st := service(t, zap.New(core))
+	l := &loop{Service: s, st: st}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	l.checkRedis(ctx)
+	if logs.Len() != 0 {
+		t.Fatalf("warned of a check cut short by shutdown: %v", logs.All()[0].ContextMap())
+	}
+	st.Close()
+	l.checkRedis(context.Background())
+	if logs.FilterMessageSnippet("check whether redis lost its data").Len() != 1 {
+		t.Fatalf("a failed check was not reported: %d warnings", logs.Len())
 	}
 }

@@ -59,13 +59,13 @@ func New(cfg *config.Config, name string, log *zap.Logger) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Each lane renders with its own renderer; this one checks the sink.
-	if _, err := command.NewRenderer(sink, cfg.Postgres, topology.New(cfg.NATS).Partition); err != nil {
-		return nil, fmt.Errorf("sink %s: %w", name, err)
-	}
 	id := group.NewID()
 	s := &Service{cfg: cfg, sink: sink, log: log.With(zap.String("sink", name), zap.String("writer", id)), topo: topology.New(cfg.NATS),
 		tables: map[string]bool{}, actions: map[string]bool{}, id: id}
+	// Each lane renders with its own renderer; this one checks the sink.
+	if _, err := s.renderer(); err != nil {
+		return nil, err
+	}
 	for _, t := range sink.Tables {
 		s.tables[t] = true
 	}
@@ -145,9 +145,9 @@ func (s *Service) Run(ctx context.Context) error {
 		up:   redisUp.WithLabelValues(s.sink.Name)}
 	m := newSinkMetrics(s.sink.Name)
 	for range lanes {
-		render, err := command.NewRenderer(s.sink, s.cfg.Postgres, s.topo.Partition)
+		render, err := s.renderer()
 		if err != nil {
-			return fmt.Errorf("sink %s: %w", s.sink.Name, err)
+			return err
 		}
 		l.lanes = append(l.lanes, &lane{a: &applier{Service: s, store: st, box: box, js: js, changes: stream, m: m, holding: held, render: render, fencedOut: map[int]bool{}}})
 	}
@@ -304,6 +304,16 @@ func (h *holding) keepAlive(ctx context.Context, period time.Duration, alive fun
 			_ = m.InProgress()
 		}
 	})
+}
+
+// renderer returns a renderer of the sink's commands, which gives a row's
+// old key the partition the row's changes travel on.
+func (s *Service) renderer() (*command.Renderer, error) {
+	r, err := command.NewRenderer(s.sink, s.cfg.Postgres, s.topo.Partition)
+	if err != nil {
+		return nil, fmt.Errorf("sink %s: %w", s.sink.Name, err)
+	}
+	return r, nil
 }
 
 // every calls f each period until ctx is done.
