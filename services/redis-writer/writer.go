@@ -151,7 +151,7 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 		l.lanes = append(l.lanes, &lane{a: &applier{Service: s, store: st, box: box, js: js, changes: stream, m: m, holding: held, render: render, fencedOut: map[int]bool{}}})
 	}
-	st.EnableFences(s.sink.Name, s.id, l.leaseHolds)
+	st.EnableFences(s.sink.Name, s.id, s.topo.Partitions, l.leaseHolds)
 	g.Report(l.cons.state)
 	l.cons.onChange = g.Touch
 	parked, err := retries.Consume(receive(0), jetstream.PullMaxMessages(16), jetstream.PullExpiry(expiry),

@@ -51,10 +51,13 @@ type Command struct {
 	Shared bool
 	// Home is the partition whose changes write a Shared key otherwise (a
 	// row's old key: its row's partition), whose transactions the script's
-	// write must break; -1: none (routing, which writes every key by the
-	// script).
+	// write must break; AllPartitions: any (a truncated table's keys); -1:
+	// none (routing, which writes every key by the script).
 	Home int
 }
+
+// AllPartitions is the Home of a key that any partition may write.
+const AllPartitions = -2
 
 // Renderer builds the commands of one sink.
 type Renderer struct {

@@ -38,7 +38,7 @@ func BenchmarkApply(b *testing.B) {
 	if err := s.client.FlushAll(ctx).Err(); err != nil {
 		b.Fatal(err)
 	}
-	s.EnableFences("bench", "w", func() bool { return true })
+	s.EnableFences("bench", "w", 16, func() bool { return true })
 	for p := range 16 {
 		if err := s.Acquire(ctx, p); err != nil {
 			b.Fatal(err)

@@ -14,16 +14,19 @@ import (
 // over nodes, where one fence cannot guard them, and relies on the
 // writer's lease alone. sink names the fence keys; writer is this writer.
 //
+// partitions is the stream's: the fences a truncate's deletes touch.
+//
 // leased reports whether the writer's lease holds: only then does the
 // store set again a fence that Redis lost, since a writer that was paused
 // past its lease may have been replaced.
-func (s *Store) EnableFences(sink, writer string, leased func() bool) {
+func (s *Store) EnableFences(sink, writer string, partitions int, leased func() bool) {
 	if s.cluster || s.unversioned {
 		return
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.fences, s.gone, s.prefix, s.writer, s.leased = map[int]string{}, map[int]bool{}, "sluice:fence:"+sink+":", writer, leased
+	s.partitions = partitions
 }
 
 // Acquire makes this writer the owner of partition p from now on: it sets

@@ -256,7 +256,16 @@ func (s *Store) touches(cmds []command.Command, idx []int) []string {
 	}
 	var keys []string
 	for _, i := range idx {
-		if c := &cmds[i]; c.Shared && c.Home >= 0 {
+		c := &cmds[i]
+		switch {
+		case !c.Shared || c.Home == -1:
+		case c.Home == command.AllPartitions:
+			keys = keys[:0]
+			for p := range s.partitions {
+				keys = append(keys, s.prefix+strconv.Itoa(p))
+			}
+			return keys
+		default:
 			if k := s.prefix + strconv.Itoa(c.Home); !slices.Contains(keys, k) {
 				keys = append(keys, k)
 			}

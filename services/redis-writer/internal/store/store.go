@@ -65,12 +65,13 @@ type Store struct {
 	evicts      atomic.Bool // the server may evict keys (maxmemory-policy)
 	progressed  atomic.Int64
 
-	mu     sync.Mutex
-	fences map[int]string // partition → this writer's token; nil: no fencing
-	gone   map[int]bool   // partitions whose fence Redis lost
-	prefix string         // of the fence keys
-	writer string
-	leased func() bool
+	mu         sync.Mutex
+	fences     map[int]string // partition → this writer's token; nil: no fencing
+	partitions int            // of the stream (see EnableFences)
+	gone       map[int]bool   // partitions whose fence Redis lost
+	prefix     string         // of the fence keys
+	writer     string
+	leased     func() bool
 
 	beforeExec func() // for tests: runs between a transaction's reads and its EXEC
 }
@@ -202,7 +203,9 @@ func (s *Store) Apply(ctx context.Context, cmds []command.Command) (errs []error
 
 // truncate deletes, as of c's version, every key starting with c.Key:
 // keys written by later changes are newer and stay. It scans each master
-// of a cluster.
+// of a cluster. The keys are any partition's, which may be writing them
+// meanwhile: the script deletes them, and breaks every partition's
+// transactions (see touches).
 //
 // A table's keys can take longer to scan than a batch may: each page of
 // the scan has its own deadline instead of ctx's, and marks progress (see
@@ -219,7 +222,8 @@ func (s *Store) truncate(ctx context.Context, c command.Command) error {
 			if err == nil && len(keys) > 0 {
 				dels := make([]command.Command, len(keys))
 				for i, k := range keys {
-					dels[i] = command.Command{Del: true, Key: k, Version: c.Version, VersionExpireMS: c.VersionExpireMS, Partition: c.Partition}
+					dels[i] = command.Command{Del: true, Key: k, Version: c.Version, VersionExpireMS: c.VersionExpireMS, Partition: c.Partition,
+						Shared: true, Home: command.AllPartitions}
 				}
 				errs := make([]error, len(dels))
 				s.apply(pctx, dels, errs)

@@ -34,7 +34,7 @@ func open(t *testing.T, r *testenv.Redis) *Store {
 func hold(t *testing.T, s *Store) {
 	t.Helper()
 	if fenced {
-		s.EnableFences("test", "w", func() bool { return true })
+		s.EnableFences("test", "w", 16, func() bool { return true })
 		if err := s.Acquire(context.Background(), 0); err != nil {
 			t.Fatal(err)
 		}

@@ -21,9 +21,10 @@ import (
 // meanwhile unwatched: a key is written from its own partition only, by the
 // holder of its fence, in order, one batch at a time; command.Shared marks
 // the writes that come from elsewhere (a row's old key, deleted from the
-// partition of its new one), which the script makes, and which set the
-// fence of the key's own partition to its own value (see touches), failing
-// the EXEC of a transaction that read the key before. A key that expires
+// partition of its new one; a truncated table's keys), which the script
+// makes, and which set the fences of the keys' own partitions to their own
+// values (see touches), failing the EXEC of a transaction that read such a
+// key before. A key that expires
 // or is evicted in between is written as the script would have at the
 // time of the reads: nothing newer was written since.
 //

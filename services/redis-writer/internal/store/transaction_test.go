@@ -127,7 +127,7 @@ func TestTransactionRefusedOnceTheFenceMoved(t *testing.T) {
 	defer func() { fenced = false }()
 	r := testenv.NewRedis(t)
 	b := open(t, r)
-	b.EnableFences("test", "b", func() bool { return true })
+	b.EnableFences("test", "b", 16, func() bool { return true })
 	a := open(t, r) // the owner
 	applyAll(t, a, msg("k", 1, 0, ""))
 	a.beforeExec = func() {
@@ -212,7 +212,7 @@ func TestSharedDeleteBreaksATransactionOfItsKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer other.Close()
-	other.EnableFences("test", "o", func() bool { return true }) // holds none of them
+	other.EnableFences("test", "o", 16, func() bool { return true }) // holds none of them
 	rc := r.Client()
 	defer rc.Close()
 	inserted := msg("k", 1, 0, "")
@@ -230,5 +230,61 @@ func TestSharedDeleteBreaksATransactionOfItsKey(t *testing.T) {
 	}
 	if rc.Exists(ctx, "k").Val() != 0 || rc.Get(ctx, VersionKey("k")).Val() != v(2, 0) || stale != 1 {
 		t.Fatalf("stale = %d, k exists: %d: the insert, older than the delete, was written after it", stale, rc.Exists(ctx, "k").Val())
+	}
+}
+
+// A TRUNCATE's copy in one partition deletes the table's keys of every
+// partition, which may be writing them meanwhile: its deletes go through
+// the script and break every partition's transactions. Neither a newer
+// write nor an older one read before the truncate ends wrong.
+func TestTruncateAgainstTransactionsOfItsKeys(t *testing.T) {
+	ctx := context.Background()
+	fenced = true
+	defer func() { fenced = false }()
+	r := testenv.NewRedis(t)
+	// s holds partition 0, the keys' own; other, partition 1, whose copy
+	// of the truncate this is.
+	s := open(t, r)
+	other, err := Open(ctx, config.Destination{Host: "127.0.0.1", Port: r.Port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	other.EnableFences("test", "o", 16, func() bool { return true })
+	if err := other.Acquire(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	rc := r.Client()
+	defer rc.Close()
+	truncate := func(prefix string) {
+		if errs, _ := other.Apply(ctx, []command.Command{{Truncate: true, Key: prefix, Version: v(2, 0), VersionExpireMS: 60000, Partition: 1, Home: -1}}); errs[0] != nil {
+			t.Error(errs[0])
+		}
+	}
+
+	// A newer insert written between the truncate's reads and its deletes.
+	applyAll(t, s, msg("j1", 1, 0, ""))
+	newer := msg("j1", 2, 1, "")
+	written := false
+	other.beforeExec = func() {
+		other.beforeExec, written = nil, true
+		applyAll(t, s, newer)
+	}
+	truncate("j")
+	if !written {
+		applyAll(t, s, newer)
+	}
+	if rc.Get(ctx, "j1").Val() != string(newer.Value) {
+		t.Fatal("the truncate deleted a key written after it")
+	}
+
+	// An older update read before the truncate, written after it.
+	applyAll(t, s, msg("k1", 1, 0, ""))
+	s.beforeExec = func() {
+		s.beforeExec = nil
+		truncate("k")
+	}
+	if stale := applyAll(t, s, msg("k1", 1, 5, "")); stale != 1 || rc.Exists(ctx, "k1").Val() != 0 {
+		t.Fatalf("stale = %d: an update older than the truncate brought its key back", stale)
 	}
 }

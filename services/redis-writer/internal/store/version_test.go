@@ -134,8 +134,8 @@ func TestFences(t *testing.T) {
 		ctx := context.Background()
 		r := testenv.NewRedis(t)
 		a, b := open(t, r), open(t, r)
-		a.EnableFences("cache", "a", func() bool { return true })
-		b.EnableFences("cache", "b", func() bool { return true })
+		a.EnableFences("cache", "a", 16, func() bool { return true })
+		b.EnableFences("cache", "b", 16, func() bool { return true })
 		in := func(c command.Command, p int) command.Command { c.Partition = p; return c }
 		if err := a.Acquire(ctx, 3); err != nil {
 			t.Fatal(err)
@@ -165,7 +165,7 @@ func TestFences(t *testing.T) {
 		applyAll(t, b, in(msg("k", 5, 0, ""), 3))
 		// Not without a lease.
 		c := open(t, r)
-		c.EnableFences("cache", "c", func() bool { return false })
+		c.EnableFences("cache", "c", 16, func() bool { return false })
 		if err := c.Acquire(ctx, 4); err != nil {
 			t.Fatal(err)
 		}
