@@ -141,11 +141,10 @@ func (r Resume) Last() (lsn uint64, ok bool) {
 type item struct {
 	fut    jetstream.PubAckFuture // nil for a WAL position marker
 	name   string                 // of the message, for errors
-	events int
-	tokens int // of the in-flight budget, returned once resolved
+	tokens int                    // of the in-flight budget, returned once resolved
 	lsn    uint64
 	sent   time.Time
-	// commits are the commit times of its events (Unix µs).
+	// commits are the commit times of its events (Unix µs), one each.
 	commits []int64
 	notify  []chan struct{} // closed once the marker is passed
 }
@@ -362,7 +361,6 @@ func (p *Publisher) publishFragments(ctx context.Context, b *batch) error {
 // a fragment), as the stream's next message once the in-flight budget has
 // room for it; name says which in errors.
 func (p *Publisher) send(ctx context.Context, msg *nats.Msg, commits []int64, name string) error {
-	events := len(commits)
 	tokens := min(max(1, len(msg.Data)/unit), p.opts.MaxInFlight)
 	for range tokens {
 		select {
@@ -379,14 +377,14 @@ func (p *Publisher) send(ctx context.Context, msg *nats.Msg, commits []int64, na
 		for range tokens {
 			<-p.tokens
 		}
-		err = fmt.Errorf("publish %d changes (%d bytes) to %s: %w", events, len(msg.Data), msg.Subject, err)
+		err = fmt.Errorf("publish %d changes (%d bytes) to %s: %w", len(commits), len(msg.Data), msg.Subject, err)
 		p.fail(err)
 		return err
 	}
 	p.lastSeq++
 	p.number++
-	inFlight.Add(float64(events))
-	return p.enqueue(ctx, item{fut: fut, name: name, events: events, tokens: tokens, sent: time.Now(), commits: commits})
+	inFlight.Add(float64(len(commits)))
+	return p.enqueue(ctx, item{fut: fut, name: name, tokens: tokens, sent: time.Now(), commits: commits})
 }
 
 // Commit marks lsn as safely delivered once every event added before the
@@ -463,7 +461,7 @@ func (p *Publisher) track() {
 		select {
 		case <-it.fut.Ok():
 			now := time.Now()
-			published.Add(float64(it.events))
+			published.Add(float64(len(it.commits)))
 			publishSeconds.Observe(now.Sub(it.sent).Seconds())
 			for _, c := range it.commits {
 				commitToStream.Observe(now.Sub(time.UnixMicro(c)).Seconds())
@@ -471,7 +469,7 @@ func (p *Publisher) track() {
 		case err := <-it.fut.Err():
 			p.fail(fmt.Errorf("publish to %s (message %s): %w", it.fut.Msg().Subject, it.name, err))
 		}
-		inFlight.Sub(float64(it.events))
+		inFlight.Sub(float64(len(it.commits)))
 		for range it.tokens {
 			<-p.tokens
 		}
