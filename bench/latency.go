@@ -103,30 +103,14 @@ func steadyState(ctx context.Context, e *env, p *pipeline, g *generator, rate in
 		}
 	}()
 
-	tick := time.NewTicker(loadTick)
-	defer tick.Stop()
-	for time.Since(start) < d {
-		select {
-		case <-ctx.Done():
-			close(stopSampler)
-			return r, ctx.Err()
-		case <-tick.C:
-		}
-		due := int(float64(rate)*time.Since(start).Seconds()) - int(committed.Load())
-		if due <= 0 {
-			continue
-		}
-		n, err := g.commit(ctx, g.plan(min(due, maxTxn)))
-		if err != nil {
-			close(stopSampler)
-			return r, err
-		}
-		committed.Add(int64(n))
-		r.Transactions++
-	}
+	n, err := hold(ctx, g, rate, d, start, &committed)
+	r.Transactions = n
 	loadEnd := time.Now()
 	close(stopSampler)
 	<-samplerDone
+	if err != nil {
+		return r, err
+	}
 	r.Seconds = round(loadEnd.Sub(start).Seconds(), 2)
 	r.Changes = int(committed.Load())
 	r.Achieved = round(float64(r.Changes)/loadEnd.Sub(start).Seconds(), 0)
@@ -155,6 +139,33 @@ func steadyState(ctx context.Context, e *env, p *pipeline, g *generator, rate in
 	log.Printf("latency: %d/s achieved %.0f/s; p50 %.1f ms, p99 %.1f ms, p99.9 %.1f ms, max %.1f ms over %d values; backlog peak %d, at the end %d; kept up: %v",
 		rate, r.Achieved, r.P50Ms, r.P99Ms, r.P999Ms, r.MaxMs, r.Samples, r.PeakBacklog, r.EndBacklog, r.KeptUp)
 	return r, nil
+}
+
+// hold commits rate changes a second from start until d has passed, one
+// transaction every loadTick holding the changes due, and counts them in
+// committed; it returns how many transactions it committed.
+func hold(ctx context.Context, g *generator, rate int, d time.Duration, start time.Time, committed *atomic.Int64) (int, error) {
+	tick := time.NewTicker(loadTick)
+	defer tick.Stop()
+	txns := 0
+	for time.Since(start) < d {
+		select {
+		case <-ctx.Done():
+			return txns, ctx.Err()
+		case <-tick.C:
+		}
+		due := int(float64(rate)*time.Since(start).Seconds()) - int(committed.Load())
+		if due <= 0 {
+			continue
+		}
+		n, err := g.commit(ctx, g.plan(min(due, maxTxn)))
+		if err != nil {
+			return txns, err
+		}
+		committed.Add(int64(n))
+		txns++
+	}
+	return txns, nil
 }
 
 // summarise returns the mean, p50, p99, p99.9 and max of lat.

@@ -176,6 +176,15 @@ func runEnv(ctx context.Context, o options, bins *binaries, w int, first bool, r
 	}
 	res.Peaks = p.peaks()
 	p.stop()
+	for _, rate := range o.rates {
+		f, err := postgresFloor(ctx, e, gen, rate, o.duration)
+		if err != nil {
+			// Recorded, not fatal, as a ceiling's failure is.
+			log.Printf("floor: %v", err)
+			f = floorResult{Rate: rate, Error: err.Error()}
+		}
+		res.Floors = append(res.Floors, f)
+	}
 	for _, measure := range []func(context.Context, *env, int) (ceiling, error){jetstreamCeiling, redisCeiling} {
 		res.Ceilings = append(res.Ceilings, measureCeiling(measure(ctx, e, bl.Changes)))
 	}

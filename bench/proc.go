@@ -160,8 +160,10 @@ func (e *env) sampleCPU(ctx context.Context, p *pipeline) cpuSample {
 		s.seconds[name] = sec
 		s.waited[name] = runQueueSeconds(pids...)
 	}
-	for _, svc := range p.services() {
-		add(svc.name, cpuSeconds(svc.Pid()), svc.Pid())
+	if p != nil { // nil: the services are stopped
+		for _, svc := range p.services() {
+			add(svc.name, cpuSeconds(svc.Pid()), svc.Pid())
+		}
 	}
 	if pid, err := e.postgresPID(); err == nil {
 		sec, pids := treeCPUSeconds(pid)

@@ -23,6 +23,8 @@ type results struct {
 	Settings settings        `json:"settings"`
 	CatchUp  []catchUpResult `json:"catch_up"`
 	Latency  []latencyResult `json:"latency"`
+	// Floors are Postgres alone at the latency runs' rates.
+	Floors []floorResult `json:"floors"`
 	// Peaks are the services' peak memory over the first run's catch-up
 	// and latency runs.
 	Peaks    []peak    `json:"peak_rss"`
@@ -167,6 +169,27 @@ func (r *results) markdown() string {
 				cpuOf(l.CPU, "capture").Cores, cpuOf(l.CPU, "writer-").Cores, cpuOf(l.CPU, "postgres").Cores,
 				cpuOf(l.CPU, "redis").Cores, cpuOf(l.CPU, "bench+nats").Cores, cpuOf(l.CPU, "machine").Cores,
 				cpuOf(l.CPU, "machine").Waiting)
+		}
+	}
+	if len(r.Floors) > 0 {
+		b.WriteString("\n### Floor: Postgres alone at the same rates, its changes received by a bare replication client\n\n")
+		b.WriteString("| rate/s | achieved/s | values timed | mean ms | p50 ms | p99 ms | p99.9 ms | max ms | cores: postgres | bench+nats | machine | threads waiting for a core | Sluice's p99 ÷ this |\n")
+		b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		for _, f := range r.Floors {
+			if f.Error != "" {
+				fmt.Fprintf(&b, "| %d | failed: %s | | | | | | | | | | | |\n", f.Rate, f.Error)
+				continue
+			}
+			ratio := "–"
+			for _, l := range r.Latency {
+				if l.Rate == f.Rate && f.P99Ms > 0 {
+					ratio = fmt.Sprintf("%.1f", l.P99Ms/f.P99Ms)
+				}
+			}
+			fmt.Fprintf(&b, "| %d | %.0f | %d | %.1f | %.1f | **%.1f** | %.1f | %.1f | %.2f | %.2f | %.2f | %.2f | %s |\n",
+				f.Rate, f.Achieved, f.Samples, f.MeanMs, f.P50Ms, f.P99Ms, f.P999Ms, f.MaxMs,
+				cpuOf(f.CPU, "postgres").Cores, cpuOf(f.CPU, "bench+nats").Cores, cpuOf(f.CPU, "machine").Cores,
+				cpuOf(f.CPU, "machine").Waiting, ratio)
 		}
 	}
 	if len(r.Peaks) > 0 {
