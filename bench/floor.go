@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,20 +23,13 @@ import (
 type floorResult struct {
 	Rate     int     `json:"rate"`
 	Achieved float64 `json:"achieved_per_second"`
-	// Samples are the inserts and updates timed: the changes that leave a
+	// Its samples are the inserts and updates: the changes that leave a
 	// value in Redis, as the observer times them there.
-	Samples int      `json:"samples"`
-	MeanMs  float64  `json:"mean_ms"`
-	P50Ms   float64  `json:"p50_ms"`
-	P99Ms   float64  `json:"p99_ms"`
-	P999Ms  float64  `json:"p99_9_ms"`
-	MaxMs   float64  `json:"max_ms"`
-	CPU     []cpuUse `json:"cpu"`
+	spread
+	CPU []cpuUse `json:"cpu"`
 	// Error is why it could not be measured.
 	Error string `json:"error,omitempty"`
 }
-
-const floorSlot = "bench_floor"
 
 // postgresFloor commits rate changes a second for d, as steadyState does,
 // with the services stopped, while a bare client on a temporary slot of
@@ -54,6 +48,9 @@ func postgresFloor(ctx context.Context, e *env, g *generator, rate int, d time.D
 	}
 	// Closing the connection drops the temporary slot.
 	defer conn.Close(context.WithoutCancel(ctx))
+	// A name of its own per rate: the last rate's temporary slot may not
+	// be gone yet.
+	floorSlot := "bench_floor_" + strconv.Itoa(rate)
 	slot, err := pglogrepl.CreateReplicationSlot(ctx, conn, floorSlot, "pgoutput", pglogrepl.CreateReplicationSlotOptions{Temporary: true})
 	if err != nil {
 		return r, fmt.Errorf("create slot %s: %w", floorSlot, err)
@@ -93,8 +90,7 @@ func postgresFloor(ctx context.Context, e *env, g *generator, rate int, d time.D
 	}
 	lat := rc.latencies()
 	r.Achieved = round(float64(committed.Load())/loadEnd.Sub(start).Seconds(), 0)
-	r.Samples = len(lat)
-	r.MeanMs, r.P50Ms, r.P99Ms, r.P999Ms, r.MaxMs = summarise(lat)
+	r.spread = summarise(lat)
 	log.Printf("floor: %d/s achieved %.0f/s; p50 %.1f ms, p99 %.1f ms, p99.9 %.1f ms, max %.1f ms over %d values",
 		rate, r.Achieved, r.P50Ms, r.P99Ms, r.P999Ms, r.MaxMs, r.Samples)
 	return r, nil

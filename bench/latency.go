@@ -24,15 +24,10 @@ type latencyResult struct {
 	Changes      int     `json:"changes"`
 	Transactions int     `json:"transactions"`
 	Achieved     float64 `json:"achieved_per_second"`
-	// Samples are the SETs whose commit-to-Redis time was measured, of
-	// the keys whose id ends in 7 (see observe); a DEL leaves no value to
-	// read a commit time from.
-	Samples int     `json:"samples"`
-	MeanMs  float64 `json:"mean_ms"`
-	P50Ms   float64 `json:"p50_ms"`
-	P99Ms   float64 `json:"p99_ms"`
-	P999Ms  float64 `json:"p99_9_ms"`
-	MaxMs   float64 `json:"max_ms"`
+	// Its samples are the SETs whose commit-to-Redis time was measured,
+	// of the keys whose id ends in 7 (see observe); a DEL leaves no value
+	// to read a commit time from.
+	spread
 	// Backlog is committed changes not yet in Redis: not yet in the stream,
 	// or in it and not acknowledged by the sink, sampled twice a second.
 	PeakBacklog    int64   `json:"peak_backlog"`
@@ -131,8 +126,7 @@ func steadyState(ctx context.Context, e *env, p *pipeline, g *generator, rate in
 	r.CPU = cpuBetween(before, e.sampleCPU(ctx, p))
 	time.Sleep(200 * time.Millisecond) // the observer's last notifications
 	lat := obs.stop()
-	r.Samples = len(lat)
-	r.MeanMs, r.P50Ms, r.P99Ms, r.P999Ms, r.MaxMs = summarise(lat)
+	r.spread = summarise(lat)
 	// Kept up: the generator held the rate, and at the end of the load
 	// less than a second of changes was still on its way.
 	r.KeptUp = r.Achieved >= 0.97*float64(rate) && r.EndBacklog <= int64(rate)
@@ -168,10 +162,20 @@ func hold(ctx context.Context, g *generator, rate int, d time.Duration, start ti
 	return txns, nil
 }
 
-// summarise returns the mean, p50, p99, p99.9 and max of lat.
-func summarise(lat []float64) (mean, p50, p99, p999, maxv float64) {
+// spread summarises latencies, in milliseconds.
+type spread struct {
+	Samples int     `json:"samples"`
+	MeanMs  float64 `json:"mean_ms"`
+	P50Ms   float64 `json:"p50_ms"`
+	P99Ms   float64 `json:"p99_ms"`
+	P999Ms  float64 `json:"p99_9_ms"`
+	MaxMs   float64 `json:"max_ms"`
+}
+
+// summarise returns the spread of lat, which it sorts.
+func summarise(lat []float64) spread {
 	if len(lat) == 0 {
-		return
+		return spread{}
 	}
 	slices.Sort(lat)
 	var sum float64
@@ -182,7 +186,7 @@ func summarise(lat []float64) (mean, p50, p99, p999, maxv float64) {
 		i := int(math.Ceil(f*float64(len(lat)))) - 1
 		return round(lat[min(max(i, 0), len(lat)-1)], 2)
 	}
-	return round(sum/float64(len(lat)), 2), q(0.5), q(0.99), q(0.999), round(lat[len(lat)-1], 2)
+	return spread{Samples: len(lat), MeanMs: round(sum/float64(len(lat)), 2), P50Ms: q(0.5), P99Ms: q(0.99), P999Ms: q(0.999), MaxMs: round(lat[len(lat)-1], 2)}
 }
 
 // sampled ends the keys the observer times.
