@@ -64,6 +64,10 @@ func TestSlotLossAndResync(t *testing.T) {
 		}
 		return ""
 	})
+	// The new slot keeps WAL from now on: the operator is told.
+	if !strings.Contains(served.Output(), `"msg":"created the replication slot`) {
+		t.Errorf("the new slot not logged: %s", served.Tail(2000))
+	}
 }
 
 // A database restored from a base backup taken earlier, started in place

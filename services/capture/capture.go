@@ -302,7 +302,19 @@ func (s *Service) prepare(ctx context.Context, src *source.Source, js jetstream.
 	if err := src.TakeSlot(ctx); err != nil {
 		return err
 	}
-	return src.EnsureSlot(ctx)
+	return s.ensureSlot(ctx, src)
+}
+
+// ensureSlot makes sure the slot exists, and tells the operator when it
+// made it: from then on Postgres keeps WAL for it, even with Sluice gone.
+func (s *Service) ensureSlot(ctx context.Context, src *source.Source) error {
+	created, err := src.EnsureSlot(ctx)
+	if created {
+		slot := s.cfg.Postgres.Slot
+		s.log.Info("created the replication slot: Postgres keeps the WAL from here until capture confirms it (sluice_capture_slot_lag_bytes); drop the slot when retiring Sluice",
+			zap.String("slot", slot), zap.String("drop", "SELECT pg_drop_replication_slot('"+slot+"')"))
+	}
+	return err
 }
 
 // beat records that the main loop turned.

@@ -157,7 +157,7 @@ func (s *Service) resync(ctx context.Context, src *source.Source, js jetstream.J
 			return 0, err
 		}
 	}
-	if err := src.EnsureSlot(ctx); err != nil {
+	if err := s.ensureSlot(ctx, src); err != nil {
 		return 0, err
 	}
 	info, err := st.Info(ctx)

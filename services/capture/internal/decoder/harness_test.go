@@ -88,7 +88,7 @@ func startReplica(t *testing.T, setup string, tables ...string) *replica {
 	if _, err := src.EnsurePublication(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := src.EnsureSlot(ctx); err != nil {
+	if _, err := src.EnsureSlot(ctx); err != nil {
 		t.Fatal(err)
 	}
 	stream, err := src.StartStream(ctx)

@@ -26,7 +26,7 @@ func TestCoalescingNeverHoldsASmallTransaction(t *testing.T) {
 	if _, err := src.EnsurePublication(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := src.EnsureSlot(ctx); err != nil {
+	if _, err := src.EnsureSlot(ctx); err != nil {
 		t.Fatal(err)
 	}
 	st, err := src.StartStream(ctx)

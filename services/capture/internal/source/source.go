@@ -200,20 +200,20 @@ func ident2(schema, name string) string { return pgx.Identifier{schema, name}.Sa
 // notices the connection is gone.
 const slotWait = 15 * time.Second
 
-// EnsureSlot creates the replication slot when it is missing, and otherwise
-// checks that it is a pgoutput slot of this database that no other process
-// uses.
-func (s *Source) EnsureSlot(ctx context.Context) error {
+// EnsureSlot creates the replication slot when it is missing, and reports
+// whether it did; otherwise it checks that it is a pgoutput slot of this
+// database that no other process uses.
+func (s *Source) EnsureSlot(ctx context.Context) (created bool, err error) {
 	deadline := time.Now().Add(slotWait)
 	for {
-		err := s.ensureSlot(ctx)
+		created, err := s.ensureSlot(ctx)
 		var busy *slotBusyError
 		if !errors.As(err, &busy) || time.Now().After(deadline) {
-			return err
+			return created, err
 		}
 		select {
 		case <-ctx.Done():
-			return err
+			return false, err
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
@@ -265,13 +265,13 @@ func createSlotSQL(serverVersion int) string {
 	return "SELECT pg_create_logical_replication_slot($1, 'pgoutput')"
 }
 
-func (s *Source) ensureSlot(ctx context.Context) error {
+func (s *Source) ensureSlot(ctx context.Context) (created bool, err error) {
 	slot := s.cfg.Slot
 	var plugin, database string
 	var active bool
 	var pid *int32
 	var app string
-	err := s.conn.QueryRow(ctx, `SELECT coalesce(plugin, ''), coalesce(database, ''), active, active_pid,
+	err = s.conn.QueryRow(ctx, `SELECT coalesce(plugin, ''), coalesce(database, ''), active, active_pid,
 		coalesce((SELECT application_name FROM pg_stat_activity WHERE pid = active_pid), '')
 		FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&plugin, &database, &active, &pid, &app)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -281,22 +281,22 @@ func (s *Source) ensureSlot(ctx context.Context) error {
 			return s.ensureSlot(ctx)
 		}
 		if err != nil {
-			return fmt.Errorf("create replication slot %s: %w", slot, err)
+			return false, fmt.Errorf("create replication slot %s: %w", slot, err)
 		}
-		return nil
+		return true, nil
 	}
 	if err != nil {
-		return fmt.Errorf("inspect replication slot %s: %w", slot, err)
+		return false, fmt.Errorf("inspect replication slot %s: %w", slot, err)
 	}
 	switch {
 	case plugin != "pgoutput":
-		return fmt.Errorf("replication slot %s uses plugin %q, not pgoutput; drop it or choose another postgres.slot", slot, plugin)
+		return false, fmt.Errorf("replication slot %s uses plugin %q, not pgoutput; drop it or choose another postgres.slot", slot, plugin)
 	case database != s.database:
-		return fmt.Errorf("replication slot %s belongs to database %s, not %s; choose another postgres.slot", slot, database, s.database)
+		return false, fmt.Errorf("replication slot %s belongs to database %s, not %s; choose another postgres.slot", slot, database, s.database)
 	case active && pid != nil:
-		return &slotBusyError{slot, *pid, app}
+		return false, &slotBusyError{slot, *pid, app}
 	}
-	return nil
+	return false, nil
 }
 
 // HeartbeatPrefix is the prefix of capture's heartbeat messages in the WAL.

@@ -61,8 +61,11 @@ func TestPrepareAndStream(t *testing.T) {
 		t.Fatalf("publication again: %+v, %v", p, err)
 	}
 
-	if err := src.EnsureSlot(ctx); err != nil {
-		t.Fatal(err)
+	if created, err := src.EnsureSlot(ctx); err != nil || !created {
+		t.Fatalf("slot: created %v, %v", created, err)
+	}
+	if created, err := src.EnsureSlot(ctx); err != nil || created { // exists now
+		t.Fatalf("slot again: created %v, %v", created, err)
 	}
 	st, err := src.StartStream(ctx)
 	if err != nil {
@@ -72,7 +75,7 @@ func TestPrepareAndStream(t *testing.T) {
 	// While the slot is streamed, another capture is told who holds it.
 	other, _ := Connect(ctx, cfg(pg.URL, "public.orders"), pgvalue.SessionParams)
 	defer other.Close(ctx)
-	if err := other.ensureSlot(ctx); err == nil || !strings.Contains(err.Error(), "replication slot sluice is in use by another process (pid") {
+	if _, err := other.ensureSlot(ctx); err == nil || !strings.Contains(err.Error(), "replication slot sluice is in use by another process (pid") {
 		t.Errorf("busy slot: %v", err)
 	}
 
