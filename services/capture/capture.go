@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"sync/atomic"
 	"time"
 
@@ -76,12 +75,6 @@ type Service struct {
 	standby   atomic.Pointer[string] // the leader's id while standing by
 }
 
-// processID names this process in the capture lease: where it runs.
-func processID() string {
-	host, _ := os.Hostname()
-	return fmt.Sprintf("%s-%d", host, os.Getpid())
-}
-
 // New returns a capture service for cfg.
 func New(cfg *config.Config, log *zap.Logger) *Service {
 	return &Service{cfg: cfg, log: log, topo: topology.New(cfg.NATS), chunks: backfiller.NewChunks()}
@@ -133,7 +126,7 @@ func (s *Service) Run(ctx context.Context) error {
 		return nil
 	})
 	lease, err := topology.Create(ctx, s.log, "create bucket "+s.topo.CaptureLeaseBucket(), func(ctx context.Context) (*leader.Lease, error) {
-		return leader.Open(ctx, js, s.topo.CaptureLeaseBucket(), processID(), s.cfg.Postgres.Failover, s.topo.Replicas)
+		return leader.Open(ctx, js, s.topo.CaptureLeaseBucket(), leader.NewID(), s.cfg.Postgres.Failover, s.topo.Replicas)
 	})
 	if err != nil {
 		return err

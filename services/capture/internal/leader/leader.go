@@ -13,8 +13,11 @@ package leader
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
 	"sync/atomic"
 	"time"
 
@@ -35,6 +38,17 @@ type Lease struct {
 	ttl   time.Duration
 	rev   uint64
 	until atomic.Int64 // unix nanoseconds; 0: not held
+}
+
+// NewID returns an id for this process in the lease that tells an operator
+// where it runs (host and pid), with a random suffix: processes that share
+// both, such as containers of one pod, each run as pid 1, must not take
+// each other's lease for their own (see release).
+func NewID() string {
+	host, _ := os.Hostname()
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b[:]))
 }
 
 // Open opens (creating when missing) the lease bucket for process id.

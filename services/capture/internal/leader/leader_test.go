@@ -95,3 +95,37 @@ func TestReleaseAfterAnUnansweredRenewal(t *testing.T) {
 		t.Fatalf("after a's release the lease is held by %q (%v)", h, err)
 	}
 }
+
+// Two processes on one host with one pid (containers of a pod, each pid
+// 1): the one whose key expired while it was paused must not, as it stops,
+// delete the key the other created since, taking it for its own.
+func TestReleaseLeavesTheLeaseOfATwin(t *testing.T) {
+	ctx := context.Background()
+	js := testenv.NewNATS(t).JetStream(t)
+	a, err := Open(ctx, js, "L", NewID(), time.Minute, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Open(ctx, js, "L", NewID(), time.Minute, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Acquire(ctx, func(string) {}); err != nil {
+		t.Fatal(err)
+	}
+	// a's key expires while a is paused, and b takes the lease.
+	if err := a.kv.Delete(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Acquire(ctx, func(string) {}); err != nil {
+		t.Fatal(err)
+	}
+	hctx, stop := context.WithCancel(ctx)
+	stop()
+	if err := a.Hold(hctx); err != nil {
+		t.Fatal(err)
+	}
+	if h, err := b.Holder(ctx); err != nil || h != b.id {
+		t.Fatalf("after a stopped the lease is held by %q (%v), not b (%s)", h, err, b.id)
+	}
+}
