@@ -31,6 +31,9 @@ type floorResult struct {
 	Error string `json:"error,omitempty"`
 }
 
+// floorRuns numbers the floor runs' slots.
+var floorRuns atomic.Int64
+
 // postgresFloor commits rate changes a second for d, as steadyState does,
 // with the services stopped, while a bare client on a temporary slot of
 // its own receives them.
@@ -48,9 +51,9 @@ func postgresFloor(ctx context.Context, e *env, g *generator, rate int, d time.D
 	}
 	// Closing the connection drops the temporary slot.
 	defer conn.Close(context.WithoutCancel(ctx))
-	// A name of its own per rate: the last rate's temporary slot may not
-	// be gone yet.
-	floorSlot := "bench_floor_" + strconv.Itoa(rate)
+	// A name of its own per run: the last run's temporary slot may not be
+	// gone yet.
+	floorSlot := "bench_floor_" + strconv.FormatInt(floorRuns.Add(1), 10)
 	slot, err := pglogrepl.CreateReplicationSlot(ctx, conn, floorSlot, "pgoutput", pglogrepl.CreateReplicationSlotOptions{Temporary: true})
 	if err != nil {
 		return r, fmt.Errorf("create slot %s: %w", floorSlot, err)
@@ -60,7 +63,7 @@ func postgresFloor(ctx context.Context, e *env, g *generator, rate int, d time.D
 		return r, fmt.Errorf("slot %s: %w", floorSlot, err)
 	}
 	if err := pglogrepl.StartReplication(ctx, conn, floorSlot, from, pglogrepl.StartReplicationOptions{
-		PluginArgs: []string{"proto_version '1'", "publication_names '" + publication + "'"},
+		PluginArgs: []string{"proto_version '1'", "publication_names '" + publication + "'", "messages 'true'"},
 	}); err != nil {
 		return r, fmt.Errorf("start replication on %s: %w", floorSlot, err)
 	}
@@ -86,7 +89,7 @@ func postgresFloor(ctx context.Context, e *env, g *generator, rate int, d time.D
 	for range received { // the connection is the client's until it returns
 	}
 	if err != nil {
-		return r, fmt.Errorf("floor at %d/s: %w", rate, err)
+		return r, fmt.Errorf("at %d/s: %w", rate, err)
 	}
 	lat := rc.latencies()
 	r.Achieved = round(float64(committed.Load())/loadEnd.Sub(start).Seconds(), 0)
@@ -141,8 +144,11 @@ func (c *floorClient) receive(ctx context.Context) error {
 			}
 		case pglogrepl.XLogDataByteID:
 			x, err := pglogrepl.ParseXLogData(cd.Data[1:])
-			if err != nil || len(x.WALData) == 0 {
-				return fmt.Errorf("replication message: %v", err)
+			if err != nil {
+				return fmt.Errorf("replication message: %w", err)
+			}
+			if len(x.WALData) == 0 {
+				continue
 			}
 			pos = max(pos, x.WALStart)
 			switch x.WALData[0] {

@@ -177,6 +177,9 @@ func runEnv(ctx context.Context, o options, bins *binaries, w int, first bool, r
 	res.Peaks = p.peaks()
 	p.stop()
 	for _, rate := range o.rates {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		f, err := postgresFloor(ctx, e, gen, rate, o.duration)
 		if err != nil {
 			// Recorded, not fatal, as a ceiling's failure is.
