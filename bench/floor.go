@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -68,7 +67,7 @@ func postgresFloor(ctx context.Context, e *env, g *generator, rate int, d time.D
 		return r, fmt.Errorf("start replication on %s: %w", floorSlot, err)
 	}
 
-	rc := &floorClient{conn: conn, since: time.Now()}
+	rc := &floorClient{conn: conn}
 	rctx, stop := context.WithCancel(ctx)
 	// Closed once the client stops using the connection.
 	received := make(chan error, 1)
@@ -86,26 +85,24 @@ func postgresFloor(ctx context.Context, e *env, g *generator, rate int, d time.D
 	}
 	r.CPU = cpuBetween(before, e.sampleCPU(ctx, nil))
 	stop()
-	for range received { // the connection is the client's until it returns
+	for range received { // the connection and lat are the client's until it returns
 	}
 	if err != nil {
 		return r, fmt.Errorf("at %d/s: %w", rate, err)
 	}
-	lat := rc.latencies()
 	r.Achieved = round(float64(committed.Load())/loadEnd.Sub(start).Seconds(), 0)
-	r.spread = summarise(lat)
+	r.spread = summarise(rc.lat)
 	log.Printf("floor: %d/s achieved %.0f/s; p50 %.1f ms, p99 %.1f ms, p99.9 %.1f ms, max %.1f ms over %d values",
 		rate, r.Achieved, r.P50Ms, r.P99Ms, r.P999Ms, r.MaxMs, r.Samples)
 	return r, nil
 }
 
 // floorClient receives a slot's pgoutput stream and times its changes.
+// Its slot is made just before, so every change it receives is the load's.
 type floorClient struct {
 	conn    *pgconn.PgConn
-	since   time.Time
 	changes atomic.Int64 // inserts, updates and deletes received
-	mu      sync.Mutex
-	lat     []float64 // milliseconds
+	lat     []float64    // milliseconds; receive's until it returns
 }
 
 // receive reads the stream until ctx ends, stamping each insert and
@@ -160,11 +157,7 @@ func (c *floorClient) receive(ctx context.Context) error {
 				commit = m.(*pglogrepl.BeginMessage).CommitTime
 			case 'I', 'U':
 				c.changes.Add(1)
-				if commit.After(c.since) {
-					c.mu.Lock()
-					c.lat = append(c.lat, float64(at.Sub(commit).Microseconds())/1000)
-					c.mu.Unlock()
-				}
+				c.lat = append(c.lat, float64(at.Sub(commit).Microseconds())/1000)
 			case 'D':
 				c.changes.Add(1)
 			}
@@ -194,10 +187,4 @@ func (c *floorClient) await(ctx context.Context, n int64, received <-chan error)
 		}
 	}
 	return nil
-}
-
-func (c *floorClient) latencies() []float64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.lat
 }

@@ -38,14 +38,10 @@ func TestCoalescingNeverHoldsASmallTransaction(t *testing.T) {
 		t.Fatal("a TCP replication connection has no coalescer")
 	}
 	lowat := func() int {
-		raw, err := st.conn.Conn().(syscall.Conn).SyscallConn()
-		if err != nil {
-			t.Fatal(err)
-		}
 		var n int
-		raw.Control(func(fd uintptr) { n, err = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVLOWAT) })
-		if err != nil {
-			t.Fatal(err)
+		var err error
+		if !control(st.conn.Conn(), func(fd uintptr) { n, err = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVLOWAT) }) || err != nil {
+			t.Fatalf("read SO_RCVLOWAT: %v", err)
 		}
 		return n
 	}

@@ -207,12 +207,7 @@ func TestSharedDeleteBreaksATransactionOfItsKey(t *testing.T) {
 	r := testenv.NewRedis(t)
 	// s holds partition 0, the key's own; other writes the new key's.
 	s := open(t, r)
-	other, err := Open(ctx, config.Destination{Host: "127.0.0.1", Port: r.Port})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close()
-	other.EnableFences("test", "o", 16, func() bool { return true }) // holds none of them
+	other := writer(t, r, "o") // holds none of them
 	rc := r.Client()
 	defer rc.Close()
 	inserted := msg("k", 1, 0, "")
@@ -245,12 +240,7 @@ func TestTruncateAgainstTransactionsOfItsKeys(t *testing.T) {
 	// s holds partition 0, the keys' own; other, partition 1, whose copy
 	// of the truncate this is.
 	s := open(t, r)
-	other, err := Open(ctx, config.Destination{Host: "127.0.0.1", Port: r.Port})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close()
-	other.EnableFences("test", "o", 16, func() bool { return true })
+	other := writer(t, r, "o")
 	if err := other.Acquire(ctx, 1); err != nil {
 		t.Fatal(err)
 	}
@@ -287,4 +277,17 @@ func TestTruncateAgainstTransactionsOfItsKeys(t *testing.T) {
 	if stale := applyAll(t, s, msg("k1", 1, 5, "")); stale != 1 || rc.Exists(ctx, "k1").Val() != 0 {
 		t.Fatalf("stale = %d: an update older than the truncate brought its key back", stale)
 	}
+}
+
+// writer opens the store of another writer of the sink, named name, which
+// holds no partition yet.
+func writer(t *testing.T, r *testenv.Redis, name string) *Store {
+	t.Helper()
+	s, err := Open(context.Background(), config.Destination{Host: "127.0.0.1", Port: r.Port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	s.EnableFences("test", name, 16, func() bool { return true })
+	return s
 }
